@@ -1,0 +1,217 @@
+package comet
+
+import (
+	"encoding/json"
+	"math"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("comet", parseCaddyfile)
+	// comet answers requests itself, so it goes with the other terminal
+	// handlers, after every directive that shapes or wraps the response.
+	httpcaddyfile.RegisterDirectiveOrder("comet", httpcaddyfile.Before, "respond")
+	httpcaddyfile.RegisterGlobalOption("comet", parseGlobalOption)
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	handler := new(Handler)
+	err := handler.UnmarshalCaddyfile(h.Dispenser)
+	return handler, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	comet [<matcher>] {
+//		hub              <name>
+//		context          <template>
+//		expiration       <duration>|off
+//		publish          on|off
+//		max_message_size <size>
+//	}
+//
+// Every subdirective is optional; see the Handler fields for defaults.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume the directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		var err error
+		switch d.Val() {
+		case "hub":
+			h.Hub, err = oneArg(d)
+		case "context":
+			h.Context, err = oneArg(d)
+		case "expiration":
+			h.Expiration, err = parseExpiration(d)
+		case "publish":
+			h.Publish, err = parseOnOff(d)
+		case "max_message_size":
+			h.MaxMessageSize, err = parseSize(d)
+		default:
+			return d.Errf("unrecognized comet subdirective %q", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseGlobalOption parses the global comet option, which configures a hub
+// (the one named "default" when no name is given). Syntax:
+//
+//	comet [<hub>] {
+//		history         <count> [<max_age>]
+//		max_contexts    <n>
+//		max_subscribers <n>
+//	}
+//
+// The option may be given once per hub name.
+func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
+	app := App{Hubs: make(map[string]*HubConfig)}
+	if prev, ok := existing.(httpcaddyfile.App); ok {
+		if err := json.Unmarshal(prev.Value, &app); err != nil {
+			return nil, err
+		}
+	}
+	d.Next() // consume the option name
+	name := DefaultHubName
+	if d.NextArg() {
+		name = d.Val()
+	}
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	if _, dup := app.Hubs[name]; dup {
+		return nil, d.Errf("comet hub %q is configured twice", name)
+	}
+	cfg := new(HubConfig)
+	if err := cfg.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	app.Hubs[name] = cfg
+	return httpcaddyfile.App{Name: "comet", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile reads the block of the global comet option.
+func (c *HubConfig) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	for d.NextBlock(0) {
+		var err error
+		switch d.Val() {
+		case "history":
+			err = c.parseHistory(d)
+		case "max_contexts":
+			c.MaxContexts, err = parseCount(d)
+		case "max_subscribers":
+			c.MaxSubscribers, err = parseCount(d)
+		default:
+			return d.Errf("unrecognized comet global option %q", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *HubConfig) parseHistory(d *caddyfile.Dispenser) error {
+	args := d.RemainingArgs()
+	if len(args) < 1 || len(args) > 2 {
+		return d.ArgErr()
+	}
+	n, err := strconv.Atoi(args[0])
+	if err != nil || n < 1 {
+		return d.Errf("history count must be a whole number of at least 1, got %q", args[0])
+	}
+	c.History = n
+	if len(args) == 2 {
+		age, err := caddy.ParseDuration(args[1])
+		if err != nil || age <= 0 {
+			return d.Errf("history max age must be a positive duration, got %q", args[1])
+		}
+		c.HistoryMaxAge = caddy.Duration(age)
+	}
+	return nil
+}
+
+func oneArg(d *caddyfile.Dispenser) (string, error) {
+	if !d.NextArg() {
+		return "", d.ArgErr()
+	}
+	v := d.Val()
+	if d.NextArg() {
+		return "", d.ArgErr()
+	}
+	return v, nil
+}
+
+func parseExpiration(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	v, err := oneArg(d)
+	if err != nil {
+		return 0, err
+	}
+	if v == "off" {
+		return -1, nil
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil || dur <= 0 {
+		return 0, d.Errf("expiration must be a positive duration or off, got %q", v)
+	}
+	return caddy.Duration(dur), nil
+}
+
+func parseOnOff(d *caddyfile.Dispenser) (*bool, error) {
+	name := d.Val()
+	v, err := oneArg(d)
+	if err != nil {
+		return nil, err
+	}
+	switch v {
+	case "on":
+		return new(true), nil
+	case "off":
+		return new(false), nil
+	}
+	return nil, d.Errf("%s must be on or off, got %q", name, v)
+}
+
+func parseSize(d *caddyfile.Dispenser) (int64, error) {
+	name := d.Val()
+	v, err := oneArg(d)
+	if err != nil {
+		return 0, err
+	}
+	n, err := humanize.ParseBytes(v)
+	if err != nil || n == 0 || n > math.MaxInt64 {
+		return 0, d.Errf("%s must be a positive size such as 64KiB, got %q", name, v)
+	}
+	return int64(n), nil
+}
+
+func parseCount(d *caddyfile.Dispenser) (int, error) {
+	name := d.Val()
+	v, err := oneArg(d)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, d.Errf("%s must be a whole number of at least 1, got %q", name, v)
+	}
+	return n, nil
+}
+
+// Interface guards
+var (
+	_ caddyfile.Unmarshaler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler = (*HubConfig)(nil)
+)

@@ -1,0 +1,74 @@
+package comet
+
+import (
+	"errors"
+	"strconv"
+	"strings"
+)
+
+// Cursor is a client's position in one context: the id of the last event it
+// has seen, qualified by the context's epoch. The epoch changes whenever the
+// context's id sequence starts over (a server restart, or the context being
+// collected and created again), so a cursor from an earlier lifetime can be
+// told apart from a current one instead of silently skipping events.
+//
+// Its text form, used in ETag, Comet-Cursor and Last-Event-ID, is
+// "<epoch>:<id>", for example "k3x9a0b1c2:17".
+type Cursor struct {
+	Epoch string
+	ID    uint64
+}
+
+// maxEpochLen bounds the epoch part of a cursor a client sends us; ours are
+// ten characters, the slack allows for other brokers.
+const maxEpochLen = 32
+
+var errBadCursor = errors.New("malformed cursor: want <epoch>:<id> as given in the Comet-Cursor header or ETag")
+
+// String returns the cursor's text form.
+func (c Cursor) String() string {
+	return c.Epoch + ":" + strconv.FormatUint(c.ID, 10)
+}
+
+// ParseCursor parses the text form of a cursor. It accepts only what String
+// produces: a non-empty epoch of lower-case letters and digits, a colon and a
+// decimal id.
+func ParseCursor(s string) (Cursor, error) {
+	epoch, id, ok := strings.Cut(s, ":")
+	if !ok || !validEpoch(epoch) || id == "" || (len(id) > 1 && id[0] == '0') {
+		return Cursor{}, errBadCursor
+	}
+	n, err := strconv.ParseUint(id, 10, 64)
+	if err != nil {
+		return Cursor{}, errBadCursor
+	}
+	return Cursor{Epoch: epoch, ID: n}, nil
+}
+
+func validEpoch(s string) bool {
+	if s == "" || len(s) > maxEpochLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'z') {
+			return false
+		}
+	}
+	return true
+}
+
+// parseETag extracts a cursor from an If-None-Match value. Clients send back
+// the ETag they were given, so only the first entity tag is looked at; weak
+// tags are accepted because intermediaries may weaken them.
+func parseETag(v string) (Cursor, error) {
+	v = strings.TrimSpace(v)
+	if first, _, found := strings.Cut(v, ","); found {
+		v = strings.TrimSpace(first)
+	}
+	v = strings.TrimPrefix(v, "W/")
+	if len(v) < 2 || v[0] != '"' || v[len(v)-1] != '"' {
+		return Cursor{}, errBadCursor
+	}
+	return ParseCursor(v[1 : len(v)-1])
+}

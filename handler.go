@@ -1,0 +1,278 @@
+package comet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// Headers of the comet protocol.
+const (
+	// HeaderCursor carries the cursor a client sends back to resume.
+	HeaderCursor = "Comet-Cursor"
+	// HeaderEventID carries the plain event id.
+	HeaderEventID = "Comet-Event-Id"
+	// HeaderEventType carries the event type a publisher chose.
+	HeaderEventType = "Comet-Event-Type"
+	// HeaderMissed says how many events a client will never see, or
+	// "unknown" when its cursor came from an earlier epoch.
+	HeaderMissed = "Comet-Missed"
+)
+
+// retryAfterSeconds is what 503 answers ask clients to wait: long enough
+// for a burst to pass, short enough that a page does not look dead.
+const retryAfterSeconds = "5"
+
+// ServeHTTP serves one request on a comet context. The handler is terminal:
+// it never calls next.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	key := repl.ReplaceKnown(h.Context, "")
+	if key == "" {
+		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("context template %q gave an empty key", h.Context))
+	}
+	repl.Set("comet.context", key)
+
+	switch r.Method {
+	case http.MethodGet:
+		return h.serveSubscribe(w, r, repl, key)
+	case http.MethodHead:
+		return h.servePosition(w, repl, key)
+	case http.MethodPost:
+		if h.publishes() {
+			return h.servePublish(w, r, repl, key)
+		}
+	}
+	w.Header().Set("Allow", h.allow)
+	return caddyhttp.Error(http.StatusMethodNotAllowed,
+		fmt.Errorf("method %s is not allowed on a comet context; allowed: %s", r.Method, h.allow))
+}
+
+// serveSubscribe suspends a GET until there is an event after the client's
+// cursor, the expiration delay passes, the client leaves or the hub closes.
+func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string) error {
+	after, hasCursor, err := requestCursor(r)
+	if err != nil {
+		return caddyhttp.Error(http.StatusBadRequest, err)
+	}
+	sub, err := h.hub.Subscribe(key)
+	if err != nil {
+		return hubError(w, key, err)
+	}
+	defer sub.Close()
+	if !hasCursor {
+		after = sub.Start()
+	}
+
+	wait := r.Context()
+	if h.Expiration > 0 {
+		var cancel context.CancelFunc
+		wait, cancel = context.WithTimeout(wait, time.Duration(h.Expiration))
+		defer cancel()
+	}
+	d, err := sub.Next(wait, after)
+	switch {
+	case err == nil:
+		return writeDelivery(w, repl, d, sub.ContextSubscribers())
+	case errors.Is(err, ErrHubClosed):
+		return writeShuttingDown(w, repl, sub.Position())
+	case r.Context().Err() != nil:
+		return nil // the client left; there is nobody to answer
+	default:
+		return writeExpired(w, repl, sub.Position(), sub.ContextSubscribers())
+	}
+}
+
+// servePosition answers HEAD at once with the context's current cursor, so
+// a page can show the current state before its first long poll returns.
+func (h *Handler) servePosition(w http.ResponseWriter, repl *caddy.Replacer, key string) error {
+	cur, err := h.hub.Position(key)
+	if err != nil {
+		return hubError(w, key, err)
+	}
+	setPosition(w.Header(), repl, cur)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// servePublish publishes the request body as an event.
+func (h *Handler) servePublish(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string) error {
+	data, err := readMessage(w, r, h.MaxMessageSize)
+	if err != nil {
+		return caddyhttp.Error(messageStatus(err), err)
+	}
+	rcpt, err := h.hub.Publish(key, eventFromRequest(r, data))
+	if err != nil {
+		return hubError(w, key, err)
+	}
+	return writeReceipt(w, repl, rcpt)
+}
+
+// requestCursor returns the cursor the client sent back, if any: the
+// Last-Event-ID header, the last_event_id query parameter (for clients that
+// cannot set headers) or the ETag in If-None-Match, in that order.
+func requestCursor(r *http.Request) (cur Cursor, ok bool, err error) {
+	if v := r.Header.Get("Last-Event-ID"); v != "" {
+		cur, err = ParseCursor(v)
+		return cur, true, err
+	}
+	if r.URL.RawQuery != "" {
+		if v := r.URL.Query().Get("last_event_id"); v != "" {
+			cur, err = ParseCursor(v)
+			return cur, true, err
+		}
+	}
+	if v := r.Header.Get("If-None-Match"); v != "" {
+		cur, err = parseETag(v)
+		return cur, true, err
+	}
+	return Cursor{}, false, nil
+}
+
+var errMessageTooLarge = errors.New("message too large")
+
+// readMessage reads a publish request's body, refusing more than limit
+// bytes before reading them when the client announces its length.
+func readMessage(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	if r.ContentLength > limit {
+		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", errMessageTooLarge, r.ContentLength, limit)
+	}
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+		return nil, fmt.Errorf("%w: the limit is %d bytes", errMessageTooLarge, limit)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading message: %w", err)
+	}
+	return data, nil
+}
+
+func messageStatus(err error) int {
+	if errors.Is(err, errMessageTooLarge) {
+		return http.StatusRequestEntityTooLarge
+	}
+	return http.StatusBadRequest
+}
+
+func eventFromRequest(r *http.Request, data []byte) Event {
+	return Event{
+		Type:        r.Header.Get(HeaderEventType),
+		ContentType: r.Header.Get("Content-Type"),
+		Data:        data,
+	}
+}
+
+// hubStatus maps a hub error to an HTTP status.
+func hubStatus(err error) int {
+	switch {
+	case errors.Is(err, ErrTooManyContexts), errors.Is(err, ErrTooManySubscribers), errors.Is(err, ErrHubClosed):
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+func hubError(w http.ResponseWriter, key string, err error) error {
+	status := hubStatus(err)
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", retryAfterSeconds)
+	}
+	return caddyhttp.Error(status, fmt.Errorf("context %q: %w", key, err))
+}
+
+// setPosition writes the cursor headers every answer carries and sets the
+// matching placeholders, before anything is written, so that a deferred
+// header directive can use them.
+func setPosition(hdr http.Header, repl *caddy.Replacer, cur Cursor) {
+	text := cur.String()
+	hdr.Set("Cache-Control", "no-store")
+	hdr.Set("ETag", `"`+text+`"`)
+	hdr.Set(HeaderCursor, text)
+	hdr.Set(HeaderEventID, strconv.FormatUint(cur.ID, 10))
+	if repl != nil {
+		repl.Set("comet.cursor", text)
+		repl.Set("comet.event.id", cur.ID)
+	}
+}
+
+func writeDelivery(w http.ResponseWriter, repl *caddy.Replacer, d Delivery, subscribers int) error {
+	hdr := w.Header()
+	setPosition(hdr, repl, d.Cursor)
+	repl.Set("comet.subscribers", subscribers)
+	if d.Missed != 0 {
+		missed := "unknown"
+		if d.Missed > 0 {
+			missed = strconv.FormatInt(d.Missed, 10)
+		}
+		hdr.Set(HeaderMissed, missed)
+		repl.Set("comet.missed", missed)
+	}
+	if d.Event == nil {
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+	ev := d.Event
+	if ev.Type != "" {
+		hdr.Set(HeaderEventType, ev.Type)
+	}
+	switch {
+	case ev.ContentType != "":
+		hdr.Set("Content-Type", ev.ContentType)
+	case len(ev.Data) > 0:
+		hdr.Set("Content-Type", "application/octet-stream")
+	}
+	// Anyone allowed to publish chooses the payload and its type; keep a
+	// browser that opens the URL directly from running it on this origin.
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	hdr.Set("Content-Security-Policy", "sandbox")
+	hdr.Set("Content-Length", strconv.Itoa(len(ev.Data)))
+	w.WriteHeader(http.StatusOK)
+	_, err := w.Write(ev.Data)
+	return err
+}
+
+// writeExpired answers a long poll whose expiration delay passed.
+func writeExpired(w http.ResponseWriter, repl *caddy.Replacer, cur Cursor, subscribers int) error {
+	setPosition(w.Header(), repl, cur)
+	repl.Set("comet.subscribers", subscribers)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// writeShuttingDown answers a long poll when the server exits, telling the
+// client to come back with its cursor.
+func writeShuttingDown(w http.ResponseWriter, repl *caddy.Replacer, cur Cursor) error {
+	hdr := w.Header()
+	setPosition(hdr, repl, cur)
+	hdr.Set("Retry-After", retryAfterSeconds)
+	hdr.Set("Connection", "close")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	return nil
+}
+
+// receipt is the JSON body of a publish answer.
+type receipt struct {
+	ID     uint64 `json:"id"`
+	Cursor string `json:"cursor"`
+	Woken  int    `json:"woken"`
+}
+
+// writeReceipt answers a publish with the new event's id and the number of
+// subscribers it woke.
+func writeReceipt(w http.ResponseWriter, repl *caddy.Replacer, rcpt Receipt) error {
+	hdr := w.Header()
+	setPosition(hdr, repl, rcpt.Cursor)
+	if repl != nil {
+		repl.Set("comet.subscribers", rcpt.Woken)
+	}
+	hdr.Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(receipt{ID: rcpt.Cursor.ID, Cursor: rcpt.Cursor.String(), Woken: rcpt.Woken})
+}

@@ -1,0 +1,248 @@
+// Package comet is a Caddy module that brings Grizzly's Comet model to Caddy:
+// clients subscribe to a context (by default the request path) with a GET
+// that is suspended until an event is published to that context by a POST,
+// the admin API or Go code, or until the context's expiration delay passes.
+package comet
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+	caddy.RegisterModule(Handler{})
+}
+
+// DefaultHubName is the hub handlers use unless they name another.
+const DefaultHubName = "default"
+
+// Defaults of Handler.
+const (
+	DefaultContext        = "{http.request.uri.path}"
+	DefaultExpiration     = 30 * time.Second
+	DefaultMaxMessageSize = 64 << 10
+)
+
+// hubs holds every hub by name. It outlives configs, so a reload keeps
+// subscribers, history and ids; a hub is closed when the last config that
+// uses it is cleaned up.
+var hubs = caddy.NewUsagePool()
+
+// lookupHub returns the running hub with that name, if any. The admin API
+// uses it at request time because it is provisioned before the apps.
+func lookupHub(name string) (*Hub, bool) {
+	var found *Hub
+	hubs.Range(func(key, value any) bool {
+		if key == name {
+			found = value.(*Hub)
+			return false
+		}
+		return true
+	})
+	return found, found != nil
+}
+
+// App is the comet app. It configures hubs; the Caddyfile's global comet
+// option fills it in, and handlers load it to find their hub.
+type App struct {
+	// Hubs configures hubs by name. The hub named "default" exists even
+	// when it is not listed; any other name a handler uses must be.
+	Hubs map[string]*HubConfig `json:"hubs,omitempty"`
+
+	acquired map[string]*Hub
+	logger   *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "comet",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision sets up the app.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	a.acquired = make(map[string]*Hub)
+	return nil
+}
+
+// Validate checks every hub's bounds.
+func (a *App) Validate() error {
+	for name, cfg := range a.Hubs {
+		if name == "" {
+			return errors.New("hub name must not be empty")
+		}
+		if cfg == nil {
+			continue
+		}
+		if err := cfg.validate(); err != nil {
+			return fmt.Errorf("hub %q: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// hub returns the hub named name, creating it on first use, and holds a
+// reference to it until Cleanup.
+func (a *App) hub(name string) (*Hub, error) {
+	if h, ok := a.acquired[name]; ok {
+		return h, nil
+	}
+	if _, ok := a.Hubs[name]; !ok && name != DefaultHubName {
+		return nil, fmt.Errorf("hub %q is not configured: add it to the global comet option", name)
+	}
+	val, loaded, err := hubs.LoadOrNew(name, func() (caddy.Destructor, error) {
+		return newHub(name, a.config(name)), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.logger.Debug("hub acquired", zap.String("hub", name), zap.Bool("existing", loaded))
+	h := val.(*Hub)
+	a.acquired[name] = h
+	return h, nil
+}
+
+func (a *App) config(name string) HubConfig {
+	if cfg := a.Hubs[name]; cfg != nil {
+		return *cfg
+	}
+	return HubConfig{}
+}
+
+// Start applies this config's bounds to the hubs it uses. Only a config
+// that starts does so, so a reload that fails to provision leaves the
+// running config's bounds in place.
+func (a *App) Start() error {
+	for name, h := range a.acquired {
+		h.configure(a.config(name))
+	}
+	return nil
+}
+
+// Stop does nothing: hubs outlive configs. Process exit is handled by the
+// handlers' server shutdown hook, because the http app's Stop waits for
+// parked requests and may run before this one.
+func (a *App) Stop() error { return nil }
+
+// Cleanup releases the hubs this config used; the last release closes a hub.
+func (a *App) Cleanup() error {
+	for name := range a.acquired {
+		if _, err := hubs.Delete(name); err != nil {
+			a.logger.Error("releasing hub", zap.String("hub", name), zap.Error(err))
+		}
+	}
+	return nil
+}
+
+// Handler serves comet contexts over HTTP. A GET subscribes and is
+// suspended until the next event (long polling); a POST publishes its body
+// as an event; HEAD answers at once with the context's current position.
+type Handler struct {
+	// The hub whose contexts this route serves. Default: "default".
+	Hub string `json:"hub,omitempty"`
+
+	// The context key, a template with placeholders evaluated per request.
+	// Requests with the same key share events. Default:
+	// "{http.request.uri.path}".
+	Context string `json:"context,omitempty"`
+
+	// How long a GET stays suspended without an event before it is answered
+	// with 204 No Content (the seed's expiration delay). Negative: never.
+	// Default: 30s.
+	Expiration caddy.Duration `json:"expiration,omitempty"`
+
+	// Whether POST on this route publishes. Default: true.
+	Publish *bool `json:"publish,omitempty"`
+
+	// The largest POST body accepted, in bytes; larger ones get 413.
+	// Default: 65536.
+	MaxMessageSize int64 `json:"max_message_size,omitempty"`
+
+	hub    *Hub
+	allow  string
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.comet",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision fills in defaults, finds the hub and makes sure process exit
+// answers the hub's subscribers.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.Hub == "" {
+		h.Hub = DefaultHubName
+	}
+	if h.Context == "" {
+		h.Context = DefaultContext
+	}
+	if h.Expiration == 0 {
+		h.Expiration = caddy.Duration(DefaultExpiration)
+	}
+	if h.MaxMessageSize == 0 {
+		h.MaxMessageSize = DefaultMaxMessageSize
+	}
+	h.allow = "GET, HEAD"
+	if h.publishes() {
+		h.allow = "GET, HEAD, POST"
+	}
+
+	appIface, err := ctx.App("comet")
+	if err != nil {
+		return fmt.Errorf("loading comet app: %v", err)
+	}
+	h.hub, err = appIface.(*App).hub(h.Hub)
+	if err != nil {
+		return err
+	}
+
+	// On exit, the http app waits for in-flight requests before any module
+	// is cleaned up, and with the default eternal grace period it would
+	// wait for parked requests forever. Closing the hub when the server
+	// starts shutting down answers them at once. A reload shuts the old
+	// server down too, but its parked requests must stay parked.
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		hub := h.hub
+		srv.RegisterOnShutdown(func() {
+			if caddy.Exiting() {
+				hub.Close()
+			}
+		})
+	}
+	return nil
+}
+
+func (h *Handler) publishes() bool { return h.Publish == nil || *h.Publish }
+
+// Validate rejects impossible values.
+func (h *Handler) Validate() error {
+	if h.MaxMessageSize < 0 {
+		return errors.New("max_message_size must not be negative")
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.App                   = (*App)(nil)
+	_ caddy.Provisioner           = (*App)(nil)
+	_ caddy.Validator             = (*App)(nil)
+	_ caddy.CleanerUpper          = (*App)(nil)
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)
