@@ -316,15 +316,19 @@ func newEpoch() string {
 
 func (c *hubContext) publish(ev *Event, cfg *HubConfig, now time.Time) Receipt {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.lastID++
 	ev.ID = c.lastID
 	ev.Published = now
 	c.history.push(ev, cfg.History)
 	c.history.expire(now.Add(-time.Duration(cfg.HistoryMaxAge)))
-	close(c.wake)
+	wake := c.wake
 	c.wake = make(chan struct{})
-	return Receipt{Cursor: Cursor{Epoch: c.epoch, ID: ev.ID}, Woken: int(c.waiting.Load())}
+	r := Receipt{Cursor: Cursor{Epoch: c.epoch, ID: ev.ID}, Woken: int(c.waiting.Load())}
+	c.mu.Unlock()
+	// Closing readies every waiting goroutine; doing it after unlocking
+	// lets them read the event at once instead of queueing on the lock.
+	close(wake)
+	return r
 }
 
 func (c *hubContext) position() Cursor {

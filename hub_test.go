@@ -1,0 +1,313 @@
+package comet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+func testHub(t testing.TB, cfg HubConfig) *Hub {
+	t.Helper()
+	h := newHub("test", cfg)
+	t.Cleanup(h.Close)
+	return h
+}
+
+func publishN(t testing.TB, h *Hub, key string, n int) Cursor {
+	t.Helper()
+	var last Cursor
+	for i := 1; i <= n; i++ {
+		r, err := h.Publish(key, Event{Data: fmt.Appendf(nil, "event-%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = r.Cursor
+	}
+	return last
+}
+
+func TestNextByCursor(t *testing.T) {
+	h := testHub(t, HubConfig{History: 5})
+	last := publishN(t, h, "/c", 10) // history keeps 6..10
+	epoch := last.Epoch
+	sub, err := h.Subscribe("/c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+
+	for _, tc := range []struct {
+		name       string
+		after      Cursor
+		wantData   string // "" means no event
+		wantCursor uint64
+		wantMissed int64
+	}{
+		{"in history", Cursor{epoch, 7}, "event-8", 8, 0},
+		{"just before history", Cursor{epoch, 5}, "event-6", 6, 0},
+		{"behind history", Cursor{epoch, 2}, "event-6", 6, 3},
+		{"from the start", Cursor{epoch, 0}, "event-6", 6, 5},
+		{"earlier epoch", Cursor{"other", 3}, "event-6", 6, MissedUnknown},
+		{"ahead of the context", Cursor{epoch, 99}, "event-6", 6, MissedUnknown},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := sub.Next(context.Background(), tc.after)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := string(d.Event.Data); got != tc.wantData {
+				t.Errorf("data = %q, want %q", got, tc.wantData)
+			}
+			if d.Cursor != (Cursor{epoch, tc.wantCursor}) {
+				t.Errorf("cursor = %v, want %s:%d", d.Cursor, epoch, tc.wantCursor)
+			}
+			if d.Missed != tc.wantMissed {
+				t.Errorf("missed = %d, want %d", d.Missed, tc.wantMissed)
+			}
+		})
+	}
+
+	t.Run("up to date waits", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		defer cancel()
+		if _, err := sub.Next(ctx, last); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("err = %v, want deadline exceeded", err)
+		}
+	})
+}
+
+func TestNextReportsGapWhenHistoryIsGone(t *testing.T) {
+	h := testHub(t, HubConfig{History: 5, HistoryMaxAge: 1})
+	fake := time.Unix(1000, 0)
+	h.now = func() time.Time { return fake }
+	last := publishN(t, h, "/c", 4)
+	sub, err := h.Subscribe("/c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	fake = fake.Add(time.Second)
+	h.collectIdle() // expires the history but keeps the context: it has a subscriber
+	d, err := sub.Next(context.Background(), Cursor{last.Epoch, 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Event != nil || d.Missed != 3 || d.Cursor != last {
+		t.Fatalf("got event %v, missed %d, cursor %v; want no event, 3 missed, cursor %v", d.Event, d.Missed, d.Cursor, last)
+	}
+}
+
+func TestPublishWakesEveryWaitingSubscriber(t *testing.T) {
+	h := testHub(t, HubConfig{})
+	const n = 50
+	var wg sync.WaitGroup
+	got := make(chan string, n)
+	for range n {
+		sub, err := h.Subscribe("/c")
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			defer sub.Close()
+			d, err := sub.Next(context.Background(), sub.Start())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			got <- string(d.Event.Data)
+		})
+	}
+	c := h.contexts["/c"]
+	waitFor(t, "subscribers waiting", func() bool { return c.waiting.Load() == n })
+	r, err := h.Publish("/c", Event{Data: []byte("hi")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Woken != n || r.Cursor.ID != 1 {
+		t.Errorf("receipt = %+v, want %d woken and id 1", r, n)
+	}
+	wg.Wait()
+	close(got)
+	for data := range got {
+		if data != "hi" {
+			t.Errorf("subscriber got %q", data)
+		}
+	}
+	if c := h.SubscriberCount(); c != 0 {
+		t.Errorf("%d subscribers left attached", c)
+	}
+}
+
+// TestPublishCostDoesNotGrowWithSubscribers pins the O(1) publish: with a
+// thousand subscribers waiting, a publish allocates exactly what it does
+// with none, so no per-subscriber work or queue is hidden in it.
+func TestPublishCostDoesNotGrowWithSubscribers(t *testing.T) {
+	allocs := func(waiting int) float64 {
+		h := testHub(t, HubConfig{})
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		var wg sync.WaitGroup
+		for range waiting {
+			sub, err := h.Subscribe("/c")
+			if err != nil {
+				t.Fatal(err)
+			}
+			wg.Go(func() {
+				defer sub.Close()
+				cur := sub.Start()
+				for {
+					d, err := sub.Next(ctx, cur)
+					if err != nil {
+						return
+					}
+					cur = d.Cursor
+				}
+			})
+		}
+		defer wg.Wait()
+		defer cancel()
+		ev := Event{Data: []byte("x")}
+		return testing.AllocsPerRun(200, func() {
+			if _, err := h.Publish("/c", ev); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	none, many := allocs(0), allocs(1000)
+	if many != none {
+		t.Fatalf("publish allocates %.1f times with 1000 subscribers and %.1f with none", many, none)
+	}
+}
+
+func TestCollectIdle(t *testing.T) {
+	h := testHub(t, HubConfig{HistoryMaxAge: 10})
+	fake := time.Unix(1000, 0)
+	h.now = func() time.Time { return fake }
+	publishN(t, h, "/old", 3)
+	sub, err := h.Subscribe("/watched")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := h.collectIdle(); n != 0 {
+		t.Fatalf("collected %d contexts with fresh history or subscribers", n)
+	}
+	fake = fake.Add(time.Second)
+	if n := h.collectIdle(); n != 1 || h.ContextCount() != 1 {
+		t.Fatalf("collected %d, %d left; want /old collected and /watched kept", n, h.ContextCount())
+	}
+	sub.Close()
+	if n := h.collectIdle(); n != 1 || h.ContextCount() != 0 {
+		t.Fatalf("collected %d, %d left; want /watched collected once unwatched", n, h.ContextCount())
+	}
+}
+
+func TestHubLimits(t *testing.T) {
+	h := testHub(t, HubConfig{MaxContexts: 2, MaxSubscribers: 2})
+	a, err := h.Subscribe("/a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if _, err := h.Publish("/b", Event{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Publish("/c", Event{}); !errors.Is(err, ErrTooManyContexts) {
+		t.Errorf("third context: err = %v, want ErrTooManyContexts", err)
+	}
+	b, err := h.Subscribe("/a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Subscribe("/a"); !errors.Is(err, ErrTooManySubscribers) {
+		t.Errorf("third subscriber: err = %v, want ErrTooManySubscribers", err)
+	}
+	b.Close()
+	b.Close() // closing twice must not free a second place
+	c, err := h.Subscribe("/b")
+	if err != nil {
+		t.Fatalf("subscriber after one left: %v", err)
+	}
+	defer c.Close()
+	if _, err := h.Subscribe("/b"); !errors.Is(err, ErrTooManySubscribers) {
+		t.Errorf("err = %v, want ErrTooManySubscribers", err)
+	}
+}
+
+func TestCloseAnswersWaitingSubscribers(t *testing.T) {
+	h := testHub(t, HubConfig{})
+	sub, err := h.Subscribe("/c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := sub.Next(context.Background(), sub.Start())
+		errc <- err
+	}()
+	h.Close()
+	if err := <-errc; !errors.Is(err, ErrHubClosed) {
+		t.Fatalf("err = %v, want ErrHubClosed", err)
+	}
+	if _, err := h.Publish("/c", Event{}); !errors.Is(err, ErrHubClosed) {
+		t.Errorf("publish after close: err = %v", err)
+	}
+	if _, err := h.Subscribe("/c"); !errors.Is(err, ErrHubClosed) {
+		t.Errorf("subscribe after close: err = %v", err)
+	}
+}
+
+// BenchmarkPublish measures one publish with subscribers waiting on the
+// context; the figure must not grow with the number of subscribers.
+func BenchmarkPublish(b *testing.B) {
+	for _, waiting := range []int{0, 1000, 10000} {
+		b.Run(fmt.Sprintf("waiting=%d", waiting), func(b *testing.B) {
+			h := testHub(b, HubConfig{MaxSubscribers: waiting + 1})
+			ctx, cancel := context.WithCancel(context.Background())
+			var wg sync.WaitGroup
+			for range waiting {
+				sub, err := h.Subscribe("/c")
+				if err != nil {
+					b.Fatal(err)
+				}
+				wg.Go(func() {
+					defer sub.Close()
+					cur := sub.Start()
+					for {
+						d, err := sub.Next(ctx, cur)
+						if err != nil {
+							return
+						}
+						cur = d.Cursor
+					}
+				})
+			}
+			ev := Event{Data: []byte("payload")}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := h.Publish("/c", ev); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			cancel()
+			wg.Wait()
+		})
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after five seconds.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
