@@ -23,8 +23,27 @@ func init() {
 
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	handler := new(Handler)
-	err := handler.UnmarshalCaddyfile(h.Dispenser)
-	return handler, err
+	if err := handler.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	// Catch a misspelt hub name here, where the error can point at the line.
+	if handler.Hub != "" && handler.Hub != DefaultHubName && !globalHubConfigured(h, handler.Hub) {
+		return nil, h.Errf("comet hub %q is not configured: add a global option block 'comet %s { ... }'", handler.Hub, handler.Hub)
+	}
+	return handler, nil
+}
+
+func globalHubConfigured(h httpcaddyfile.Helper, name string) bool {
+	opt, ok := h.Option("comet").(httpcaddyfile.App)
+	if !ok {
+		return false
+	}
+	var app App
+	if err := json.Unmarshal(opt.Value, &app); err != nil {
+		return false
+	}
+	_, ok = app.Hubs[name]
+	return ok
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
