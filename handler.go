@@ -94,11 +94,12 @@ func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *c
 // servePosition answers HEAD at once with the context's current cursor, so
 // a page can show the current state before its first long poll returns.
 func (h *Handler) servePosition(w http.ResponseWriter, repl *caddy.Replacer, key string) error {
-	cur, err := h.hub.Position(key)
+	info, err := h.hub.Position(key)
 	if err != nil {
 		return hubError(w, key, err)
 	}
-	setPosition(w.Header(), repl, cur)
+	setPosition(w.Header(), repl, info.Cursor)
+	repl.Set("comet.subscribers", info.Subscribers)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }

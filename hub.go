@@ -186,18 +186,27 @@ func (h *Hub) Publish(key string, ev Event) (Receipt, error) {
 	return r, err
 }
 
-// Position returns the context's current cursor (the last event's id, or 0
-// before the first), creating the context if needed.
-func (h *Hub) Position(key string) (Cursor, error) {
+// ContextInfo describes a context at one moment.
+type ContextInfo struct {
+	// Cursor is the position of the context's last event (id 0 before the
+	// first).
+	Cursor Cursor
+	// Subscribers is how many subscribers are attached.
+	Subscribers int
+}
+
+// Position describes the context named key, creating it if needed, so that
+// a client can learn the cursor to subscribe from before any event.
+func (h *Hub) Position(key string) (ContextInfo, error) {
 	if h.isClosed() {
-		return Cursor{}, ErrHubClosed
+		return ContextInfo{}, ErrHubClosed
 	}
-	var cur Cursor
+	var info ContextInfo
 	err := h.withContext(key, func(c *hubContext) error {
-		cur = c.position()
+		info = ContextInfo{Cursor: c.position(), Subscribers: int(c.subscribers.Load())}
 		return nil
 	})
-	return cur, err
+	return info, err
 }
 
 // Subscribe attaches a subscriber to the context named key, creating the

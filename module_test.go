@@ -8,7 +8,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -75,6 +81,9 @@ func adaptCaddyfile(t testing.TB, text string) []byte {
 		t.Fatalf("adapting Caddyfile: %v\n%s", err, text)
 	}
 	for _, w := range warnings {
+		if strings.Contains(w.Message, "not formatted") {
+			continue // test configs are built by Sprintf
+		}
 		t.Logf("adapt warning: %s", w.String())
 	}
 	return cfg
@@ -207,4 +216,188 @@ func (p *poll) answered() bool {
 	default:
 		return false
 	}
+}
+
+func TestReloadKeepsParkedClientsAndHistory(t *testing.T) {
+	s := startCaddy(t, "", `comet /lp`)
+	hub := s.hub(DefaultHubName)
+	first := s.publish("/lp", "before reload")
+
+	const n = 5
+	polls := make([]*poll, n)
+	for i := range polls {
+		polls[i] = s.startPoll("/lp", "Last-Event-ID", first.Cursor)
+	}
+	waitFor(t, "polls to park", func() bool { return hub.SubscriberCount() == n })
+
+	s.reload("comet {\n\t\thistory 50\n\t}", "comet /lp\n\trespond /new \"new config\"")
+	if _, body := s.do(http.MethodGet, "/new", ""); body != "new config" {
+		t.Fatalf("the new config is not running: /new answered %q", body)
+	}
+	if s.hub(DefaultHubName) != hub {
+		t.Fatal("reload replaced the hub")
+	}
+	time.Sleep(200 * time.Millisecond)
+	for i, p := range polls {
+		if p.answered() {
+			t.Fatalf("poll %d was answered by the reload", i)
+		}
+	}
+
+	r := s.publish("/lp", "after reload")
+	firstEpoch, _, _ := strings.Cut(first.Cursor, ":")
+	if r.ID != 2 || !strings.HasPrefix(r.Cursor, firstEpoch+":") || r.Woken != n {
+		t.Errorf("receipt after reload %+v; want id 2 in epoch %s, %d woken", r, firstEpoch, n)
+	}
+	for i, p := range polls {
+		if resp, body := p.wait(t); body != "after reload" || resp.Header.Get(HeaderCursor) != r.Cursor {
+			t.Errorf("poll %d got %q at %q", i, body, resp.Header.Get(HeaderCursor))
+		}
+	}
+	if _, body := s.do(http.MethodGet, "/lp", "", "Last-Event-ID", firstEpoch+":0"); body != "before reload" {
+		t.Errorf("history after reload starts with %q", body)
+	}
+}
+
+// TestStopAnswersEveryParkedClient runs the built Caddy as a subprocess with
+// Caddy's default, eternal grace period, parks clients, stops it, and
+// checks that it exits within two seconds having answered every client.
+func TestStopAnswersEveryParkedClient(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs Caddy as a subprocess")
+	}
+	bin := buildCaddy(t)
+	for _, tc := range []struct {
+		name    string
+		clients int
+		stop    func(cmd *exec.Cmd, admin string) error
+	}{
+		{"SIGTERM", 1000, func(cmd *exec.Cmd, _ string) error { return cmd.Process.Signal(syscall.SIGTERM) }},
+		{"caddy stop", 100, func(_ *exec.Cmd, admin string) error {
+			stop := exec.Command(bin, "stop", "--address", admin)
+			stop.Env = quietRaceEnv()
+			return stop.Run()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			admin, site := freeAddr(t), freeAddr(t)
+			cfgPath := filepath.Join(t.TempDir(), "Caddyfile")
+			cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n}\nhttp://%s {\n\theader /lp >X-Subscribers {comet.subscribers}\n\tcomet /lp\n}\n", admin, site)
+			if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var output bytes.Buffer
+			cmd := exec.Command(bin, "run", "--config", cfgPath)
+			cmd.Stdout, cmd.Stderr = &output, &output
+			cmd.Env = quietRaceEnv()
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			defer func() {
+				if t.Failed() {
+					t.Logf("caddy output:\n%s", output.String())
+				}
+			}()
+			defer cmd.Process.Kill()
+
+			url := "http://" + site + "/lp"
+			waitFor(t, "caddy to serve", func() bool { return headSubscribers(url) == 0 })
+
+			transport := &http.Transport{MaxIdleConnsPerHost: -1}
+			defer transport.CloseIdleConnections()
+			client := &http.Client{Transport: transport}
+			statuses := make(chan int, tc.clients)
+			for range tc.clients {
+				go func() {
+					resp, err := client.Get(url)
+					if err != nil {
+						statuses <- 0
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					statuses <- resp.StatusCode
+				}()
+			}
+			waitFor(t, "clients to park", func() bool { return headSubscribers(url) == tc.clients })
+
+			start := time.Now()
+			if err := tc.stop(cmd, admin); err != nil {
+				t.Fatalf("stopping: %v", err)
+			}
+			select {
+			case <-exited:
+			case <-time.After(10 * time.Second):
+				t.Fatal("caddy did not exit within 10s")
+			}
+			took := time.Since(start)
+			t.Logf("caddy exited %v after the stop with %d clients parked", took, tc.clients)
+			if took > 2*time.Second {
+				t.Errorf("caddy took %v to exit, want under 2s", took)
+			}
+			for i := range tc.clients {
+				select {
+				case status := <-statuses:
+					if status != http.StatusServiceUnavailable {
+						t.Fatalf("a parked client got status %d, want 503 (0: no response)", status)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatalf("only %d of %d clients were answered", i, tc.clients)
+				}
+			}
+		})
+	}
+}
+
+// quietRaceEnv is the environment for Caddy subprocesses. A race-enabled
+// binary sleeps a second at exit by default, which would time the race
+// detector rather than Caddy.
+func quietRaceEnv() []string {
+	return append(os.Environ(), "GORACE=atexit_sleep_ms=0")
+}
+
+// headSubscribers returns the subscriber count a HEAD reports through the
+// X-Subscribers header, or -1 if the server does not answer.
+func headSubscribers(url string) int {
+	resp, err := http.Head(url)
+	if err != nil {
+		return -1
+	}
+	resp.Body.Close()
+	n, err := strconv.Atoi(resp.Header.Get("X-Subscribers"))
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// buildCaddy builds ./cmd/caddy, with the race detector when the tests run
+// with it, and returns the binary's path.
+func buildCaddy(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "caddy")
+	args := []string{"build", "-o", bin}
+	if raceEnabled() {
+		args = append(args, "-race")
+	}
+	out, err := exec.Command("go", append(args, "./cmd/caddy")...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("building caddy: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func raceEnabled() bool {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return false
+	}
+	for _, s := range info.Settings {
+		if s.Key == "-race" {
+			return s.Value == "true"
+		}
+	}
+	return false
 }
