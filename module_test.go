@@ -401,3 +401,45 @@ func raceEnabled() bool {
 	}
 	return false
 }
+
+// TestExampleCaddyfile runs example.Caddyfile (on test ports) and drives it
+// the way the seed's Prototype client does: GET long_polling without a
+// cursor, POST long_polling to click, and read the counter from X-JSON.
+func TestExampleCaddyfile(t *testing.T) {
+	text, err := os.ReadFile("example.Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &testServer{t: t, base: "http://" + freeAddr(t), admin: "http://" + freeAddr(t)}
+	cfg := strings.Replace(string(text), "http://localhost:8080 {", s.base+" {", 1)
+	cfg = strings.Replace(cfg, "\tbind 127.0.0.1 [::1]\n", "", 1)
+	cfg = strings.Replace(cfg, "{\n", "{\n\tadmin "+strings.TrimPrefix(s.admin, "http://")+"\n\tpersist_config off\n", 1)
+	if !strings.Contains(cfg, s.base+" {") || strings.Contains(cfg, "bind ") {
+		t.Fatal("example.Caddyfile no longer has the address this test rewrites")
+	}
+	if err := caddy.Load(adaptCaddyfile(t, cfg), true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { caddy.Stop() })
+
+	for path, want := range map[string]string{"/": "Comet counter", "/counter.js": "long_polling"} {
+		if resp, body := s.do(http.MethodGet, path, ""); resp.StatusCode != http.StatusOK || !strings.Contains(body, want) {
+			t.Errorf("GET %s: %s, body without %q", path, resp.Status, want)
+		}
+	}
+
+	seedHeaders := []string{"X-Requested-With", "XMLHttpRequest", "Content-Type", "application/x-www-form-urlencoded; charset=UTF-8"}
+	for click := 1; click <= 3; click++ {
+		p := s.startPoll("/long_polling", "X-Requested-With", "XMLHttpRequest")
+		waitFor(t, "the seed's poll to park", func() bool { return s.hub(DefaultHubName).SubscriberCount() == 1 })
+		if resp, _ := s.do(http.MethodPost, "/long_polling", "", seedHeaders...); resp.StatusCode != http.StatusOK {
+			t.Fatalf("click: %s", resp.Status)
+		}
+		resp, _ := p.wait(t)
+		var xJSON struct{ Counter int }
+		err := json.Unmarshal([]byte(resp.Header.Get("X-JSON")), &xJSON)
+		if err != nil || resp.StatusCode/100 != 2 || xJSON.Counter != click {
+			t.Fatalf("after click %d: %s, X-JSON %q (%v)", click, resp.Status, resp.Header.Get("X-JSON"), err)
+		}
+	}
+}
