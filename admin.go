@@ -66,7 +66,7 @@ func (AdminAPI) handlePublish(w http.ResponseWriter, r *http.Request) error {
 	}
 	rcpt, err := hub.Publish(key, eventFromRequest(r, data))
 	if err != nil {
-		return apiError(hubStatus(err), fmt.Errorf("context %q: %w", key, err))
+		return apiError(hubStatus(err), fmt.Errorf("context %.64q: %w", key, err))
 	}
 	return writeReceipt(w, nil, rcpt)
 }

@@ -174,6 +174,8 @@ func eventFromRequest(r *http.Request, data []byte) Event {
 // hubStatus maps a hub error to an HTTP status.
 func hubStatus(err error) int {
 	switch {
+	case errors.Is(err, ErrKeyTooLong):
+		return http.StatusBadRequest
 	case errors.Is(err, ErrTooManyContexts), errors.Is(err, ErrTooManySubscribers), errors.Is(err, ErrHubClosed):
 		return http.StatusServiceUnavailable
 	default:
@@ -186,7 +188,7 @@ func hubError(w http.ResponseWriter, key string, err error) error {
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", retryAfterSeconds)
 	}
-	return caddyhttp.Error(status, fmt.Errorf("context %q: %w", key, err))
+	return caddyhttp.Error(status, fmt.Errorf("context %.64q: %w", key, err))
 }
 
 // setPosition writes the cursor headers every answer carries and sets the
@@ -249,12 +251,12 @@ func writeExpired(w http.ResponseWriter, repl *caddy.Replacer, cur Cursor, subsc
 }
 
 // writeShuttingDown answers a long poll when the server exits, telling the
-// client to come back with its cursor.
+// client to come back with its cursor. The server's shutdown already closes
+// the connection after the answer.
 func writeShuttingDown(w http.ResponseWriter, repl *caddy.Replacer, cur Cursor) error {
 	hdr := w.Header()
 	setPosition(hdr, repl, cur)
 	hdr.Set("Retry-After", retryAfterSeconds)
-	hdr.Set("Connection", "close")
 	w.WriteHeader(http.StatusServiceUnavailable)
 	return nil
 }

@@ -294,7 +294,8 @@ func TestBadRequests(t *testing.T) {
 	}
 	comet /readonly {
 		publish off
-	}`)
+	}
+	comet /long/*`)
 	for _, tc := range []struct {
 		name       string
 		method     string
@@ -312,6 +313,8 @@ func TestBadRequests(t *testing.T) {
 		{"PUT", http.MethodPut, "/lp", "", nil, 405, "GET, HEAD, POST"},
 		{"DELETE", http.MethodDelete, "/lp", "", nil, 405, "GET, HEAD, POST"},
 		{"POST with publish off", http.MethodPost, "/readonly", "x", nil, 405, "GET, HEAD"},
+		{"longest context key", http.MethodHead, "/long/" + strings.Repeat("k", MaxKeyLength-6), "", nil, 204, ""},
+		{"context key too long", http.MethodGet, "/long/" + strings.Repeat("k", MaxKeyLength-5), "", nil, 400, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, _ := s.do(tc.method, tc.path, tc.body, tc.header...)

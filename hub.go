@@ -3,6 +3,7 @@ package comet
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"sync"
@@ -18,7 +19,12 @@ var (
 	ErrTooManyContexts    = errors.New("context limit of the hub reached")
 	ErrTooManySubscribers = errors.New("subscriber limit of the hub reached")
 	ErrHubClosed          = errors.New("hub is shutting down")
+	ErrKeyTooLong         = fmt.Errorf("context key longer than %d bytes", MaxKeyLength)
 )
+
+// MaxKeyLength bounds a context key, which is often taken from the request
+// path: contexts are bounded in number, and this bounds what each one costs.
+const MaxKeyLength = 1024
 
 // MissedUnknown is the value of Delivery.Missed when the subscriber's cursor
 // belongs to an earlier epoch of the context, so the number of events it
@@ -235,6 +241,9 @@ func (h *Hub) Subscribe(key string) (*Subscriber, error) {
 // withContext runs fn on the context named key, creating it if needed,
 // while holding the lock that keeps the janitor from collecting it.
 func (h *Hub) withContext(key string, fn func(*hubContext) error) error {
+	if len(key) > MaxKeyLength {
+		return ErrKeyTooLong
+	}
 	h.mu.RLock()
 	if c, ok := h.contexts[key]; ok {
 		defer h.mu.RUnlock()

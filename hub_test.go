@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -147,28 +148,7 @@ func TestPublishWakesEveryWaitingSubscriber(t *testing.T) {
 func TestPublishCostDoesNotGrowWithSubscribers(t *testing.T) {
 	allocs := func(waiting int) float64 {
 		h := testHub(t, HubConfig{})
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		var wg sync.WaitGroup
-		for range waiting {
-			sub, err := h.Subscribe("/c")
-			if err != nil {
-				t.Fatal(err)
-			}
-			wg.Go(func() {
-				defer sub.Close()
-				cur := sub.Start()
-				for {
-					d, err := sub.Next(ctx, cur)
-					if err != nil {
-						return
-					}
-					cur = d.Cursor
-				}
-			})
-		}
-		defer wg.Wait()
-		defer cancel()
+		defer followContext(t, h, "/c", waiting)()
 		ev := Event{Data: []byte("x")}
 		return testing.AllocsPerRun(200, func() {
 			if _, err := h.Publish("/c", ev); err != nil {
@@ -236,6 +216,23 @@ func TestHubLimits(t *testing.T) {
 	}
 }
 
+func TestKeyLengthIsBounded(t *testing.T) {
+	h := testHub(t, HubConfig{})
+	long := strings.Repeat("k", MaxKeyLength+1)
+	if _, err := h.Publish(long, Event{}); !errors.Is(err, ErrKeyTooLong) {
+		t.Errorf("publish: err = %v, want ErrKeyTooLong", err)
+	}
+	if _, err := h.Subscribe(long); !errors.Is(err, ErrKeyTooLong) {
+		t.Errorf("subscribe: err = %v, want ErrKeyTooLong", err)
+	}
+	if h.ContextCount() != 0 || h.SubscriberCount() != 0 {
+		t.Errorf("refused calls left %d contexts, %d subscribers", h.ContextCount(), h.SubscriberCount())
+	}
+	if _, err := h.Publish(long[1:], Event{}); err != nil {
+		t.Errorf("key of exactly %d bytes: %v", MaxKeyLength, err)
+	}
+}
+
 func TestCloseAnswersWaitingSubscribers(t *testing.T) {
 	h := testHub(t, HubConfig{})
 	sub, err := h.Subscribe("/c")
@@ -266,25 +263,7 @@ func BenchmarkPublish(b *testing.B) {
 	for _, waiting := range []int{0, 1000, 10000} {
 		b.Run(fmt.Sprintf("waiting=%d", waiting), func(b *testing.B) {
 			h := testHub(b, HubConfig{MaxSubscribers: waiting + 1})
-			ctx, cancel := context.WithCancel(context.Background())
-			var wg sync.WaitGroup
-			for range waiting {
-				sub, err := h.Subscribe("/c")
-				if err != nil {
-					b.Fatal(err)
-				}
-				wg.Go(func() {
-					defer sub.Close()
-					cur := sub.Start()
-					for {
-						d, err := sub.Next(ctx, cur)
-						if err != nil {
-							return
-						}
-						cur = d.Cursor
-					}
-				})
-			}
+			stop := followContext(b, h, "/c", waiting)
 			ev := Event{Data: []byte("payload")}
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -294,9 +273,38 @@ func BenchmarkPublish(b *testing.B) {
 				}
 			}
 			b.StopTimer()
-			cancel()
-			wg.Wait()
+			stop()
 		})
+	}
+}
+
+// followContext attaches n subscribers to the context, each reading every
+// event in a loop as a streaming client would, and returns a function that
+// detaches them and waits for them to finish.
+func followContext(t testing.TB, h *Hub, key string, n int) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for range n {
+		sub, err := h.Subscribe(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			defer sub.Close()
+			cur := sub.Start()
+			for {
+				d, err := sub.Next(ctx, cur)
+				if err != nil {
+					return
+				}
+				cur = d.Cursor
+			}
+		})
+	}
+	return func() {
+		cancel()
+		wg.Wait()
 	}
 }
 
