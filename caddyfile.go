@@ -54,6 +54,9 @@ func globalHubConfigured(h httpcaddyfile.Helper, name string) bool {
 //		expiration       <duration>|off
 //		publish          on|off
 //		max_message_size <size>
+//		heartbeat        <duration>|off
+//		transports       longpoll|sse|stream...
+//		write_timeout    <duration>
 //	}
 //
 // Every subdirective is optional; see the Handler fields for defaults.
@@ -70,11 +73,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "context":
 			h.Context, err = oneArg(d)
 		case "expiration":
-			h.Expiration, err = parseExpiration(d)
+			h.Expiration, err = parseDurationOrOff(d)
 		case "publish":
 			h.Publish, err = parseOnOff(d)
 		case "max_message_size":
 			h.MaxMessageSize, err = parseSize(d)
+		case "heartbeat":
+			h.Heartbeat, err = parseDurationOrOff(d)
+		case "write_timeout":
+			h.WriteTimeout, err = parsePositiveDuration(d)
+		case "transports":
+			h.Transports, err = parseTransportNames(d)
 		default:
 			return d.Errf("unrecognized comet subdirective %q", d.Val())
 		}
@@ -173,7 +182,9 @@ func oneArg(d *caddyfile.Dispenser) (string, error) {
 	return v, nil
 }
 
-func parseExpiration(d *caddyfile.Dispenser) (caddy.Duration, error) {
+// parseDurationOrOff reads a positive duration, or off as -1.
+func parseDurationOrOff(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	name := d.Val()
 	v, err := oneArg(d)
 	if err != nil {
 		return 0, err
@@ -183,9 +194,33 @@ func parseExpiration(d *caddyfile.Dispenser) (caddy.Duration, error) {
 	}
 	dur, err := caddy.ParseDuration(v)
 	if err != nil || dur <= 0 {
-		return 0, d.Errf("expiration must be a positive duration or off, got %q", v)
+		return 0, d.Errf("%s must be a positive duration or off, got %q", name, v)
 	}
 	return caddy.Duration(dur), nil
+}
+
+func parsePositiveDuration(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	name := d.Val()
+	v, err := oneArg(d)
+	if err != nil {
+		return 0, err
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil || dur <= 0 {
+		return 0, d.Errf("%s must be a positive duration, got %q", name, v)
+	}
+	return caddy.Duration(dur), nil
+}
+
+func parseTransportNames(d *caddyfile.Dispenser) ([]string, error) {
+	names := d.RemainingArgs()
+	if len(names) == 0 {
+		return nil, d.ArgErr()
+	}
+	if _, err := parseTransports(names); err != nil {
+		return nil, d.Err(err.Error())
+	}
+	return names, nil
 }
 
 func parseOnOff(d *caddyfile.Dispenser) (*bool, error) {

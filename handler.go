@@ -43,6 +43,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 
 	switch r.Method {
 	case http.MethodGet:
+		w.Header().Add("Vary", "Accept")
+		t := requestedTransport(r.Header.Get("Accept"))
+		if h.transports&t == 0 {
+			return caddyhttp.Error(http.StatusNotAcceptable, fmt.Errorf(
+				"this route does not serve %s; it serves: %s (long poll: any Accept; sse: Accept: text/event-stream; stream: Accept: application/x-ndjson)",
+				t, h.transports))
+		}
+		switch t {
+		case transportSSE:
+			return h.serveStream(w, r, repl, key, formatSSE)
+		case transportStream:
+			return h.serveStream(w, r, repl, key, formatNDJSON)
+		}
 		return h.serveSubscribe(w, r, repl, key)
 	case http.MethodHead:
 		return h.servePosition(w, repl, key)
@@ -174,7 +187,7 @@ func eventFromRequest(r *http.Request, data []byte) Event {
 // hubStatus maps a hub error to an HTTP status.
 func hubStatus(err error) int {
 	switch {
-	case errors.Is(err, ErrKeyTooLong):
+	case errors.Is(err, ErrKeyTooLong), errors.Is(err, ErrBadEventType):
 		return http.StatusBadRequest
 	case errors.Is(err, ErrTooManyContexts), errors.Is(err, ErrTooManySubscribers), errors.Is(err, ErrHubClosed):
 		return http.StatusServiceUnavailable

@@ -1,6 +1,9 @@
 package comet
 
-import "time"
+import (
+	"sync/atomic"
+	"time"
+)
 
 // Event is one published message. Events are immutable once published: every
 // subscriber reads the same value, so nothing is copied per subscriber.
@@ -15,6 +18,31 @@ type Event struct {
 	Data []byte
 	// Published is when the hub accepted the event.
 	Published time.Time
+
+	// frames holds the event's wire encodings, made once and shared by
+	// every subscriber that writes it. Publish sets it.
+	frames *frameCache
+}
+
+// frameCache holds an event's encoding in each wire format. Two
+// subscribers may encode at the same time; both make the same bytes and
+// one copy is kept.
+type frameCache [wireFormatCount]atomic.Pointer[[]byte]
+
+// frame returns the event's encoding in format f, at cursor cur (the same
+// for every subscriber), making it on first use. An event that did not
+// come through Publish has no cache and is encoded each time.
+func (e *Event) frame(f wireFormat, cur Cursor) []byte {
+	if e.frames == nil {
+		return f.encode(nil, e, cur)
+	}
+	p := &e.frames[f]
+	if b := p.Load(); b != nil {
+		return *b
+	}
+	b := f.encode(nil, e, cur)
+	p.CompareAndSwap(nil, &b)
+	return *p.Load()
 }
 
 // history holds the most recent events of one context, oldest first. Ids in

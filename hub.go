@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,7 +21,11 @@ var (
 	ErrTooManySubscribers = errors.New("subscriber limit of the hub reached")
 	ErrHubClosed          = errors.New("hub is shutting down")
 	ErrKeyTooLong         = fmt.Errorf("context key longer than %d bytes", MaxKeyLength)
+	ErrBadEventType       = fmt.Errorf("event type must be at most %d bytes with no CR, LF or NUL", MaxEventTypeLength)
 )
+
+// MaxEventTypeLength bounds an event's type, which every SSE frame repeats.
+const MaxEventTypeLength = 128
 
 // MaxKeyLength bounds a context key, which is often taken from the request
 // path: contexts are bounded in number, and this bounds what each one costs.
@@ -184,6 +189,10 @@ func (h *Hub) Publish(key string, ev Event) (Receipt, error) {
 	if h.isClosed() {
 		return Receipt{}, ErrHubClosed
 	}
+	if !validEventType(ev.Type) {
+		return Receipt{}, ErrBadEventType
+	}
+	ev.frames = new(frameCache)
 	var r Receipt
 	err := h.withContext(key, func(c *hubContext) error {
 		r = c.publish(&ev, h.config(), h.now())
@@ -413,6 +422,12 @@ func (s *Subscriber) Start() Cursor { return s.start }
 // Context returns the key of the subscriber's context.
 func (s *Subscriber) Context() string { return s.c.key }
 
+// validEventType keeps a type from ending an SSE field early and injecting
+// another.
+func validEventType(t string) bool {
+	return len(t) <= MaxEventTypeLength && !strings.ContainsAny(t, "\r\n\x00")
+}
+
 // Position returns the context's current cursor.
 func (s *Subscriber) Position() Cursor { return s.c.position() }
 
@@ -425,6 +440,15 @@ func (s *Subscriber) ContextSubscribers() int { return int(s.c.subscribers.Load(
 // (ErrHubClosed). It returns at once if the event is already in history, or
 // if events after the cursor were lost, with Delivery.Missed saying so.
 func (s *Subscriber) Next(ctx context.Context, after Cursor) (Delivery, error) {
+	return s.next(ctx, after, nil)
+}
+
+// errTick is what next returns when its tick channel fires first.
+var errTick = errors.New("tick")
+
+// next is Next that also returns errTick when tick fires, so that a stream
+// can write heartbeats from its own goroutine without another one.
+func (s *Subscriber) next(ctx context.Context, after Cursor, tick <-chan time.Time) (Delivery, error) {
 	c := s.c
 	for {
 		c.mu.RLock()
@@ -444,6 +468,8 @@ func (s *Subscriber) Next(ctx context.Context, after Cursor) (Delivery, error) {
 			err = ctx.Err()
 		case <-s.hub.closed:
 			err = ErrHubClosed
+		case <-tick:
+			err = errTick
 		}
 		c.waiting.Add(-1)
 		if err != nil {

@@ -27,6 +27,8 @@ const (
 	DefaultContext        = "{http.request.uri.path}"
 	DefaultExpiration     = 30 * time.Second
 	DefaultMaxMessageSize = 64 << 10
+	DefaultHeartbeat      = 15 * time.Second
+	DefaultWriteTimeout   = 10 * time.Second
 )
 
 // hubs holds every hub by name. It outlives configs, so a reload keeps
@@ -167,9 +169,25 @@ type Handler struct {
 	// Default: 65536.
 	MaxMessageSize int64 `json:"max_message_size,omitempty"`
 
-	hub    *Hub
-	allow  string
-	logger *zap.Logger
+	// How long a stream may stay idle before it gets a keep-alive (an SSE
+	// comment or an empty NDJSON line), so that proxies and browsers keep
+	// the connection. Negative: never. Default: 15s.
+	Heartbeat caddy.Duration `json:"heartbeat,omitempty"`
+
+	// The ways of subscribing the route accepts: "longpoll", "sse" (GET
+	// with Accept: text/event-stream) and "stream" (GET with Accept:
+	// application/x-ndjson). Others get 406. Default: all three.
+	Transports []string `json:"transports,omitempty"`
+
+	// How long one write to a stream may block before the stream is
+	// abandoned, so that a reader that stops reading frees its place.
+	// Default: 10s.
+	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
+
+	hub        *Hub
+	allow      string
+	transports transport
+	logger     *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -195,6 +213,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.MaxMessageSize == 0 {
 		h.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if h.Heartbeat == 0 {
+		h.Heartbeat = caddy.Duration(DefaultHeartbeat)
+	}
+	if h.WriteTimeout == 0 {
+		h.WriteTimeout = caddy.Duration(DefaultWriteTimeout)
+	}
+	var err error
+	if h.transports, err = parseTransports(h.Transports); err != nil {
+		return err
 	}
 	h.allow = "GET, HEAD"
 	if h.publishes() {
@@ -232,6 +260,9 @@ func (h *Handler) publishes() bool { return h.Publish == nil || *h.Publish }
 func (h *Handler) Validate() error {
 	if h.MaxMessageSize < 0 {
 		return errors.New("max_message_size must not be negative")
+	}
+	if h.WriteTimeout < 0 {
+		return errors.New("write_timeout must not be negative")
 	}
 	return nil
 }

@@ -1,0 +1,312 @@
+package comet
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// wireFormat is how a stream writes events: Server-Sent Events for
+// browsers, or one JSON object per line for everything else.
+type wireFormat int
+
+const (
+	formatSSE wireFormat = iota
+	formatNDJSON
+	wireFormatCount
+)
+
+// sseRetry is the reconnection delay a stream suggests to EventSource.
+const sseRetry = 3 * time.Second
+
+// Reasons a stream ends on its own, as sent to the client.
+const (
+	reasonExpired  = "expired"  // the route's expiration bounds a stream's life
+	reasonShutdown = "shutdown" // the server is exiting
+	reasonBehind   = "behind"   // the reader fell behind the history
+)
+
+func (f wireFormat) contentType() string {
+	if f == formatSSE {
+		return "text/event-stream"
+	}
+	return "application/x-ndjson"
+}
+
+// encode appends one event at cursor cur.
+func (f wireFormat) encode(b []byte, ev *Event, cur Cursor) []byte {
+	if f == formatSSE {
+		b = appendSSEField(b, "id", cur.String())
+		if ev.Type != "" {
+			b = appendSSEField(b, "event", ev.Type)
+		}
+		return append(appendSSEData(b, ev.Data), '\n')
+	}
+	line := ndjsonEvent{ID: ev.ID, Cursor: cur.String(), Type: ev.Type, ContentType: ev.ContentType}
+	if utf8.Valid(ev.Data) {
+		data := string(ev.Data)
+		line.Data = &data
+	} else {
+		line.DataBase64 = ev.Data
+	}
+	return appendJSONLine(b, line)
+}
+
+// open appends what starts a stream: the cursor it starts from, so that a
+// client that reconnects before any event misses nothing, and for SSE the
+// reconnection delay.
+func (f wireFormat) open(b []byte, cur Cursor) []byte {
+	if f == formatSSE {
+		b = appendSSEField(b, "retry", strconv.FormatInt(sseRetry.Milliseconds(), 10))
+		return append(appendSSEField(b, "id", cur.String()), '\n')
+	}
+	return appendJSONLine(b, ndjsonControl{Control: "open", Cursor: cur.String()})
+}
+
+// missed appends the notice that missed events were lost to the client.
+// With resume set, the notice also moves the client's cursor there.
+func (f wireFormat) missed(b []byte, missed int64, resume *Cursor) []byte {
+	count := "unknown"
+	if missed > 0 {
+		count = strconv.FormatInt(missed, 10)
+	}
+	if f == formatSSE {
+		b = appendSSEField(b, "event", "comet-missed")
+		if resume != nil {
+			b = appendSSEField(b, "id", resume.String())
+		}
+		return append(appendSSEField(b, "data", count), '\n')
+	}
+	line := ndjsonControl{Control: "missed", Missed: count}
+	if resume != nil {
+		line.Cursor = resume.String()
+	}
+	return appendJSONLine(b, line)
+}
+
+// reconnect appends the last words of a stream that ends on its own.
+func (f wireFormat) reconnect(b []byte, reason string, cur Cursor) []byte {
+	if f == formatSSE {
+		if reason == reasonShutdown {
+			// Spread the reconnections of every client of this server.
+			retry := sseRetry + rand.N(2*sseRetry)
+			b = appendSSEField(b, "retry", strconv.FormatInt(retry.Milliseconds(), 10))
+		}
+		b = appendSSEField(b, "event", "comet-reconnect")
+		return append(appendSSEField(b, "data", reason), '\n')
+	}
+	return appendJSONLine(b, ndjsonControl{Control: "reconnect", Reason: reason, Cursor: cur.String()})
+}
+
+var (
+	sseHeartbeat    = []byte(": keep-alive\n\n")
+	ndjsonHeartbeat = []byte("\n")
+)
+
+// heartbeat is what an idle stream writes to keep proxies from closing it.
+func (f wireFormat) heartbeat() []byte {
+	if f == formatSSE {
+		return sseHeartbeat
+	}
+	return ndjsonHeartbeat
+}
+
+func appendSSEField(b []byte, name, value string) []byte {
+	b = append(b, name...)
+	b = append(b, ": "...)
+	b = append(b, value...)
+	return append(b, '\n')
+}
+
+// appendSSEData writes the payload as data fields, one per line. SSE ends a
+// line at CRLF, LF or CR, so each of them ends a field here and none can
+// start another field. The client rebuilds the payload with LF line breaks.
+func appendSSEData(b, data []byte) []byte {
+	for {
+		i := bytes.IndexAny(data, "\r\n")
+		if i < 0 {
+			b = append(b, "data: "...)
+			b = append(b, data...)
+			return append(b, '\n')
+		}
+		b = append(b, "data: "...)
+		b = append(b, data[:i]...)
+		b = append(b, '\n')
+		if data[i] == '\r' && i+1 < len(data) && data[i+1] == '\n' {
+			i++
+		}
+		data = data[i+1:]
+	}
+}
+
+// ndjsonEvent is one event line of an NDJSON stream.
+type ndjsonEvent struct {
+	ID          uint64  `json:"id"`
+	Cursor      string  `json:"cursor"`
+	Type        string  `json:"type,omitempty"`
+	ContentType string  `json:"content_type,omitempty"`
+	Data        *string `json:"data,omitempty"`        // a UTF-8 payload
+	DataBase64  []byte  `json:"data_base64,omitempty"` // any other payload
+}
+
+// ndjsonControl is a line of an NDJSON stream that is not an event.
+type ndjsonControl struct {
+	Control string `json:"control"` // open, missed or reconnect
+	Missed  string `json:"missed,omitempty"`
+	Reason  string `json:"reason,omitempty"`
+	Cursor  string `json:"cursor,omitempty"`
+}
+
+func appendJSONLine(b []byte, v any) []byte {
+	line, err := json.Marshal(v)
+	if err != nil {
+		panic("comet: marshaling a stream line: " + err.Error()) // only strings, numbers and bytes
+	}
+	return append(append(b, line...), '\n')
+}
+
+// serveStream keeps a GET open and writes every event after the client's
+// cursor: first what history holds, then each new event as it is published.
+func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, f wireFormat) error {
+	after, hasCursor, err := requestCursor(r)
+	if err != nil {
+		return caddyhttp.Error(http.StatusBadRequest, err)
+	}
+	sub, err := h.hub.Subscribe(key)
+	if err != nil {
+		return hubError(w, key, err)
+	}
+	defer sub.Close()
+	if !hasCursor {
+		after = sub.Start()
+	}
+
+	hdr := w.Header()
+	hdr.Set("Content-Type", f.contentType())
+	hdr.Set("Cache-Control", "no-store")
+	hdr.Set("X-Accel-Buffering", "no") // a buffering proxy in front would hold events back
+	hdr.Set("Incremental", "?1")       // RFC 10036: forward as it comes; Caddy's encode honours it
+	hdr.Set(HeaderCursor, after.String())
+	repl.Set("comet.cursor", after.String())
+	repl.Set("comet.event.id", after.ID)
+	repl.Set("comet.subscribers", sub.ContextSubscribers())
+	w.WriteHeader(http.StatusOK)
+
+	out := streamWriter{w: w, rc: http.NewResponseController(w), timeout: time.Duration(h.WriteTimeout)}
+	defer out.clearDeadline()
+	if out.write(f.open(nil, after)) != nil {
+		return nil
+	}
+
+	ctx := r.Context()
+	if h.Expiration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(h.Expiration))
+		defer cancel()
+	}
+	var heartbeat *time.Timer
+	var tick <-chan time.Time
+	if h.Heartbeat > 0 {
+		heartbeat = time.NewTimer(time.Duration(h.Heartbeat))
+		defer heartbeat.Stop()
+		tick = heartbeat.C
+	}
+
+	for first := true; ; first = false {
+		d, err := sub.next(ctx, after, tick)
+		switch {
+		case errors.Is(err, errTick):
+			err = out.write(f.heartbeat())
+		case errors.Is(err, ErrHubClosed):
+			_ = out.write(f.reconnect(nil, reasonShutdown, after))
+			return nil
+		case r.Context().Err() != nil:
+			return nil // the client left
+		case err != nil:
+			_ = out.write(f.reconnect(nil, reasonExpired, after))
+			return nil
+		case d.Missed != 0 && !first:
+			// The reader fell behind the history while the stream ran: it
+			// will not catch up, so tell it where to resume and end.
+			resume := resumeBefore(d)
+			_ = out.write(f.missed(nil, d.Missed, &resume), f.reconnect(nil, reasonBehind, resume))
+			return nil
+		default:
+			err = out.writeDelivery(f, d)
+			after = d.Cursor
+		}
+		if err != nil {
+			return nil // the write failed or timed out: the reader is gone or too slow
+		}
+		if heartbeat != nil {
+			heartbeat.Reset(time.Duration(h.Heartbeat))
+		}
+	}
+}
+
+// resumeBefore is the cursor from which a client that missed events gets
+// the oldest event still held, without being told of the same gap again.
+func resumeBefore(d Delivery) Cursor {
+	if d.Event == nil {
+		return d.Cursor
+	}
+	return Cursor{Epoch: d.Cursor.Epoch, ID: d.Event.ID - 1}
+}
+
+// streamWriter writes to a stream, giving each write a deadline so that a
+// reader that stops reading cannot hold the request forever.
+type streamWriter struct {
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+// writeDelivery writes an event, with the notice of missed events before
+// it when there is one. The event's frame is shared by every subscriber.
+func (s *streamWriter) writeDelivery(f wireFormat, d Delivery) error {
+	var notice, frame []byte
+	if d.Missed != 0 {
+		var resume *Cursor
+		if d.Event == nil {
+			resume = &d.Cursor
+		}
+		notice = f.missed(nil, d.Missed, resume)
+	}
+	if d.Event != nil {
+		frame = d.Event.frame(f, d.Cursor)
+	}
+	return s.write(notice, frame)
+}
+
+func (s *streamWriter) write(parts ...[]byte) error {
+	if s.timeout > 0 {
+		// Not every ResponseWriter supports deadlines; Caddy's do.
+		_ = s.rc.SetWriteDeadline(time.Now().Add(s.timeout))
+	}
+	for _, p := range parts {
+		if len(p) == 0 {
+			continue
+		}
+		if _, err := s.w.Write(p); err != nil {
+			return err
+		}
+	}
+	return s.rc.Flush()
+}
+
+// clearDeadline keeps the last write's deadline from applying to the next
+// response on a kept-alive connection.
+func (s *streamWriter) clearDeadline() {
+	if s.timeout > 0 {
+		_ = s.rc.SetWriteDeadline(time.Time{})
+	}
+}

@@ -1,0 +1,455 @@
+package comet
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// sseEvent is an event as an EventSource dispatches it.
+type sseEvent struct {
+	ID, Type, Data string
+}
+
+// sseParser reads a text/event-stream body by the rules of the HTML
+// standard's "Interpreting an event stream": lines end at CRLF, LF or CR;
+// a line starting with a colon is a comment; "field: value" loses one
+// leading space; an id with NUL is ignored; retry takes only digits; a
+// blank line dispatches the event unless its data is empty.
+type sseParser struct {
+	r        *bufio.Reader
+	lastID   string
+	retry    int
+	comments int
+}
+
+func newSSEParser(r io.Reader) *sseParser { return &sseParser{r: bufio.NewReader(r)} }
+
+// next returns the next dispatched event, or the read error.
+func (p *sseParser) next() (sseEvent, error) {
+	var data strings.Builder
+	eventType := ""
+	for {
+		line, err := p.readLine()
+		if err != nil {
+			return sseEvent{}, err // an event cut off by the end of the stream is not dispatched
+		}
+		if line == "" {
+			if data.Len() == 0 {
+				eventType = ""
+				continue
+			}
+			if eventType == "" {
+				eventType = "message"
+			}
+			return sseEvent{ID: p.lastID, Type: eventType, Data: strings.TrimSuffix(data.String(), "\n")}, nil
+		}
+		if line[0] == ':' {
+			p.comments++
+			continue
+		}
+		field, value, _ := strings.Cut(line, ":")
+		value = strings.TrimPrefix(value, " ")
+		switch field {
+		case "event":
+			eventType = value
+		case "data":
+			data.WriteString(value)
+			data.WriteByte('\n')
+		case "id":
+			if !strings.Contains(value, "\x00") {
+				p.lastID = value
+			}
+		case "retry":
+			if n, err := strconv.Atoi(value); err == nil && strings.Trim(value, "0123456789") == "" {
+				p.retry = n
+			}
+		}
+	}
+}
+
+func (p *sseParser) readLine() (string, error) {
+	var line []byte
+	for {
+		c, err := p.r.ReadByte()
+		if err != nil {
+			return "", err
+		}
+		switch c {
+		case '\n':
+			return string(line), nil
+		case '\r':
+			if next, err := p.r.Peek(1); err == nil && next[0] == '\n' {
+				p.r.ReadByte()
+			}
+			return string(line), nil
+		}
+		line = append(line, c)
+	}
+}
+
+// openStream sends a GET with the given Accept and returns the response,
+// whose body the caller reads; it is closed when the test ends.
+func (s *testServer) openStream(client *http.Client, path, accept string, header ...string) *http.Response {
+	s.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.base+path, nil)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	req.Header.Set("Accept", accept)
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	if client == nil {
+		client = http.DefaultClient
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		cancel()
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() {
+		cancel()
+		resp.Body.Close()
+	})
+	return resp
+}
+
+func (s *testServer) openSSE(path string, header ...string) (*http.Response, *sseParser) {
+	s.t.Helper()
+	resp := s.openStream(nil, path, "text/event-stream", header...)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		s.t.Fatalf("SSE: %s, Content-Type %q", resp.Status, resp.Header.Get("Content-Type"))
+	}
+	return resp, newSSEParser(resp.Body)
+}
+
+// nextWithin returns the next SSE event, failing the test if none comes
+// within d.
+func nextWithin(t testing.TB, p *sseParser, d time.Duration) sseEvent {
+	t.Helper()
+	type result struct {
+		ev  sseEvent
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		ev, err := p.next()
+		got <- result{ev, err}
+	}()
+	select {
+	case r := <-got:
+		if r.err != nil {
+			t.Fatalf("reading SSE: %v", r.err)
+		}
+		return r.ev
+	case <-time.After(d):
+		t.Fatalf("no SSE event within %v", d)
+		return sseEvent{}
+	}
+}
+
+func TestSSEWritesEventsAsTheSpecParsesThem(t *testing.T) {
+	s := startCaddy(t, "", `comet /c`)
+	resp, p := s.openSSE("/c")
+	if resp.Header.Get("Cache-Control") != "no-store" {
+		t.Errorf("Cache-Control %q", resp.Header.Get("Cache-Control"))
+	}
+	waitFor(t, "the stream to attach", func() bool { return s.hub(DefaultHubName).SubscriberCount() == 1 })
+
+	payloads := []struct{ body, eventType, want string }{
+		{"hello", "", "hello"},
+		{"two\nlines", "greeting", "two\nlines"},
+		{"crlf\r\nand cr\rend\n", "", "crlf\nand cr\nend\n"},
+		{"", "empty", ""},
+		// Line breaks cannot smuggle fields in, nor can NUL cut one short.
+		{"x\nevent: evil\rid: forged\r\ndata: y\x00\nretry: 1", "", "x\nevent: evil\nid: forged\ndata: y\x00\nretry: 1"},
+	}
+	var cursors []string
+	for _, pl := range payloads {
+		resp, body := s.do(http.MethodPost, "/c", pl.body, HeaderEventType, pl.eventType)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("publish: %s %s", resp.Status, body)
+		}
+		cursors = append(cursors, resp.Header.Get(HeaderCursor))
+	}
+	for i, pl := range payloads {
+		ev := nextWithin(t, p, 5*time.Second)
+		wantType := pl.eventType
+		if wantType == "" {
+			wantType = "message"
+		}
+		if ev != (sseEvent{ID: cursors[i], Type: wantType, Data: pl.want}) {
+			t.Errorf("event %d = %+v, want id %q type %q data %q", i, ev, cursors[i], wantType, pl.want)
+		}
+	}
+	if p.retry != 3000 {
+		t.Errorf("retry hint %d, want 3000", p.retry)
+	}
+}
+
+func TestEventTypeCannotInjectFields(t *testing.T) {
+	h := testHub(t, HubConfig{})
+	for _, bad := range []string{"a\nb", "a\rb", "a\x00b", strings.Repeat("t", MaxEventTypeLength+1)} {
+		if _, err := h.Publish("/c", Event{Type: bad}); !errors.Is(err, ErrBadEventType) {
+			t.Errorf("type %q: err = %v, want ErrBadEventType", bad, err)
+		}
+	}
+}
+
+func TestSSEResumesWithoutGapOrDuplicate(t *testing.T) {
+	s := startCaddy(t, "", `comet /c`)
+	first := s.position("/c")
+	for i := 1; i <= 3; i++ {
+		s.publish("/c", fmt.Sprintf("e%d", i))
+	}
+	// Replay from history, then live.
+	_, p := s.openSSE("/c", "Last-Event-ID", first)
+	for i := 1; i <= 3; i++ {
+		if ev := nextWithin(t, p, 5*time.Second); ev.Data != fmt.Sprintf("e%d", i) {
+			t.Fatalf("replay %d: %+v", i, ev)
+		}
+	}
+	s.publish("/c", "e4")
+	if ev := nextWithin(t, p, 5*time.Second); ev.Data != "e4" {
+		t.Fatalf("live: %+v", ev)
+	}
+
+	// Resume after a disconnect with the id the parser kept, through the
+	// query parameter this time, as a client that cannot set headers does.
+	resumeFrom := p.lastID
+	s.publish("/c", "e5")
+	s.publish("/c", "e6")
+	_, p = s.openSSE("/c?last_event_id=" + resumeFrom)
+	for i := 5; i <= 6; i++ {
+		if ev := nextWithin(t, p, 5*time.Second); ev.Data != fmt.Sprintf("e%d", i) {
+			t.Fatalf("after reconnect, event %d: %+v", i, ev)
+		}
+	}
+}
+
+func TestSSESaysWhenHistoryNoLongerReachesBack(t *testing.T) {
+	s := startCaddy(t, "comet {\n\t\thistory 3\n\t}", `comet /c`)
+	var last receipt
+	for i := 1; i <= 6; i++ {
+		last = s.publish("/c", fmt.Sprintf("e%d", i))
+	}
+	epoch, _, _ := strings.Cut(last.Cursor, ":")
+	_, p := s.openSSE("/c", "Last-Event-ID", epoch+":1")
+	if ev := nextWithin(t, p, 5*time.Second); ev.Type != "comet-missed" || ev.Data != "2" {
+		t.Fatalf("first event %+v, want comet-missed with 2", ev)
+	}
+	for i := 4; i <= 6; i++ {
+		if ev := nextWithin(t, p, 5*time.Second); ev.Data != fmt.Sprintf("e%d", i) || ev.ID != fmt.Sprintf("%s:%d", epoch, i) {
+			t.Fatalf("after the gap: %+v", ev)
+		}
+	}
+	s.publish("/c", "live")
+	if ev := nextWithin(t, p, 5*time.Second); ev.Data != "live" {
+		t.Fatalf("the stream did not go on after the gap: %+v", ev)
+	}
+}
+
+func TestNDJSONStream(t *testing.T) {
+	s := startCaddy(t, "", `comet /c`)
+	resp := s.openStream(nil, "/c", "application/x-ndjson")
+	if ct := resp.Header.Get("Content-Type"); resp.StatusCode != http.StatusOK || ct != "application/x-ndjson" {
+		t.Fatalf("%s, Content-Type %q", resp.Status, ct)
+	}
+	lines := bufio.NewScanner(resp.Body)
+	readLine := func() map[string]any {
+		t.Helper()
+		for lines.Scan() {
+			if lines.Text() == "" {
+				continue // heartbeat
+			}
+			var v map[string]any
+			if err := json.Unmarshal(lines.Bytes(), &v); err != nil {
+				t.Fatalf("line %q: %v", lines.Text(), err)
+			}
+			return v
+		}
+		t.Fatalf("stream ended: %v", lines.Err())
+		return nil
+	}
+	open := readLine()
+	if open["control"] != "open" || open["cursor"] == "" {
+		t.Fatalf("first line %v", open)
+	}
+	r1 := s.publish("/c", "text\nwith newline")
+	resp2, _ := s.do(http.MethodPost, "/c", "\xff\xfe", "Content-Type", "application/octet-stream", HeaderEventType, "bin")
+	if got := readLine(); got["id"] != 1.0 || got["cursor"] != r1.Cursor || got["data"] != "text\nwith newline" || got["content_type"] != "text/plain" {
+		t.Errorf("text event %v", got)
+	}
+	if got := readLine(); got["id"] != 2.0 || got["cursor"] != resp2.Header.Get(HeaderCursor) || got["data_base64"] != "//4=" || got["type"] != "bin" {
+		t.Errorf("binary event %v", got)
+	}
+}
+
+// TestMixedSubscribersSeeTheSameEvents puts long polls, SSE streams and
+// NDJSON streams on one context and checks they all get every event, in
+// the same order.
+func TestMixedSubscribersSeeTheSameEvents(t *testing.T) {
+	const perKind, events = 4, 60
+	s := startCaddy(t, "comet {\n\t\thistory 1000\n\t}", `comet /c {
+		heartbeat off
+	}`)
+	start := s.position("/c")
+	var mu sync.Mutex
+	got := map[string][]string{}
+	record := func(who, data string) {
+		mu.Lock()
+		defer mu.Unlock()
+		got[who] = append(got[who], data)
+	}
+	var wg sync.WaitGroup
+	for i := range perKind {
+		wg.Go(func() { // long poll with cursor
+			cur := start
+			for n := 0; n < events; {
+				resp, body := doRequest(t, t.Context(), http.MethodGet, s.base+"/c", "", "Last-Event-ID", cur)
+				if resp.StatusCode == http.StatusOK {
+					record(fmt.Sprintf("longpoll-%d", i), body)
+					n++
+				}
+				cur = resp.Header.Get(HeaderCursor)
+			}
+		})
+		_, p := s.openSSE("/c", "Last-Event-ID", start)
+		wg.Go(func() {
+			for range events {
+				ev, err := p.next()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				record(fmt.Sprintf("sse-%d", i), ev.Data)
+			}
+		})
+		resp := s.openStream(nil, "/c", "application/x-ndjson", "Last-Event-ID", start)
+		wg.Go(func() {
+			dec := json.NewDecoder(resp.Body)
+			for n := 0; n < events; {
+				var line struct{ Data *string }
+				if err := dec.Decode(&line); err != nil {
+					t.Error(err)
+					return
+				}
+				if line.Data != nil {
+					record(fmt.Sprintf("stream-%d", i), *line.Data)
+					n++
+				}
+			}
+		})
+	}
+	waitFor(t, "every subscriber to attach", func() bool { return s.hub(DefaultHubName).SubscriberCount() == 3*perKind })
+	for i := range events {
+		s.publish("/c", fmt.Sprintf("event-%d", i))
+	}
+	wg.Wait()
+	if len(got) != 3*perKind {
+		t.Fatalf("%d subscribers reported, want %d", len(got), 3*perKind)
+	}
+	for who, seq := range got {
+		for i, data := range seq {
+			if want := fmt.Sprintf("event-%d", i); data != want {
+				t.Fatalf("%s: event %d is %q, want %q", who, i, data, want)
+			}
+		}
+	}
+}
+
+func TestHeartbeatKeepsAnIdleStreamAlive(t *testing.T) {
+	s := startCaddy(t, "", `comet /c {
+		heartbeat 100ms
+		expiration off
+	}`)
+	_, p := s.openSSE("/c")
+	start := time.Now()
+	go func() {
+		time.Sleep(550 * time.Millisecond)
+		s.publish("/c", "after the quiet")
+	}()
+	ev := nextWithin(t, p, 5*time.Second)
+	idle := time.Since(start)
+	// One keep-alive per 100ms of quiet: five in 550ms, give or take the
+	// scheduling of a busy test machine.
+	if want := int(idle / (100 * time.Millisecond)); p.comments < 3 || p.comments > want {
+		t.Errorf("%d keep-alives in %v of quiet, want 3 to %d", p.comments, idle, want)
+	}
+	if ev.Data != "after the quiet" {
+		t.Errorf("event %+v", ev)
+	}
+}
+
+func TestStreamEndsAtExpiration(t *testing.T) {
+	s := startCaddy(t, "", `comet /c {
+		expiration 200ms
+	}`)
+	_, p := s.openSSE("/c")
+	start := time.Now()
+	ev := nextWithin(t, p, 5*time.Second)
+	if ev.Type != "comet-reconnect" || ev.Data != "expired" {
+		t.Fatalf("last event %+v, want comet-reconnect expired", ev)
+	}
+	if took := time.Since(start); took < 150*time.Millisecond {
+		t.Errorf("stream ended after %v, before the expiration", took)
+	}
+	if _, err := p.next(); err != io.EOF {
+		t.Errorf("after the last event: %v, want EOF", err)
+	}
+	waitFor(t, "the subscriber to detach", func() bool { return s.hub(DefaultHubName).SubscriberCount() == 0 })
+}
+
+func TestTransportsRestrictTheRoute(t *testing.T) {
+	s := startCaddy(t, "", `comet /sse-only {
+		transports sse
+	}
+	comet /polls-only {
+		transports longpoll
+		expiration 100ms
+	}`)
+	for _, tc := range []struct {
+		path, accept string
+		want         int
+	}{
+		{"/sse-only", "", http.StatusNotAcceptable},
+		{"/sse-only", "application/x-ndjson", http.StatusNotAcceptable},
+		{"/sse-only", "text/html, text/event-stream;q=0.9", http.StatusOK},
+		{"/polls-only", "text/event-stream", http.StatusNotAcceptable},
+		{"/polls-only", "text/event-stream;q=0, */*", http.StatusNoContent}, // refused SSE: a long poll
+	} {
+		if got := statusOf(t, s.base+tc.path, tc.accept); got != tc.want {
+			t.Errorf("GET %s with Accept %q: %d, want %d", tc.path, tc.accept, got, tc.want)
+		}
+	}
+}
+
+// statusOf sends a GET with that Accept and returns the status as soon as
+// the response header arrives.
+func statusOf(t *testing.T, url, accept string) int {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}

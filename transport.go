@@ -1,0 +1,94 @@
+package comet
+
+import (
+	"fmt"
+	"strings"
+)
+
+// transport is a way of subscribing; a set of them is a bit mask.
+type transport uint8
+
+const (
+	transportLongPoll transport = 1 << iota
+	transportSSE
+	transportStream
+
+	allTransports = transportLongPoll | transportSSE | transportStream
+)
+
+var transportNames = []struct {
+	name string
+	t    transport
+}{
+	{"longpoll", transportLongPoll},
+	{"sse", transportSSE},
+	{"stream", transportStream},
+}
+
+// String lists the transports in the set by name.
+func (t transport) String() string {
+	var names []string
+	for _, tn := range transportNames {
+		if t&tn.t != 0 {
+			names = append(names, tn.name)
+		}
+	}
+	return strings.Join(names, ", ")
+}
+
+// parseTransports turns transport names into a set; no names means all.
+func parseTransports(names []string) (transport, error) {
+	if len(names) == 0 {
+		return allTransports, nil
+	}
+	var set transport
+	for _, name := range names {
+		t := transportNamed(name)
+		if t == 0 {
+			return 0, fmt.Errorf("unknown transport %q: want longpoll, sse or stream", name)
+		}
+		set |= t
+	}
+	return set, nil
+}
+
+func transportNamed(name string) transport {
+	for _, tn := range transportNames {
+		if tn.name == name {
+			return tn.t
+		}
+	}
+	return 0
+}
+
+// requestedTransport picks the transport a GET asks for by its Accept
+// header: the first of the SSE and NDJSON media types it accepts (with a
+// q above 0) asks for that stream; anything else is a long poll, as in
+// the seed.
+func requestedTransport(accept string) transport {
+	for part := range strings.SplitSeq(accept, ",") {
+		mediaType, params, _ := strings.Cut(part, ";")
+		if refused(params) {
+			continue
+		}
+		switch strings.ToLower(strings.TrimSpace(mediaType)) {
+		case "text/event-stream":
+			return transportSSE
+		case "application/x-ndjson":
+			return transportStream
+		}
+	}
+	return transportLongPoll
+}
+
+// refused reports whether media type parameters carry q=0.
+func refused(params string) bool {
+	for param := range strings.SplitSeq(params, ";") {
+		name, value, _ := strings.Cut(param, "=")
+		if strings.EqualFold(strings.TrimSpace(name), "q") {
+			value = strings.TrimSpace(value)
+			return strings.Trim(value, "0.") == "" && value != ""
+		}
+	}
+	return false
+}
