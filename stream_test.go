@@ -453,3 +453,70 @@ func statusOf(t *testing.T, url, accept string) int {
 	resp.Body.Close()
 	return resp.StatusCode
 }
+
+// TestStreamsThroughEncodeOverHTTP1AndHTTP2 checks that Caddy's encode
+// directive compresses a stream without holding events back, on HTTP/1.1
+// and on HTTP/2 (cleartext, so the test needs no certificates).
+func TestStreamsThroughEncodeOverHTTP1AndHTTP2(t *testing.T) {
+	// encode leaves application/x-ndjson alone by default; match it too.
+	s := startCaddy(t, "servers {\n\t\tprotocols h1 h2c\n\t}", `encode gzip {
+		match {
+			header Content-Type text/event-stream*
+			header Content-Type application/x-ndjson*
+		}
+	}
+	comet /c {
+		expiration off
+		heartbeat off
+	}`)
+	h2c := &http.Transport{Protocols: new(http.Protocols)}
+	h2c.Protocols.SetUnencryptedHTTP2(true)
+	defer h2c.CloseIdleConnections()
+	for _, proto := range []struct {
+		name   string
+		client *http.Client
+		major  int
+	}{
+		{"HTTP/1.1", &http.Client{Transport: &http.Transport{}}, 1},
+		{"HTTP/2", &http.Client{Transport: h2c}, 2},
+	} {
+		t.Run(proto.name, func(t *testing.T) {
+			sse := s.openStream(proto.client, "/c", "text/event-stream")
+			ndjson := s.openStream(proto.client, "/c", "application/x-ndjson")
+			for _, resp := range []*http.Response{sse, ndjson} {
+				if resp.ProtoMajor != proto.major || !resp.Uncompressed {
+					t.Fatalf("%s: protocol %s, decompressed %v; want HTTP/%d through gzip",
+						resp.Header.Get("Content-Type"), resp.Proto, resp.Uncompressed, proto.major)
+				}
+			}
+			p := newSSEParser(sse.Body)
+			lines := bufio.NewScanner(ndjson.Body)
+			lines.Scan() // the open line
+			for i := range 3 {
+				data := fmt.Sprintf("%s event %d", proto.name, i)
+				s.publish("/c", data)
+				if ev := nextWithin(t, p, 5*time.Second); ev.Data != data {
+					t.Fatalf("SSE got %+v, want %q", ev, data)
+				}
+				if !scanWithin(t, lines, 5*time.Second) || !strings.Contains(lines.Text(), data) {
+					t.Fatalf("NDJSON got %q, want a line with %q", lines.Text(), data)
+				}
+			}
+		})
+	}
+}
+
+// scanWithin advances the scanner, failing the test if no line comes
+// within d.
+func scanWithin(t testing.TB, sc *bufio.Scanner, d time.Duration) bool {
+	t.Helper()
+	done := make(chan bool, 1)
+	go func() { done <- sc.Scan() }()
+	select {
+	case ok := <-done:
+		return ok
+	case <-time.After(d):
+		t.Fatalf("no line within %v", d)
+		return false
+	}
+}
