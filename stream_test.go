@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -27,12 +29,13 @@ type sseEvent struct {
 // blank line dispatches the event unless its data is empty.
 type sseParser struct {
 	r        *bufio.Reader
+	pending  []string // lines read but not yet returned
 	lastID   string
 	retry    int
 	comments int
 }
 
-func newSSEParser(r io.Reader) *sseParser { return &sseParser{r: bufio.NewReader(r)} }
+func newSSEParser(r io.Reader) *sseParser { return &sseParser{r: bufio.NewReaderSize(r, 64<<10)} }
 
 // next returns the next dispatched event, or the read error.
 func (p *sseParser) next() (sseEvent, error) {
@@ -77,24 +80,21 @@ func (p *sseParser) next() (sseEvent, error) {
 	}
 }
 
+// readLine returns the next line. It reads up to LF and splits what it read
+// at lone CRs, so CRLF, LF and CR all end a line; a CR-ended line is only
+// seen once the next LF arrives, which the server under test always sends.
 func (p *sseParser) readLine() (string, error) {
-	var line []byte
-	for {
-		c, err := p.r.ReadByte()
+	if len(p.pending) == 0 {
+		raw, err := p.r.ReadString('\n')
 		if err != nil {
-			return "", err
+			return "", err // a line cut off by the end of the stream is not a line
 		}
-		switch c {
-		case '\n':
-			return string(line), nil
-		case '\r':
-			if next, err := p.r.Peek(1); err == nil && next[0] == '\n' {
-				p.r.ReadByte()
-			}
-			return string(line), nil
-		}
-		line = append(line, c)
+		raw = strings.TrimSuffix(strings.TrimSuffix(raw, "\n"), "\r")
+		p.pending = strings.Split(raw, "\r")
 	}
+	line := p.pending[0]
+	p.pending = p.pending[1:]
+	return line, nil
 }
 
 // openStream sends a GET with the given Accept and returns the response,
@@ -519,4 +519,126 @@ func scanWithin(t testing.TB, sc *bufio.Scanner, d time.Duration) bool {
 		t.Fatalf("no line within %v", d)
 		return false
 	}
+}
+
+// TestSlowReadersDoNotHoldUpOthers runs fast SSE readers beside one that
+// stops reading and one that pauses, while large events are published
+// back to back. The publisher must never wait; the stopped reader is
+// abandoned when a write blocks past write_timeout; the paused one, having
+// fallen behind the history, is told so and cut off, and can resume from
+// the id it was given without being told of the same gap again; the fast
+// readers get every event in order.
+func TestSlowReadersDoNotHoldUpOthers(t *testing.T) {
+	const events, size, fastReaders = 150, 60_000, 3
+	s := startCaddy(t, "comet {\n\t\thistory 30\n\t}", `comet /c {
+		expiration off
+		heartbeat off
+		write_timeout 2s
+	}`)
+	hub := s.hub(DefaultHubName)
+	payload := func(i int) string { return fmt.Sprintf("%05d", i) + strings.Repeat("x", size) }
+
+	var wg sync.WaitGroup
+	fastGot := make([][]string, fastReaders)
+	for r := range fastReaders {
+		_, p := s.openSSE("/c")
+		wg.Go(func() {
+			for len(fastGot[r]) < events {
+				ev, err := p.next()
+				if err != nil {
+					t.Errorf("fast reader %d: %v after %d events", r, err, len(fastGot[r]))
+					return
+				}
+				if ev.Type != "message" {
+					t.Errorf("fast reader %d got %s %q", r, ev.Type, ev.Data)
+					return
+				}
+				fastGot[r] = append(fastGot[r], ev.Data[:5])
+			}
+		})
+	}
+
+	stopped := s.openStream(smallBufferClient(), "/c", "text/event-stream")
+	_ = stopped // never read: its writes must time out
+
+	paused := s.openStream(smallBufferClient(), "/c", "text/event-stream")
+	pausedEvents := make(chan []sseEvent, 1)
+	pp := newSSEParser(paused.Body)
+	go func() {
+		var got []sseEvent
+		for {
+			ev, err := pp.next()
+			if err != nil {
+				pausedEvents <- got
+				return
+			}
+			got = append(got, ev)
+			if len(got) == 5 {
+				time.Sleep(800 * time.Millisecond)
+			}
+		}
+	}()
+	waitFor(t, "every stream to attach", func() bool { return hub.SubscriberCount() == fastReaders+2 })
+
+	var slowest time.Duration
+	for i := range events {
+		start := time.Now()
+		s.publish("/c", payload(i))
+		slowest = max(slowest, time.Since(start))
+		time.Sleep(2 * time.Millisecond)
+	}
+	if slowest > 500*time.Millisecond {
+		t.Errorf("a publish took %v: slow readers held up the publisher", slowest)
+	}
+
+	wg.Wait()
+	for r, got := range fastGot {
+		for i, prefix := range got {
+			if want := fmt.Sprintf("%05d", i); prefix != want {
+				t.Fatalf("fast reader %d: event %d is %s, want %s", r, i, prefix, want)
+			}
+		}
+	}
+
+	var got []sseEvent
+	select {
+	case got = <-pausedEvents:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the paused reader's stream did not end")
+	}
+	n := len(got)
+	if n < 2 || got[n-2].Type != "comet-missed" || got[n-1].Type != "comet-reconnect" || got[n-1].Data != "behind" {
+		t.Fatalf("paused reader's stream ended with %v, want comet-missed then comet-reconnect behind", lastTypes(got))
+	}
+	missed, _ := strconv.Atoi(got[n-2].Data)
+	lastSeen, _ := strconv.Atoi(got[n-3].Data[:5])
+	_, resume := s.openSSE("/c", "Last-Event-ID", got[n-1].ID)
+	ev := nextWithin(t, resume, 5*time.Second)
+	if ev.Type != "message" || ev.Data[:5] != fmt.Sprintf("%05d", lastSeen+missed+1) {
+		t.Errorf("resuming after %d missed from event %d got %s %q, want event %d without a second gap notice",
+			missed, lastSeen, ev.Type, ev.Data[:5], lastSeen+missed+1)
+	}
+
+	waitFor(t, "the stopped reader to be abandoned", func() bool { return hub.SubscriberCount() == fastReaders+1 })
+}
+
+func lastTypes(events []sseEvent) []string {
+	var types []string
+	for _, ev := range events[max(0, len(events)-3):] {
+		types = append(types, ev.Type)
+	}
+	return types
+}
+
+// smallBufferClient makes connections with a small receive buffer, so that
+// a reader that stops reading blocks the server's writes quickly.
+func smallBufferClient() *http.Client {
+	dialer := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var sockErr error
+		err := c.Control(func(fd uintptr) {
+			sockErr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		})
+		return errors.Join(err, sockErr)
+	}}
+	return &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext}}
 }
