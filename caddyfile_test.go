@@ -57,6 +57,9 @@ func TestAdapt(t *testing.T) {
 		expiration off
 		publish off
 		max_message_size 1MiB
+		heartbeat 20s
+		transports sse stream
+		write_timeout 5s
 	}
 }`,
 			want: `{"apps":{
@@ -65,7 +68,8 @@ func TestAdapt(t *testing.T) {
 					"default":{"history":50,"history_max_age":60000000000,"max_contexts":10,"max_subscribers":20}}},
 				"http":{"servers":{"srv0":{"listen":[":8080"],"routes":[
 					{"match":[{"path":["/chat/*"]}],"handle":[{"context":"room-{http.request.uri.query.room}","expiration":-1,
-					"handler":"comet","hub":"chat","max_message_size":1048576,"publish":false}]}]}}}}}`,
+					"handler":"comet","heartbeat":20000000000,"hub":"chat","max_message_size":1048576,"publish":false,
+					"transports":["sse","stream"],"write_timeout":5000000000}]}]}}}}}`,
 		},
 		{
 			name:      "publish on is explicit",
@@ -109,6 +113,10 @@ func TestAdaptErrors(t *testing.T) {
 		{":8080 {\n\tcomet {\n\t\tcontext\n\t}\n}", `Caddyfile:3`},
 		{":8080 {\n\tcomet {\n\t\thub a b\n\t}\n}", `Caddyfile:3`},
 		{":8080 {\n\tcomet extra-arg\n}", `Caddyfile:2`},
+		{":8080 {\n\tcomet {\n\t\theartbeat 0s\n\t}\n}", `heartbeat must be a positive duration or off`},
+		{":8080 {\n\tcomet {\n\t\ttransports sse carrier-pigeon\n\t}\n}", `unknown transport "carrier-pigeon"`},
+		{":8080 {\n\tcomet {\n\t\ttransports\n\t}\n}", `Caddyfile:3`},
+		{":8080 {\n\tcomet {\n\t\twrite_timeout off\n\t}\n}", `write_timeout must be a positive duration`},
 		{":8080 {\n\tcomet {\n\t\thub chta\n\t}\n}", `comet hub "chta" is not configured`},
 		{"{\n\tcomet {\n\t\thistory\n\t}\n}\n:8080", `Caddyfile:3`},
 		{"{\n\tcomet {\n\t\thistory 0\n\t}\n}\n:8080", `history count must be a whole number of at least 1`},
@@ -137,6 +145,8 @@ func TestValidateJSON(t *testing.T) {
 		{`{"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"comet","hub":"nope"}]}]}}}}}`,
 			`hub "nope" is not configured`},
 		{`{"apps":{"comet":{"hubs":{"default":{"history":-1}}}}}`, "history must not be negative"},
+		{`{"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"comet","transports":["smoke"]}]}]}}}}}`,
+			`unknown transport "smoke"`},
 		{`{"apps":{"comet":{"hubs":{"default":{"max_subscribers":-1}}}}}`, "max_subscribers must not be negative"},
 	} {
 		var cfg caddy.Config
@@ -156,6 +166,7 @@ func FuzzCaddyfile(f *testing.F) {
 		"comet", "comet {\n}", "comet {\n\texpiration off\n\tpublish on\n}",
 		"comet {\n\tcontext {path}\n\tmax_message_size 1MiB\n\thub x\n}",
 		"comet {\n\texpiration -5s\n}", "comet {\n\tmax_message_size 99999999999999999999EiB\n}",
+		"comet {\n\theartbeat off\n\ttransports longpoll sse stream\n\twrite_timeout 1s\n}", "comet {\n\ttransports\n}",
 		"comet x {\n\thistory 5 1m\n\tmax_contexts 1\n\tmax_subscribers 2\n}",
 		"comet {\n\thistory 1 2 3\n}", "comet {\n\thistory 9999999999999999999999\n}", "comet {{}}", "comet \"",
 	} {

@@ -228,7 +228,8 @@ func TestReloadKeepsParkedClientsAndHistory(t *testing.T) {
 	for i := range polls {
 		polls[i] = s.startPoll("/lp", "Last-Event-ID", first.Cursor)
 	}
-	waitFor(t, "polls to park", func() bool { return hub.SubscriberCount() == n })
+	_, stream := s.openSSE("/lp", "Last-Event-ID", first.Cursor)
+	waitFor(t, "polls and the stream to attach", func() bool { return hub.SubscriberCount() == n+1 })
 
 	s.reload("comet {\n\t\thistory 50\n\t}", "comet /lp\n\trespond /new \"new config\"")
 	if _, body := s.do(http.MethodGet, "/new", ""); body != "new config" {
@@ -246,8 +247,11 @@ func TestReloadKeepsParkedClientsAndHistory(t *testing.T) {
 
 	r := s.publish("/lp", "after reload")
 	firstEpoch, _, _ := strings.Cut(first.Cursor, ":")
-	if r.ID != 2 || !strings.HasPrefix(r.Cursor, firstEpoch+":") || r.Woken != n {
-		t.Errorf("receipt after reload %+v; want id 2 in epoch %s, %d woken", r, firstEpoch, n)
+	if r.ID != 2 || !strings.HasPrefix(r.Cursor, firstEpoch+":") || r.Woken != n+1 {
+		t.Errorf("receipt after reload %+v; want id 2 in epoch %s, %d woken", r, firstEpoch, n+1)
+	}
+	if ev := nextWithin(t, stream, 5*time.Second); ev.Data != "after reload" || ev.ID != r.Cursor {
+		t.Errorf("the stream got %+v after the reload", ev)
 	}
 	for i, p := range polls {
 		if resp, body := p.wait(t); body != "after reload" || resp.Header.Get(HeaderCursor) != r.Cursor {
@@ -268,12 +272,12 @@ func TestStopAnswersEveryParkedClient(t *testing.T) {
 	}
 	bin := buildCaddy(t)
 	for _, tc := range []struct {
-		name    string
-		clients int
-		stop    func(cmd *exec.Cmd, admin string) error
+		name           string
+		clients, polls int // polls of the clients are long polls, the rest SSE streams
+		stop           func(cmd *exec.Cmd, admin string) error
 	}{
-		{"SIGTERM", 1000, func(cmd *exec.Cmd, _ string) error { return cmd.Process.Signal(syscall.SIGTERM) }},
-		{"caddy stop", 100, func(_ *exec.Cmd, admin string) error {
+		{"SIGTERM", 1000, 800, func(cmd *exec.Cmd, _ string) error { return cmd.Process.Signal(syscall.SIGTERM) }},
+		{"caddy stop", 100, 50, func(_ *exec.Cmd, admin string) error {
 			stop := exec.Command(bin, "stop", "--address", admin)
 			stop.Env = quietRaceEnv()
 			return stop.Run()
@@ -308,18 +312,15 @@ func TestStopAnswersEveryParkedClient(t *testing.T) {
 			transport := &http.Transport{MaxIdleConnsPerHost: -1}
 			defer transport.CloseIdleConnections()
 			client := &http.Client{Transport: transport}
-			statuses := make(chan int, tc.clients)
-			for range tc.clients {
-				go func() {
-					resp, err := client.Get(url)
-					if err != nil {
-						statuses <- 0
-						return
-					}
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					statuses <- resp.StatusCode
-				}()
+			// Each client reports what it got: a long poll its status, a
+			// stream the type and data of its last event.
+			results := make(chan string, tc.clients)
+			for i := range tc.clients {
+				if i < tc.polls {
+					go func() { results <- pollStatus(client, url) }()
+				} else {
+					go func() { results <- streamEnding(client, url) }()
+				}
 			}
 			waitFor(t, "clients to park", func() bool { return headSubscribers(url) == tc.clients })
 
@@ -339,15 +340,47 @@ func TestStopAnswersEveryParkedClient(t *testing.T) {
 			}
 			for i := range tc.clients {
 				select {
-				case status := <-statuses:
-					if status != http.StatusServiceUnavailable {
-						t.Fatalf("a parked client got status %d, want 503 (0: no response)", status)
+				case got := <-results:
+					if got != "503" && got != "comet-reconnect shutdown" {
+						t.Fatalf("a client ended with %q, want a 503 long poll or a stream told to reconnect", got)
 					}
 				case <-time.After(5 * time.Second):
 					t.Fatalf("only %d of %d clients were answered", i, tc.clients)
 				}
 			}
 		})
+	}
+}
+
+// pollStatus long-polls url and returns the answer's status code.
+func pollStatus(client *http.Client, url string) string {
+	resp, err := client.Get(url)
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, resp.Body)
+	return strconv.Itoa(resp.StatusCode)
+}
+
+// streamEnding reads an SSE stream from url to its end and returns the
+// type and data of its last event.
+func streamEnding(client *http.Client, url string) string {
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := client.Do(req)
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	p := newSSEParser(resp.Body)
+	last := "no event"
+	for {
+		ev, err := p.next()
+		if err != nil {
+			return last
+		}
+		last = ev.Type + " " + ev.Data
 	}
 }
 
