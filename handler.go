@@ -72,25 +72,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // serveSubscribe suspends a GET until there is an event after the client's
 // cursor, the expiration delay passes, the client leaves or the hub closes.
 func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string) error {
-	after, hasCursor, err := requestCursor(r)
+	sub, after, err := h.subscribe(w, r, key)
 	if err != nil {
-		return caddyhttp.Error(http.StatusBadRequest, err)
-	}
-	sub, err := h.hub.Subscribe(key)
-	if err != nil {
-		return hubError(w, key, err)
+		return err
 	}
 	defer sub.Close()
-	if !hasCursor {
-		after = sub.Start()
-	}
-
-	wait := r.Context()
-	if h.Expiration > 0 {
-		var cancel context.CancelFunc
-		wait, cancel = context.WithTimeout(wait, time.Duration(h.Expiration))
-		defer cancel()
-	}
+	wait, cancel := h.expiring(r.Context())
+	defer cancel()
 	d, err := sub.Next(wait, after)
 	switch {
 	case err == nil:
@@ -102,6 +90,32 @@ func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *c
 	default:
 		return writeExpired(w, repl, sub.Position(), sub.ContextSubscribers())
 	}
+}
+
+// subscribe attaches a subscriber for a GET and returns the cursor to serve
+// it from: the one the client sent back, or else the context's position
+// now, so that it gets the next event (the seed's behaviour).
+func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request, key string) (*Subscriber, Cursor, error) {
+	after, hasCursor, err := requestCursor(r)
+	if err != nil {
+		return nil, Cursor{}, caddyhttp.Error(http.StatusBadRequest, err)
+	}
+	sub, err := h.hub.Subscribe(key)
+	if err != nil {
+		return nil, Cursor{}, hubError(w, key, err)
+	}
+	if !hasCursor {
+		after = sub.Start()
+	}
+	return sub, after, nil
+}
+
+// expiring bounds a subscription by the route's expiration, if it has one.
+func (h *Handler) expiring(ctx context.Context) (context.Context, context.CancelFunc) {
+	if h.Expiration <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, time.Duration(h.Expiration))
 }
 
 // servePosition answers HEAD at once with the context's current cursor, so

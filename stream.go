@@ -2,7 +2,6 @@ package comet
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
@@ -12,7 +11,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // wireFormat is how a stream writes events: Server-Sent Events for
@@ -177,18 +175,11 @@ func appendJSONLine(b []byte, v any) []byte {
 // serveStream keeps a GET open and writes every event after the client's
 // cursor: first what history holds, then each new event as it is published.
 func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, f wireFormat) error {
-	after, hasCursor, err := requestCursor(r)
+	sub, after, err := h.subscribe(w, r, key)
 	if err != nil {
-		return caddyhttp.Error(http.StatusBadRequest, err)
-	}
-	sub, err := h.hub.Subscribe(key)
-	if err != nil {
-		return hubError(w, key, err)
+		return err
 	}
 	defer sub.Close()
-	if !hasCursor {
-		after = sub.Start()
-	}
 
 	hdr := w.Header()
 	hdr.Set("Content-Type", f.contentType())
@@ -207,12 +198,8 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *cadd
 		return nil
 	}
 
-	ctx := r.Context()
-	if h.Expiration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, time.Duration(h.Expiration))
-		defer cancel()
-	}
+	ctx, cancel := h.expiring(r.Context())
+	defer cancel()
 	var heartbeat *time.Timer
 	var tick <-chan time.Time
 	if h.Heartbeat > 0 {
@@ -221,7 +208,11 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *cadd
 		tick = heartbeat.C
 	}
 
-	for first := true; ; first = false {
+	// A gap before the first delivery is the client's own (its cursor was
+	// old) and is reported on the way; a gap after it means this reader
+	// fell behind while streaming.
+	delivered := false
+	for {
 		d, err := sub.next(ctx, after, tick)
 		switch {
 		case errors.Is(err, errTick):
@@ -234,7 +225,7 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *cadd
 		case err != nil:
 			_ = out.write(f.reconnect(nil, reasonExpired, after))
 			return nil
-		case d.Missed != 0 && !first:
+		case d.Missed != 0 && delivered:
 			// The reader fell behind the history while the stream ran: it
 			// will not catch up, so tell it where to resume and end.
 			resume := resumeBefore(d)
@@ -242,7 +233,7 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *cadd
 			return nil
 		default:
 			err = out.writeDelivery(f, d)
-			after = d.Cursor
+			after, delivered = d.Cursor, true
 		}
 		if err != nil {
 			return nil // the write failed or timed out: the reader is gone or too slow
