@@ -1,9 +1,11 @@
 package comet
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
 )
@@ -17,13 +19,17 @@ func init() {
 const AdminMaxMessageSize = 1 << 20
 
 // AdminAPI serves comet's endpoints on Caddy's admin listener, so that a
-// backend can publish without going through a public route:
+// backend can publish and an operator can see and steer the hubs without
+// going through a public route:
 //
-//	POST /comet/publish?context=<key>[&hub=<name>]
+//	POST   /comet/publish?context=<key>             publish the body
+//	GET    /comet/contexts[?after=<key>&limit=<n>]  list contexts, a page at a time
+//	GET    /comet/contexts?context=<key>            describe one context
+//	DELETE /comet/contexts?context=<key>            delete one context
 //
-// The body is the event's payload and its Content-Type is kept; a
-// Comet-Event-Type header sets the event type. The answer is the same JSON
-// receipt a POST on a comet route gets.
+// Every endpoint takes hub=<name>, default "default". A publish keeps the
+// body's Content-Type, takes a Comet-Event-Type header for the event type,
+// and answers the JSON receipt a POST on a comet route gets.
 type AdminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -39,7 +45,21 @@ func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 func (a AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/comet/publish", Handler: caddy.AdminHandlerFunc(a.handlePublish)},
+		{Pattern: "/comet/contexts", Handler: caddy.AdminHandlerFunc(a.handleContexts)},
 	}
+}
+
+// Paging of GET /comet/contexts.
+const (
+	defaultPageSize = 100
+	maxPageSize     = 1000
+)
+
+// contextPage is the answer of GET /comet/contexts: a page of contexts in
+// key order, and the after value of the next page when there is one.
+type contextPage struct {
+	Contexts []contextJSON `json:"contexts"`
+	Next     string        `json:"next,omitempty"`
 }
 
 func (AdminAPI) handlePublish(w http.ResponseWriter, r *http.Request) error {
@@ -52,23 +72,88 @@ func (AdminAPI) handlePublish(w http.ResponseWriter, r *http.Request) error {
 	if key == "" {
 		return apiError(http.StatusBadRequest, errors.New("missing context query parameter"))
 	}
-	name := query.Get("hub")
-	if name == "" {
-		name = DefaultHubName
-	}
-	hub, ok := lookupHub(name)
-	if !ok {
-		return apiError(http.StatusNotFound, fmt.Errorf("no running hub named %q", name))
+	hub, err := requestHub(r)
+	if err != nil {
+		return err
 	}
 	data, err := readMessage(w, r, AdminMaxMessageSize)
 	if err != nil {
+		countPublishError(hub.Name(), err)
 		return apiError(messageStatus(err), err)
 	}
 	rcpt, err := hub.Publish(key, eventFromRequest(r, data))
 	if err != nil {
+		countPublishError(hub.Name(), err)
 		return apiError(hubStatus(err), fmt.Errorf("context %.64q: %w", key, err))
 	}
 	return writeReceipt(w, nil, rcpt)
+}
+
+func (AdminAPI) handleContexts(w http.ResponseWriter, r *http.Request) error {
+	hub, err := requestHub(r)
+	if err != nil {
+		return err
+	}
+	query := r.URL.Query()
+	key := query.Get("context")
+	switch {
+	case r.Method == http.MethodGet && key == "":
+		return listContexts(w, hub, query.Get("after"), query.Get("limit"))
+	case r.Method == http.MethodGet:
+		info, ok := hub.Inspect(key)
+		if !ok {
+			return apiError(http.StatusNotFound, fmt.Errorf("no context %.64q in hub %q", key, hub.Name()))
+		}
+		return writeJSON(w, contextJSONFrom(info))
+	case r.Method == http.MethodDelete && key != "":
+		info, ok := hub.Delete(key)
+		if !ok {
+			return apiError(http.StatusNotFound, fmt.Errorf("no context %.64q in hub %q", key, hub.Name()))
+		}
+		return writeJSON(w, contextJSONFrom(info))
+	case r.Method == http.MethodDelete:
+		return apiError(http.StatusBadRequest, errors.New("missing context query parameter: DELETE removes one context"))
+	}
+	w.Header().Set("Allow", "GET, DELETE")
+	return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed; use GET or DELETE", r.Method))
+}
+
+func listContexts(w http.ResponseWriter, hub *Hub, after, limitText string) error {
+	limit := defaultPageSize
+	if limitText != "" {
+		n, err := strconv.Atoi(limitText)
+		if err != nil || n < 1 || n > maxPageSize {
+			return apiError(http.StatusBadRequest, fmt.Errorf("limit must be a whole number from 1 to %d, got %q", maxPageSize, limitText))
+		}
+		limit = n
+	}
+	infos, more := hub.Contexts(after, limit)
+	page := contextPage{Contexts: make([]contextJSON, 0, len(infos))}
+	for _, info := range infos {
+		page.Contexts = append(page.Contexts, contextJSONFrom(info))
+	}
+	if more {
+		page.Next = infos[len(infos)-1].Key
+	}
+	return writeJSON(w, page)
+}
+
+// requestHub finds the hub a request names, default "default".
+func requestHub(r *http.Request) (*Hub, error) {
+	name := r.URL.Query().Get("hub")
+	if name == "" {
+		name = DefaultHubName
+	}
+	hub, ok := LookupHub(name)
+	if !ok {
+		return nil, apiError(http.StatusNotFound, fmt.Errorf("no running hub named %q", name))
+	}
+	return hub, nil
+}
+
+func writeJSON(w http.ResponseWriter, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(v)
 }
 
 func apiError(status int, err error) error {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 )
 
 // Headers of the comet protocol.
@@ -63,6 +64,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		if h.publishes() {
 			return h.servePublish(w, r, repl, key)
 		}
+	case http.MethodDelete:
+		if h.publishes() {
+			return h.serveDelete(w, key)
+		}
 	}
 	w.Header().Set("Allow", h.allow)
 	return caddyhttp.Error(http.StatusMethodNotAllowed,
@@ -72,22 +77,29 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // serveSubscribe suspends a GET until there is an event after the client's
 // cursor, the expiration delay passes, the client leaves or the hub closes.
 func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string) error {
-	sub, after, err := h.subscribe(w, r, key)
-	if err != nil {
+	m := h.metrics[transportLongPoll]
+	sub, after, err := h.subscribe(w, r, key, m)
+	if sub == nil {
 		return err
 	}
-	defer sub.Close()
+	defer h.detach(sub, m)
 	wait, cancel := h.expiring(r.Context())
 	defer cancel()
 	d, err := sub.Next(wait, after)
 	switch {
 	case err == nil:
+		if d.Event != nil {
+			m.deliveries.Inc()
+		}
 		return writeDelivery(w, repl, d, sub.ContextSubscribers())
 	case errors.Is(err, ErrHubClosed):
 		return writeShuttingDown(w, repl, sub.Position())
+	case errors.Is(err, ErrContextDeleted):
+		return writeGone(w)
 	case r.Context().Err() != nil:
 		return nil // the client left; there is nobody to answer
 	default:
+		m.expiries.Inc()
 		return writeExpired(w, repl, sub.Position(), sub.ContextSubscribers())
 	}
 }
@@ -95,19 +107,30 @@ func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *c
 // subscribe attaches a subscriber for a GET and returns the cursor to serve
 // it from: the one the client sent back, or else the context's position
 // now, so that it gets the next event (the seed's behaviour).
-func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request, key string) (*Subscriber, Cursor, error) {
+// When the subscriber is nil, the request was refused: the error, if any,
+// is for Caddy to answer. The caller must detach a subscriber it gets.
+func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request, key string, m *transportMetrics) (*Subscriber, Cursor, error) {
 	after, hasCursor, err := requestCursor(r)
 	if err != nil {
 		return nil, Cursor{}, caddyhttp.Error(http.StatusBadRequest, err)
 	}
 	sub, err := h.hub.Subscribe(key)
 	if err != nil {
-		return nil, Cursor{}, hubError(w, key, err)
+		if errors.Is(err, ErrTooManySubscribers) || errors.Is(err, ErrTooManyContexts) {
+			countDropped(h.Hub, droppedLimit)
+		}
+		return nil, Cursor{}, h.refuse(w, key, err)
 	}
+	m.subscribers.Inc()
 	if !hasCursor {
 		after = sub.Start()
 	}
 	return sub, after, nil
+}
+
+func (h *Handler) detach(sub *Subscriber, m *transportMetrics) {
+	sub.Close()
+	m.subscribers.Dec()
 }
 
 // expiring bounds a subscription by the route's expiration, if it has one.
@@ -123,7 +146,7 @@ func (h *Handler) expiring(ctx context.Context) (context.Context, context.Cancel
 func (h *Handler) servePosition(w http.ResponseWriter, repl *caddy.Replacer, key string) error {
 	info, err := h.hub.Position(key)
 	if err != nil {
-		return hubError(w, key, err)
+		return h.refuse(w, key, err)
 	}
 	setPosition(w.Header(), repl, info.Cursor)
 	repl.Set("comet.subscribers", info.Subscribers)
@@ -135,13 +158,27 @@ func (h *Handler) servePosition(w http.ResponseWriter, repl *caddy.Replacer, key
 func (h *Handler) servePublish(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string) error {
 	data, err := readMessage(w, r, h.MaxMessageSize)
 	if err != nil {
+		countPublishError(h.Hub, err)
 		return caddyhttp.Error(messageStatus(err), err)
 	}
 	rcpt, err := h.hub.Publish(key, eventFromRequest(r, data))
 	if err != nil {
-		return hubError(w, key, err)
+		countPublishError(h.Hub, err)
+		return h.refuse(w, key, err)
 	}
 	return writeReceipt(w, repl, rcpt)
+}
+
+// serveDelete ends the context: its long polls get 410 Gone and its streams
+// a last comet-deleted event.
+func (h *Handler) serveDelete(w http.ResponseWriter, key string) error {
+	info, ok := h.hub.Delete(key)
+	if !ok {
+		return caddyhttp.Error(http.StatusNotFound, fmt.Errorf("no context %.64q", key))
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	return json.NewEncoder(w).Encode(contextJSONFrom(info))
 }
 
 // requestCursor returns the cursor the client sent back, if any: the
@@ -210,12 +247,24 @@ func hubStatus(err error) int {
 	}
 }
 
-func hubError(w http.ResponseWriter, key string, err error) error {
+// refuse answers a request the hub turned down. A 503 (a limit reached, or
+// shutdown) is an operating condition rather than a handler failure: it is
+// answered here, with a sampled warning, instead of through Caddy's error
+// handling, which would log every one of them at error level.
+func (h *Handler) refuse(w http.ResponseWriter, key string, err error) error {
+	err = fmt.Errorf("context %.64q: %w", key, err)
 	status := hubStatus(err)
-	if status == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", retryAfterSeconds)
+	if status != http.StatusServiceUnavailable {
+		return caddyhttp.Error(status, err)
 	}
-	return caddyhttp.Error(status, fmt.Errorf("context %.64q: %w", key, err))
+	h.limitLog.Warn("request refused", zap.String("hub", h.Hub), zap.String("context", key), zap.Error(err))
+	hdr := w.Header()
+	hdr.Set("Retry-After", retryAfterSeconds)
+	hdr.Set("Content-Type", "text/plain; charset=utf-8")
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, werr := fmt.Fprintf(w, "%d %s: %v\n", status, http.StatusText(status), err)
+	return werr
 }
 
 // setPosition writes the cursor headers every answer carries and sets the
@@ -286,6 +335,35 @@ func writeShuttingDown(w http.ResponseWriter, repl *caddy.Replacer, cur Cursor) 
 	hdr.Set("Retry-After", retryAfterSeconds)
 	w.WriteHeader(http.StatusServiceUnavailable)
 	return nil
+}
+
+// writeGone answers a long poll whose context was deleted.
+func writeGone(w http.ResponseWriter) error {
+	hdr := w.Header()
+	hdr.Set("Cache-Control", "no-store")
+	hdr.Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusGone)
+	_, err := io.WriteString(w, "410 Gone: the context was deleted\n")
+	return err
+}
+
+// contextJSON describes a context in admin and DELETE answers.
+type contextJSON struct {
+	Context     string `json:"context"`
+	Cursor      string `json:"cursor"`
+	LastEventID uint64 `json:"last_event_id"`
+	Subscribers int    `json:"subscribers"`
+	History     int    `json:"history"`
+}
+
+func contextJSONFrom(info ContextInfo) contextJSON {
+	return contextJSON{
+		Context:     info.Key,
+		Cursor:      info.Cursor.String(),
+		LastEventID: info.Cursor.ID,
+		Subscribers: info.Subscribers,
+		History:     info.History,
+	}
 }
 
 // receipt is the JSON body of a publish answer.

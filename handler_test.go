@@ -310,9 +310,10 @@ func TestBadRequests(t *testing.T) {
 		{"bad If-None-Match", http.MethodGet, "/lp", "", []string{"If-None-Match", "*"}, 400, ""},
 		{"too large", http.MethodPost, "/lp", strings.Repeat("x", 17), nil, 413, ""},
 		{"largest allowed", http.MethodPost, "/lp", strings.Repeat("x", 16), nil, 200, ""},
-		{"PUT", http.MethodPut, "/lp", "", nil, 405, "GET, HEAD, POST"},
-		{"DELETE", http.MethodDelete, "/lp", "", nil, 405, "GET, HEAD, POST"},
+		{"PUT", http.MethodPut, "/lp", "", nil, 405, "GET, HEAD, POST, DELETE"},
 		{"POST with publish off", http.MethodPost, "/readonly", "x", nil, 405, "GET, HEAD"},
+		{"DELETE with publish off", http.MethodDelete, "/readonly", "", nil, 405, "GET, HEAD"},
+		{"DELETE of no context", http.MethodDelete, "/long/never-used", "", nil, 404, ""},
 		{"longest context key", http.MethodHead, "/long/" + strings.Repeat("k", MaxKeyLength-6), "", nil, 204, ""},
 		{"context key too long", http.MethodGet, "/long/" + strings.Repeat("k", MaxKeyLength-5), "", nil, 400, ""},
 	} {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ var (
 	ErrTooManyContexts    = errors.New("context limit of the hub reached")
 	ErrTooManySubscribers = errors.New("subscriber limit of the hub reached")
 	ErrHubClosed          = errors.New("hub is shutting down")
+	ErrContextDeleted     = errors.New("context was deleted")
 	ErrKeyTooLong         = fmt.Errorf("context key longer than %d bytes", MaxKeyLength)
 	ErrBadEventType       = fmt.Errorf("event type must be at most %d bytes with no CR, LF or NUL", MaxEventTypeLength)
 )
@@ -113,15 +115,20 @@ type Hub struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
+
+	metrics hubMetrics
 }
 
-// newHub makes a hub and starts its janitor, which runs until Close.
-func newHub(name string, cfg HubConfig) *Hub {
+// NewHub makes a hub of its own, outside any Caddy config, for programs
+// that embed the hub; Caddy's handlers use LookupHub's instead. It runs a
+// janitor goroutine until Close.
+func NewHub(name string, cfg HubConfig) *Hub {
 	h := &Hub{
 		name:     name,
 		now:      time.Now,
 		contexts: make(map[string]*hubContext),
 		closed:   make(chan struct{}),
+		metrics:  newHubMetrics(name),
 	}
 	h.configure(cfg)
 	go h.janitor()
@@ -161,6 +168,21 @@ func (h *Hub) isClosed() bool {
 	}
 }
 
+// LookupHub returns the hub that Caddy runs under that name, if a running
+// config uses it. Other modules and embedders publish and subscribe through
+// it; the hub outlives config reloads.
+func LookupHub(name string) (*Hub, bool) {
+	var found *Hub
+	hubs.Range(func(key, value any) bool {
+		if key == name {
+			found = value.(*Hub)
+			return false
+		}
+		return true
+	})
+	return found, found != nil
+}
+
 // SubscriberCount returns how many subscribers are attached to the hub.
 func (h *Hub) SubscriberCount() int { return int(h.subscribers.Load()) }
 
@@ -198,16 +220,23 @@ func (h *Hub) Publish(key string, ev Event) (Receipt, error) {
 		r = c.publish(&ev, h.config(), h.now())
 		return nil
 	})
+	if err == nil {
+		h.metrics.published.Inc()
+	}
 	return r, err
 }
 
 // ContextInfo describes a context at one moment.
 type ContextInfo struct {
+	// Key names the context.
+	Key string
 	// Cursor is the position of the context's last event (id 0 before the
 	// first).
 	Cursor Cursor
 	// Subscribers is how many subscribers are attached.
 	Subscribers int
+	// History is how many events the context holds for catching up.
+	History int
 }
 
 // Position describes the context named key, creating it if needed, so that
@@ -218,10 +247,74 @@ func (h *Hub) Position(key string) (ContextInfo, error) {
 	}
 	var info ContextInfo
 	err := h.withContext(key, func(c *hubContext) error {
-		info = ContextInfo{Cursor: c.position(), Subscribers: int(c.subscribers.Load())}
+		info = c.info()
 		return nil
 	})
 	return info, err
+}
+
+// Inspect describes the context named key, if it exists.
+func (h *Hub) Inspect(key string) (ContextInfo, bool) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	c, ok := h.contexts[key]
+	if !ok {
+		return ContextInfo{}, false
+	}
+	return c.info(), true
+}
+
+// Contexts describes up to limit contexts whose keys sort after the key
+// after, in key order, and reports whether there are more. Paging this way
+// keeps one call small however many contexts the hub holds.
+func (h *Hub) Contexts(after string, limit int) (page []ContextInfo, more bool) {
+	h.mu.RLock()
+	keys := make([]string, 0, min(limit+1, len(h.contexts)))
+	for key := range h.contexts {
+		if key > after {
+			keys = insertBounded(keys, key, limit+1)
+		}
+	}
+	if more = len(keys) > limit; more {
+		keys = keys[:limit]
+	}
+	page = make([]ContextInfo, 0, len(keys))
+	for _, key := range keys {
+		page = append(page, h.contexts[key].info())
+	}
+	h.mu.RUnlock()
+	return page, more
+}
+
+// insertBounded inserts key into the sorted keys, keeping at most n of the
+// smallest: a scan of every context costs O(contexts × log n), not a sort
+// of them all.
+func insertBounded(keys []string, key string, n int) []string {
+	i, _ := slices.BinarySearch(keys, key)
+	if i >= n {
+		return keys
+	}
+	if len(keys) == n {
+		keys = keys[:n-1]
+	}
+	return slices.Insert(keys, i, key)
+}
+
+// Delete removes the context named key and answers its subscribers with
+// ErrContextDeleted. A later publish or subscribe creates it anew, in a
+// new epoch. It reports what the context was, and false if there was none.
+func (h *Hub) Delete(key string) (ContextInfo, bool) {
+	h.mu.Lock()
+	c, ok := h.contexts[key]
+	if ok {
+		delete(h.contexts, key)
+		h.metrics.contexts.Set(float64(len(h.contexts)))
+	}
+	h.mu.Unlock()
+	if !ok {
+		return ContextInfo{}, false
+	}
+	return c.markDeleted(), true
 }
 
 // Subscribe attaches a subscriber to the context named key, creating the
@@ -269,6 +362,7 @@ func (h *Hub) withContext(key string, fn func(*hubContext) error) error {
 		}
 		c = newHubContext(key)
 		h.contexts[key] = c
+		h.metrics.contexts.Set(float64(len(h.contexts)))
 	}
 	return fn(c)
 }
@@ -308,6 +402,7 @@ func (h *Hub) collectIdle() int {
 			removed++
 		}
 	}
+	h.metrics.contexts.Set(float64(len(h.contexts)))
 	return removed
 }
 
@@ -326,6 +421,7 @@ type hubContext struct {
 	mu      sync.RWMutex
 	lastID  uint64
 	history history
+	deleted bool
 	// wake is closed and replaced by every publish: one broadcast wakes
 	// every waiting subscriber, however many there are.
 	wake chan struct{}
@@ -356,6 +452,34 @@ func (c *hubContext) publish(ev *Event, cfg *HubConfig, now time.Time) Receipt {
 	// lets them read the event at once instead of queueing on the lock.
 	close(wake)
 	return r
+}
+
+func (c *hubContext) info() ContextInfo {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.infoLocked()
+}
+
+func (c *hubContext) infoLocked() ContextInfo {
+	return ContextInfo{
+		Key:         c.key,
+		Cursor:      Cursor{Epoch: c.epoch, ID: c.lastID},
+		Subscribers: int(c.subscribers.Load()),
+		History:     c.history.len(),
+	}
+}
+
+// markDeleted wakes every subscriber to find the context deleted.
+func (c *hubContext) markDeleted() ContextInfo {
+	c.mu.Lock()
+	c.deleted = true
+	wake := c.wake
+	c.wake = make(chan struct{})
+	info := c.infoLocked()
+	c.history = history{}
+	c.mu.Unlock()
+	close(wake)
+	return info
 }
 
 func (c *hubContext) position() Cursor {
@@ -436,8 +560,8 @@ func (s *Subscriber) Position() Cursor { return s.c.position() }
 func (s *Subscriber) ContextSubscribers() int { return int(s.c.subscribers.Load()) }
 
 // Next returns the first event after cursor after, waiting until one is
-// published, ctx is done (ctx.Err() is returned) or the hub closes
-// (ErrHubClosed). It returns at once if the event is already in history, or
+// published, ctx is done (ctx.Err() is returned), the hub closes
+// (ErrHubClosed) or the context is deleted (ErrContextDeleted). It returns at once if the event is already in history, or
 // if events after the cursor were lost, with Delivery.Missed saying so.
 func (s *Subscriber) Next(ctx context.Context, after Cursor) (Delivery, error) {
 	return s.next(ctx, after, nil)
@@ -452,6 +576,10 @@ func (s *Subscriber) next(ctx context.Context, after Cursor, tick <-chan time.Ti
 	c := s.c
 	for {
 		c.mu.RLock()
+		if c.deleted {
+			c.mu.RUnlock()
+			return Delivery{}, ErrContextDeleted
+		}
 		d, ready := c.deliveryAfter(after)
 		wake := c.wake
 		if !ready {

@@ -12,7 +12,7 @@ import (
 
 func testHub(t testing.TB, cfg HubConfig) *Hub {
 	t.Helper()
-	h := newHub("test", cfg)
+	h := NewHub("test", cfg)
 	t.Cleanup(h.Close)
 	return h
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 func init() {
@@ -36,20 +37,6 @@ const (
 // uses it is cleaned up.
 var hubs = caddy.NewUsagePool()
 
-// lookupHub returns the running hub with that name, if any. The admin API
-// uses it at request time because it is provisioned before the apps.
-func lookupHub(name string) (*Hub, bool) {
-	var found *Hub
-	hubs.Range(func(key, value any) bool {
-		if key == name {
-			found = value.(*Hub)
-			return false
-		}
-		return true
-	})
-	return found, found != nil
-}
-
 // App is the comet app. It configures hubs; the Caddyfile's global comet
 // option fills it in, and handlers load it to find their hub.
 type App struct {
@@ -73,6 +60,16 @@ func (App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	a.acquired = make(map[string]*Hub)
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
+	}
+	// Configured hubs run even before a route uses them, so that Go code
+	// and the admin API can reach them.
+	for name := range a.Hubs {
+		if _, err := a.hub(name); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -102,7 +99,7 @@ func (a *App) hub(name string) (*Hub, error) {
 		return nil, fmt.Errorf("hub %q is not configured: add it to the global comet option", name)
 	}
 	val, loaded, err := hubs.LoadOrNew(name, func() (caddy.Destructor, error) {
-		return newHub(name, a.config(name)), nil
+		return NewHub(name, a.config(name)), nil
 	})
 	if err != nil {
 		return nil, err
@@ -145,9 +142,10 @@ func (a *App) Cleanup() error {
 	return nil
 }
 
-// Handler serves comet contexts over HTTP. A GET subscribes and is
-// suspended until the next event (long polling); a POST publishes its body
-// as an event; HEAD answers at once with the context's current position.
+// Handler serves comet contexts over HTTP. A GET subscribes: it is
+// suspended until the next event (long polling) or kept open for every
+// event (SSE or NDJSON, by Accept); a POST publishes its body as an event;
+// DELETE ends the context; HEAD answers at once with its current position.
 type Handler struct {
 	// The hub whose contexts this route serves. Default: "default".
 	Hub string `json:"hub,omitempty"`
@@ -187,7 +185,11 @@ type Handler struct {
 	hub        *Hub
 	allow      string
 	transports transport
+	metrics    map[transport]*transportMetrics
 	logger     *zap.Logger
+	// limitLog logs refusals at warn, a few a second at most, so that a
+	// hub at its limit does not write a line per refused request.
+	limitLog *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -202,6 +204,9 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // answers the hub's subscribers.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.limitLog = h.logger.WithOptions(zap.WrapCore(func(core zapcore.Core) zapcore.Core {
+		return zapcore.NewSamplerWithOptions(core, time.Second, 5, 0)
+	}))
 	if h.Hub == "" {
 		h.Hub = DefaultHubName
 	}
@@ -226,7 +231,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.allow = "GET, HEAD"
 	if h.publishes() {
-		h.allow = "GET, HEAD, POST"
+		h.allow = "GET, HEAD, POST, DELETE"
+	}
+	h.metrics = make(map[transport]*transportMetrics)
+	for _, tn := range transportNames {
+		h.metrics[tn.t] = newTransportMetrics(h.Hub, tn.t)
 	}
 
 	appIface, err := ctx.App("comet")

@@ -154,7 +154,7 @@ func (s *testServer) position(path string) string {
 // hub returns the running hub with that name.
 func (s *testServer) hub(name string) *Hub {
 	s.t.Helper()
-	h, ok := lookupHub(name)
+	h, ok := LookupHub(name)
 	if !ok {
 		s.t.Fatalf("no hub %q", name)
 	}

@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 )
 
 // wireFormat is how a stream writes events: Server-Sent Events for
@@ -32,6 +33,13 @@ const (
 	reasonShutdown = "shutdown" // the server is exiting
 	reasonBehind   = "behind"   // the reader fell behind the history
 )
+
+func (f wireFormat) transport() transport {
+	if f == formatSSE {
+		return transportSSE
+	}
+	return transportStream
+}
 
 func (f wireFormat) contentType() string {
 	if f == formatSSE {
@@ -105,6 +113,16 @@ func (f wireFormat) reconnect(b []byte, reason string, cur Cursor) []byte {
 	return appendJSONLine(b, ndjsonControl{Control: "reconnect", Reason: reason, Cursor: cur.String()})
 }
 
+// deleted appends the last words of a stream whose context was deleted.
+// It is not a reconnect notice: coming back would create the context anew.
+func (f wireFormat) deleted(b []byte) []byte {
+	if f == formatSSE {
+		b = appendSSEField(b, "event", "comet-deleted")
+		return append(appendSSEField(b, "data", ""), '\n')
+	}
+	return appendJSONLine(b, ndjsonControl{Control: "deleted"})
+}
+
 var (
 	sseHeartbeat    = []byte(": keep-alive\n\n")
 	ndjsonHeartbeat = []byte("\n")
@@ -158,7 +176,7 @@ type ndjsonEvent struct {
 
 // ndjsonControl is a line of an NDJSON stream that is not an event.
 type ndjsonControl struct {
-	Control string `json:"control"` // open, missed or reconnect
+	Control string `json:"control"` // open, missed, reconnect or deleted
 	Missed  string `json:"missed,omitempty"`
 	Reason  string `json:"reason,omitempty"`
 	Cursor  string `json:"cursor,omitempty"`
@@ -175,11 +193,12 @@ func appendJSONLine(b []byte, v any) []byte {
 // serveStream keeps a GET open and writes every event after the client's
 // cursor: first what history holds, then each new event as it is published.
 func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, f wireFormat) error {
-	sub, after, err := h.subscribe(w, r, key)
-	if err != nil {
+	m := h.metrics[f.transport()]
+	sub, after, err := h.subscribe(w, r, key, m)
+	if sub == nil {
 		return err
 	}
-	defer sub.Close()
+	defer h.detach(sub, m)
 
 	hdr := w.Header()
 	hdr.Set("Content-Type", f.contentType())
@@ -220,23 +239,37 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *cadd
 		case errors.Is(err, ErrHubClosed):
 			_ = out.write(f.reconnect(nil, reasonShutdown, after))
 			return nil
+		case errors.Is(err, ErrContextDeleted):
+			_ = out.write(f.deleted(nil))
+			return nil
 		case r.Context().Err() != nil:
 			return nil // the client left
 		case err != nil:
+			m.expiries.Inc()
 			_ = out.write(f.reconnect(nil, reasonExpired, after))
 			return nil
 		case d.Missed != 0 && delivered:
 			// The reader fell behind the history while the stream ran: it
 			// will not catch up, so tell it where to resume and end.
+			countDropped(h.Hub, droppedBehind)
 			resume := resumeBefore(d)
 			_ = out.write(f.missed(nil, d.Missed, &resume), f.reconnect(nil, reasonBehind, resume))
 			return nil
 		default:
 			err = out.writeDelivery(f, d)
 			after, delivered = d.Cursor, true
+			if err == nil && d.Event != nil {
+				m.deliveries.Inc()
+			}
 		}
 		if err != nil {
-			return nil // the write failed or timed out: the reader is gone or too slow
+			// The reader is gone, or stopped reading and let a write time out.
+			if writeTimedOut(err) {
+				countDropped(h.Hub, droppedSlow)
+				h.limitLog.Warn("dropped a stream whose reader stopped reading",
+					zap.String("hub", h.Hub), zap.String("context", key), zap.Duration("write_timeout", out.timeout))
+			}
+			return nil
 		}
 		if heartbeat != nil {
 			heartbeat.Reset(time.Duration(h.Heartbeat))

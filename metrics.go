@@ -1,0 +1,129 @@
+package comet
+
+import (
+	"errors"
+	"os"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The collectors exist once per process, so their counts carry over config
+// reloads; every new config's registry gets them registered again. Labels
+// are the hub, the transport and a reason, never the context, whose number
+// is unbounded.
+var metrics = struct {
+	subscribers   *prometheus.GaugeVec
+	contexts      *prometheus.GaugeVec
+	published     *prometheus.CounterVec
+	deliveries    *prometheus.CounterVec
+	expiries      *prometheus.CounterVec
+	dropped       *prometheus.CounterVec
+	publishErrors *prometheus.CounterVec
+}{
+	subscribers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "comet", Name: "subscribers",
+		Help: "Subscribers attached over HTTP, by transport.",
+	}, []string{"hub", "transport"}),
+	contexts: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "comet", Name: "contexts",
+		Help: "Contexts held by the hub.",
+	}, []string{"hub"}),
+	published: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "comet", Name: "events_published_total",
+		Help: "Events published, through HTTP, the admin API or Go.",
+	}, []string{"hub"}),
+	deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "comet", Name: "deliveries_total",
+		Help: "Events written to subscribers, by transport.",
+	}, []string{"hub", "transport"}),
+	expiries: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "comet", Name: "expiries_total",
+		Help: "Long polls answered and streams ended because their expiration passed.",
+	}, []string{"hub", "transport"}),
+	dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "comet", Name: "subscribers_dropped_total",
+		Help: "Subscribers refused or cut off: limit (max_subscribers or max_contexts), slow (a write blocked past write_timeout), behind (fell behind the history).",
+	}, []string{"hub", "reason"}),
+	publishErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "comet", Name: "publish_errors_total",
+		Help: "Publishes refused: too_large, invalid, limit, closed.",
+	}, []string{"hub", "reason"}),
+}
+
+// registerMetrics adds comet's collectors to a config's registry.
+func registerMetrics(reg prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{
+		metrics.subscribers, metrics.contexts, metrics.published, metrics.deliveries,
+		metrics.expiries, metrics.dropped, metrics.publishErrors,
+	} {
+		if err := reg.Register(c); err != nil {
+			if already, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok && already.ExistingCollector == c {
+				continue
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// hubMetrics are the series a hub keeps itself, so that publishing from Go
+// counts as well.
+type hubMetrics struct {
+	contexts  prometheus.Gauge
+	published prometheus.Counter
+}
+
+func newHubMetrics(hub string) hubMetrics {
+	return hubMetrics{
+		contexts:  metrics.contexts.WithLabelValues(hub),
+		published: metrics.published.WithLabelValues(hub),
+	}
+}
+
+// transportMetrics are a route's series for one transport, looked up once
+// so that the request path only adds.
+type transportMetrics struct {
+	subscribers prometheus.Gauge
+	deliveries  prometheus.Counter
+	expiries    prometheus.Counter
+}
+
+func newTransportMetrics(hub string, t transport) *transportMetrics {
+	name := t.String()
+	return &transportMetrics{
+		subscribers: metrics.subscribers.WithLabelValues(hub, name),
+		deliveries:  metrics.deliveries.WithLabelValues(hub, name),
+		expiries:    metrics.expiries.WithLabelValues(hub, name),
+	}
+}
+
+// Reasons in caddy_comet_subscribers_dropped_total.
+const (
+	droppedLimit  = "limit"
+	droppedSlow   = "slow"
+	droppedBehind = "behind"
+)
+
+func countDropped(hub, reason string) {
+	metrics.dropped.WithLabelValues(hub, reason).Inc()
+}
+
+// countPublishError counts a refused publish by why it was refused.
+func countPublishError(hub string, err error) {
+	reason := "invalid"
+	switch {
+	case errors.Is(err, errMessageTooLarge):
+		reason = "too_large"
+	case errors.Is(err, ErrTooManyContexts):
+		reason = "limit"
+	case errors.Is(err, ErrHubClosed):
+		reason = "closed"
+	}
+	metrics.publishErrors.WithLabelValues(hub, reason).Inc()
+}
+
+// writeTimedOut reports whether a stream write failed because the reader
+// stopped reading, rather than because it went away.
+func writeTimedOut(err error) bool {
+	return errors.Is(err, os.ErrDeadlineExceeded)
+}
