@@ -160,7 +160,9 @@ type Handler struct {
 	// Default: 30s.
 	Expiration caddy.Duration `json:"expiration,omitempty"`
 
-	// Whether POST on this route publishes. Default: true.
+	// Whether POST (publish) and DELETE (end the context) are allowed on
+	// this route; without them, publishing is left to the admin API or Go.
+	// Default: true.
 	Publish *bool `json:"publish,omitempty"`
 
 	// The largest POST body accepted, in bytes; larger ones get 413.
