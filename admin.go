@@ -106,7 +106,10 @@ func (AdminAPI) handleContexts(w http.ResponseWriter, r *http.Request) error {
 		}
 		return writeJSON(w, contextJSONFrom(info))
 	case r.Method == http.MethodDelete && key != "":
-		info, ok := hub.Delete(key)
+		info, ok, err := hub.Delete(key)
+		if err != nil {
+			return apiError(hubStatus(err), fmt.Errorf("context %.64q: %w", key, err))
+		}
 		if !ok {
 			return apiError(http.StatusNotFound, fmt.Errorf("no context %.64q in hub %q", key, hub.Name()))
 		}

@@ -101,6 +101,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		history         <count> [<max_age>]
 //		max_contexts    <n>
 //		max_subscribers <n>
+//		broker redis [<url>] {
+//			url         <url>
+//			addresses   <host:port>...
+//			master_name <name>
+//			username    <username>
+//			password    <password>
+//			tls
+//			key_prefix  <prefix>
+//		}
 //	}
 //
 // The option may be given once per hub name.
@@ -141,6 +150,8 @@ func (c *HubConfig) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			c.MaxContexts, err = parseCount(d)
 		case "max_subscribers":
 			c.MaxSubscribers, err = parseCount(d)
+		case "broker":
+			c.Broker, err = parseBroker(d)
 		default:
 			return d.Errf("unrecognized comet global option %q", d.Val())
 		}
@@ -169,6 +180,57 @@ func (c *HubConfig) parseHistory(d *caddyfile.Dispenser) error {
 		c.HistoryMaxAge = caddy.Duration(age)
 	}
 	return nil
+}
+
+// parseBroker reads the broker subdirective of the global option; redis is
+// the one kind there is.
+func parseBroker(d *caddyfile.Dispenser) (*BrokerConfig, error) {
+	if !d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	if kind := d.Val(); kind != "redis" {
+		return nil, d.Errf("unknown broker %q: want redis", kind)
+	}
+	r := new(RedisConfig)
+	if d.NextArg() {
+		r.URL = d.Val()
+	}
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch d.Val() {
+		case "url":
+			r.URL, err = oneArg(d)
+		case "addresses":
+			if r.Addresses = d.RemainingArgs(); len(r.Addresses) == 0 {
+				err = d.ArgErr()
+			}
+		case "master_name":
+			r.MasterName, err = oneArg(d)
+		case "username":
+			r.Username, err = oneArg(d)
+		case "password":
+			r.Password, err = oneArg(d)
+		case "tls":
+			if d.NextArg() {
+				err = d.ArgErr()
+			}
+			r.TLS = true
+		case "key_prefix":
+			r.KeyPrefix, err = oneArg(d)
+		default:
+			err = d.Errf("unrecognized redis broker option %q", d.Val())
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if err := r.validate(); err != nil {
+		return nil, d.Err(err.Error())
+	}
+	return &BrokerConfig{Redis: r}, nil
 }
 
 func oneArg(d *caddyfile.Dispenser) (string, error) {

@@ -11,7 +11,10 @@ import (
 // A hub of one's own, for a program that embeds the hub without Caddy's
 // HTTP side: subscribe, publish, and read by cursor.
 func ExampleNewHub() {
-	hub := comet.NewHub("example", comet.HubConfig{History: 10})
+	hub, err := comet.NewHub("example", comet.HubConfig{History: 10})
+	if err != nil {
+		panic(err) // only a hub with a broker can fail to start
+	}
 	defer hub.Close()
 
 	sub, err := hub.Subscribe("/news")

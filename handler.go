@@ -172,7 +172,10 @@ func (h *Handler) servePublish(w http.ResponseWriter, r *http.Request, repl *cad
 // serveDelete ends the context: its long polls get 410 Gone and its streams
 // a last comet-deleted event.
 func (h *Handler) serveDelete(w http.ResponseWriter, key string) error {
-	info, ok := h.hub.Delete(key)
+	info, ok, err := h.hub.Delete(key)
+	if err != nil {
+		return h.refuse(w, key, err)
+	}
 	if !ok {
 		return caddyhttp.Error(http.StatusNotFound, fmt.Errorf("no context %.64q", key))
 	}
@@ -240,7 +243,8 @@ func hubStatus(err error) int {
 	switch {
 	case errors.Is(err, ErrKeyTooLong), errors.Is(err, ErrBadEventType):
 		return http.StatusBadRequest
-	case errors.Is(err, ErrTooManyContexts), errors.Is(err, ErrTooManySubscribers), errors.Is(err, ErrHubClosed):
+	case errors.Is(err, ErrTooManyContexts), errors.Is(err, ErrTooManySubscribers), errors.Is(err, ErrHubClosed),
+		errors.Is(err, ErrBrokerUnavailable):
 		return http.StatusServiceUnavailable
 	default:
 		return http.StatusInternalServerError

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 )
 
 // Errors a hub returns. The HTTP handler maps them to status codes; Go
@@ -64,6 +65,9 @@ type HubConfig struct {
 	// The most subscribers attached to the hub at once, over all its
 	// contexts. One more is refused with 503. Default: 100000.
 	MaxSubscribers int `json:"max_subscribers,omitempty"`
+
+	// Shares the hub between Caddy nodes. Default: none, in-process.
+	Broker *BrokerConfig `json:"broker,omitempty"`
 }
 
 // withDefaults returns the config with zero values replaced by defaults.
@@ -93,6 +97,10 @@ func (c HubConfig) validate() error {
 		return errors.New("max_contexts must not be negative")
 	case c.MaxSubscribers < 0:
 		return errors.New("max_subscribers must not be negative")
+	case c.Broker != nil && c.Broker.Redis == nil:
+		return errors.New("broker needs a kind: redis")
+	case c.Broker != nil:
+		return c.Broker.Redis.validate()
 	}
 	return nil
 }
@@ -116,23 +124,47 @@ type Hub struct {
 	closeOnce sync.Once
 	closed    chan struct{}
 
+	// broker, when set, shares the hub with other nodes; the contexts are
+	// then mirrors of the broker's. stopFollowing ends the goroutine that
+	// applies the broker's announcements.
+	broker        Broker
+	stopFollowing context.CancelFunc
+	logger        *zap.Logger
+
 	metrics hubMetrics
+	// generation orders hubs of the same name while a reload runs two.
+	generation uint64
 }
 
+var hubGenerations atomic.Uint64
+
 // NewHub makes a hub of its own, outside any Caddy config, for programs
-// that embed the hub; Caddy's handlers use LookupHub's instead. It runs a
-// janitor goroutine until Close.
-func NewHub(name string, cfg HubConfig) *Hub {
+// that embed the hub; Caddy's handlers use LookupHub's instead. With a
+// broker in cfg it connects to it first, and fails if it cannot. It runs a
+// janitor goroutine, and one following the broker, until Close.
+func NewHub(name string, cfg HubConfig) (*Hub, error) {
 	h := &Hub{
-		name:     name,
-		now:      time.Now,
-		contexts: make(map[string]*hubContext),
-		closed:   make(chan struct{}),
-		metrics:  newHubMetrics(name),
+		name:       name,
+		now:        time.Now,
+		contexts:   make(map[string]*hubContext),
+		closed:     make(chan struct{}),
+		logger:     caddy.Log().Named("comet"),
+		metrics:    newHubMetrics(name),
+		generation: hubGenerations.Add(1),
 	}
 	h.configure(cfg)
+	if cfg.Broker != nil && cfg.Broker.Redis != nil {
+		b, err := newRedisBroker(*cfg.Broker.Redis, name, h.config, h.logger)
+		if err != nil {
+			return nil, err
+		}
+		h.broker = b
+		ctx, cancel := context.WithCancel(context.Background())
+		h.stopFollowing = cancel
+		go b.Follow(ctx, follower{h})
+	}
 	go h.janitor()
-	return h
+	return h, nil
 }
 
 // Name returns the hub's name.
@@ -150,7 +182,15 @@ func (h *Hub) config() *HubConfig { return h.cfg.Load() }
 // Close answers every subscriber with ErrHubClosed and makes later calls
 // fail with it. It does not wait.
 func (h *Hub) Close() {
-	h.closeOnce.Do(func() { close(h.closed) })
+	h.closeOnce.Do(func() {
+		close(h.closed)
+		if h.broker != nil {
+			h.stopFollowing()
+			if err := h.broker.Close(); err != nil {
+				h.logger.Warn("closing the broker", zap.String("hub", h.name), zap.Error(err))
+			}
+		}
+	})
 }
 
 // Destruct closes the hub when the last config using it is cleaned up.
@@ -173,10 +213,11 @@ func (h *Hub) isClosed() bool {
 // it; the hub outlives config reloads.
 func LookupHub(name string) (*Hub, bool) {
 	var found *Hub
-	hubs.Range(func(key, value any) bool {
-		if key == name {
-			found = value.(*Hub)
-			return false
+	hubs.Range(func(_, value any) bool {
+		// A reload that changes a hub's broker runs the old and the new hub
+		// side by side for a moment: the newer one is the current one.
+		if h := value.(*Hub); h.name == name && (found == nil || h.generation > found.generation) {
+			found = h
 		}
 		return true
 	})
@@ -214,7 +255,13 @@ func (h *Hub) Publish(key string, ev Event) (Receipt, error) {
 	if !validEventType(ev.Type) {
 		return Receipt{}, ErrBadEventType
 	}
+	if len(key) > MaxKeyLength {
+		return Receipt{}, ErrKeyTooLong
+	}
 	ev.frames = new(frameCache)
+	if h.broker != nil {
+		return h.publishShared(key, &ev)
+	}
 	var r Receipt
 	err := h.withContext(key, func(c *hubContext) error {
 		r = c.publish(&ev, h.config(), h.now())
@@ -237,6 +284,78 @@ type ContextInfo struct {
 	Subscribers int
 	// History is how many events the context holds for catching up.
 	History int
+}
+
+// publishShared publishes through the broker, then applies the event to
+// this node's mirror at once rather than waiting for the broker's
+// announcement, which then finds it already applied.
+func (h *Hub) publishShared(key string, ev *Event) (Receipt, error) {
+	ev.Published = h.now()
+	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
+	cur, err := h.broker.Publish(ctx, key, ev)
+	cancel()
+	if err != nil {
+		return Receipt{}, err
+	}
+	h.metrics.published.Inc()
+	r := Receipt{Cursor: cur}
+	h.mu.RLock()
+	c := h.contexts[key]
+	h.mu.RUnlock()
+	if c != nil {
+		woken, applied := c.apply(cur.Epoch, ev, h.config())
+		if !applied {
+			h.sync(c)
+		}
+		r.Woken = woken
+	}
+	return r, nil
+}
+
+// follower applies a broker's announcements to the hub's mirrors.
+type follower struct{ h *Hub }
+
+func (f follower) Event(key, epoch string, ev *Event) {
+	h := f.h
+	h.mu.RLock()
+	c := h.contexts[key]
+	h.mu.RUnlock()
+	if c == nil {
+		return // nobody here follows that context
+	}
+	if _, applied := c.apply(epoch, ev, h.config()); !applied {
+		h.sync(c)
+	}
+}
+
+func (f follower) Deleted(key string) { f.h.deleteLocal(key) }
+
+// Resync brings every mirror up to date after the connection to the broker
+// was lost, when announcements may have been missed.
+func (f follower) Resync() {
+	h := f.h
+	h.mu.RLock()
+	mirrors := make([]*hubContext, 0, len(h.contexts))
+	for _, c := range h.contexts {
+		mirrors = append(mirrors, c)
+	}
+	h.mu.RUnlock()
+	for _, c := range mirrors {
+		h.sync(c)
+	}
+}
+
+// sync reloads a mirror from the broker, after a gap in the announcements
+// or a reconnection.
+func (h *Hub) sync(c *hubContext) {
+	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
+	defer cancel()
+	st, err := h.broker.Load(ctx, c.key)
+	if err != nil {
+		h.logger.Warn("could not bring a context up to date", zap.String("hub", h.name), zap.String("context", c.key), zap.Error(err))
+		return
+	}
+	c.replace(st)
 }
 
 // Position describes the context named key, creating it if needed, so that
@@ -301,9 +420,28 @@ func insertBounded(keys []string, key string, n int) []string {
 }
 
 // Delete removes the context named key and answers its subscribers with
-// ErrContextDeleted. A later publish or subscribe creates it anew, in a
-// new epoch. It reports what the context was, and false if there was none.
-func (h *Hub) Delete(key string) (ContextInfo, bool) {
+// ErrContextDeleted, on every node. A later publish or subscribe creates it
+// anew, in a new epoch. It reports what the context was on this node, and
+// false if there was none.
+func (h *Hub) Delete(key string) (ContextInfo, bool, error) {
+	if h.broker == nil {
+		info, ok := h.deleteLocal(key)
+		return info, ok, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
+	existed, err := h.broker.Delete(ctx, key)
+	cancel()
+	if err != nil {
+		return ContextInfo{}, false, err
+	}
+	info, ok := h.deleteLocal(key)
+	if !ok {
+		info = ContextInfo{Key: key}
+	}
+	return info, existed || ok, nil
+}
+
+func (h *Hub) deleteLocal(key string) (ContextInfo, bool) {
 	h.mu.Lock()
 	c, ok := h.contexts[key]
 	if ok {
@@ -352,6 +490,9 @@ func (h *Hub) withContext(key string, fn func(*hubContext) error) error {
 		return fn(c)
 	}
 	h.mu.RUnlock()
+	if h.broker != nil {
+		return h.withSharedContext(key, fn)
+	}
 
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -365,6 +506,37 @@ func (h *Hub) withContext(key string, fn func(*hubContext) error) error {
 		h.metrics.contexts.Set(float64(len(h.contexts)))
 	}
 	return fn(c)
+}
+
+// withSharedContext is withContext for a context this node does not mirror
+// yet: it loads the context from the broker, without holding the hub lock
+// over the network, then brings it up to date once more in case an event
+// was announced between the load and the mirror's creation.
+func (h *Hub) withSharedContext(key string, fn func(*hubContext) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
+	st, err := h.broker.Load(ctx, key)
+	cancel()
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	c, ok := h.contexts[key]
+	if !ok {
+		if len(h.contexts) >= h.config().MaxContexts {
+			h.mu.Unlock()
+			return ErrTooManyContexts
+		}
+		c = &hubContext{key: key, wake: make(chan struct{})}
+		h.contexts[key] = c
+		h.metrics.contexts.Set(float64(len(h.contexts)))
+	}
+	c.replace(st)
+	err = fn(c)
+	h.mu.Unlock()
+	if !ok {
+		h.sync(c)
+	}
+	return err
 }
 
 // janitor trims expired history and collects idle contexts until the hub
@@ -439,19 +611,64 @@ func newEpoch() string {
 
 func (c *hubContext) publish(ev *Event, cfg *HubConfig, now time.Time) Receipt {
 	c.mu.Lock()
-	c.lastID++
-	ev.ID = c.lastID
+	ev.ID = c.lastID + 1
 	ev.Published = now
-	c.history.push(ev, cfg.History)
-	c.history.expire(now.Add(-time.Duration(cfg.HistoryMaxAge)))
-	wake := c.wake
-	c.wake = make(chan struct{})
 	r := Receipt{Cursor: Cursor{Epoch: c.epoch, ID: ev.ID}, Woken: int(c.waiting.Load())}
+	wake := c.appendLocked(ev, cfg)
 	c.mu.Unlock()
 	// Closing readies every waiting goroutine; doing it after unlocking
 	// lets them read the event at once instead of queueing on the lock.
 	close(wake)
 	return r
+}
+
+// appendLocked adds the next event to the history and returns the wake
+// channel to close once the lock is released.
+func (c *hubContext) appendLocked(ev *Event, cfg *HubConfig) chan struct{} {
+	c.lastID = ev.ID
+	c.history.push(ev, cfg.History)
+	c.history.expire(ev.Published.Add(-time.Duration(cfg.HistoryMaxAge)))
+	wake := c.wake
+	c.wake = make(chan struct{})
+	return wake
+}
+
+// apply adds an event the broker assigned to this mirror. It reports false
+// when the event does not follow the mirror's last one (a gap, or a new
+// epoch), and the mirror must be brought up to date from the broker
+// instead; an event the mirror already has is ignored.
+func (c *hubContext) apply(epoch string, ev *Event, cfg *HubConfig) (woken int, applied bool) {
+	c.mu.Lock()
+	if epoch != c.epoch || ev.ID > c.lastID+1 {
+		c.mu.Unlock()
+		return 0, false
+	}
+	if ev.ID <= c.lastID {
+		c.mu.Unlock()
+		return 0, true
+	}
+	woken = int(c.waiting.Load())
+	wake := c.appendLocked(ev, cfg)
+	c.mu.Unlock()
+	close(wake)
+	return woken, true
+}
+
+// replace makes the mirror the broker's state, if that is newer: a later
+// last id, or another epoch. Ids only ever move forward, and the history
+// stays a run of consecutive ids.
+func (c *hubContext) replace(st BrokerState) {
+	c.mu.Lock()
+	if st.Epoch == c.epoch && st.LastID <= c.lastID {
+		c.mu.Unlock()
+		return
+	}
+	c.epoch, c.lastID = st.Epoch, st.LastID
+	c.history = history{events: st.History}
+	wake := c.wake
+	c.wake = make(chan struct{})
+	c.mu.Unlock()
+	close(wake)
 }
 
 func (c *hubContext) info() ContextInfo {

@@ -12,7 +12,10 @@ import (
 
 func testHub(t testing.TB, cfg HubConfig) *Hub {
 	t.Helper()
-	h := NewHub("test", cfg)
+	h, err := NewHub("test", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(h.Close)
 	return h
 }

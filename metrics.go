@@ -46,7 +46,7 @@ var metrics = struct {
 	}, []string{"hub", "reason"}),
 	publishErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "comet", Name: "publish_errors_total",
-		Help: "Publishes refused: too_large, invalid, limit, closed.",
+		Help: "Publishes refused: too_large, invalid, limit, closed, broker (unreachable).",
 	}, []string{"hub", "reason"}),
 }
 
@@ -118,6 +118,8 @@ func countPublishError(hub string, err error) {
 		reason = "limit"
 	case errors.Is(err, ErrHubClosed):
 		reason = "closed"
+	case errors.Is(err, ErrBrokerUnavailable):
+		reason = "broker"
 	}
 	metrics.publishErrors.WithLabelValues(hub, reason).Inc()
 }

@@ -5,6 +5,7 @@
 package comet
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -44,8 +45,14 @@ type App struct {
 	// when it is not listed; any other name a handler uses must be.
 	Hubs map[string]*HubConfig `json:"hubs,omitempty"`
 
-	acquired map[string]*Hub
+	acquired map[string]acquiredHub
 	logger   *zap.Logger
+}
+
+// acquiredHub is a hub this config holds, with its key in the pool.
+type acquiredHub struct {
+	hub     *Hub
+	poolKey string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -59,7 +66,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // Provision sets up the app.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
-	a.acquired = make(map[string]*Hub)
+	a.acquired = make(map[string]acquiredHub)
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %v", err)
 	}
@@ -92,22 +99,39 @@ func (a *App) Validate() error {
 // hub returns the hub named name, creating it on first use, and holds a
 // reference to it until Cleanup.
 func (a *App) hub(name string) (*Hub, error) {
-	if h, ok := a.acquired[name]; ok {
-		return h, nil
+	if acq, ok := a.acquired[name]; ok {
+		return acq.hub, nil
 	}
 	if _, ok := a.Hubs[name]; !ok && name != DefaultHubName {
 		return nil, fmt.Errorf("hub %q is not configured: add it to the global comet option", name)
 	}
-	val, loaded, err := hubs.LoadOrNew(name, func() (caddy.Destructor, error) {
-		return NewHub(name, a.config(name)), nil
+	cfg := a.config(name)
+	poolKey := hubPoolKey(name, cfg)
+	val, loaded, err := hubs.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
+		h, err := NewHub(name, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("hub %q: %w", name, err)
+		}
+		return h, nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	a.logger.Debug("hub acquired", zap.String("hub", name), zap.Bool("existing", loaded))
 	h := val.(*Hub)
-	a.acquired[name] = h
+	a.acquired[name] = acquiredHub{hub: h, poolKey: poolKey}
 	return h, nil
+}
+
+// hubPoolKey names a hub in the pool by its name and its broker: a reload
+// that keeps both keeps the hub, one that changes the broker starts a new
+// hub, since subscribers cannot be carried from one broker to another.
+func hubPoolKey(name string, cfg HubConfig) string {
+	if cfg.Broker == nil {
+		return name
+	}
+	broker, _ := json.Marshal(cfg.Broker)
+	return name + "\x00" + string(broker)
 }
 
 func (a *App) config(name string) HubConfig {
@@ -121,8 +145,8 @@ func (a *App) config(name string) HubConfig {
 // that starts does so, so a reload that fails to provision leaves the
 // running config's bounds in place.
 func (a *App) Start() error {
-	for name, h := range a.acquired {
-		h.configure(a.config(name))
+	for name, acq := range a.acquired {
+		acq.hub.configure(a.config(name))
 	}
 	return nil
 }
@@ -134,8 +158,8 @@ func (a *App) Stop() error { return nil }
 
 // Cleanup releases the hubs this config used; the last release closes a hub.
 func (a *App) Cleanup() error {
-	for name := range a.acquired {
-		if _, err := hubs.Delete(name); err != nil {
+	for name, acq := range a.acquired {
+		if _, err := hubs.Delete(acq.poolKey); err != nil {
 			a.logger.Error("releasing hub", zap.String("hub", name), zap.Error(err))
 		}
 	}

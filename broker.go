@@ -1,0 +1,67 @@
+package comet
+
+import (
+	"context"
+	"errors"
+)
+
+// ErrBrokerUnavailable wraps what a broker returns when it cannot be
+// reached; the HTTP side answers it with 503.
+var ErrBrokerUnavailable = errors.New("broker unavailable")
+
+// Broker makes hubs on several nodes act as one. It assigns each context's
+// event ids, keeps its epoch and history, and tells every node of every
+// event, so that a cursor obtained on one node resumes on any other.
+//
+// A hub without a broker is in-process: it assigns ids and keeps history in
+// its own memory, which is the default and needs no other service. With a
+// broker, the hub's contexts are local mirrors of the broker's, holding the
+// subscribers of this node.
+type Broker interface {
+	// Publish assigns ev the next id of the context named key (creating
+	// the context in a new epoch if it does not exist), stores it in the
+	// context's history and announces it to every node through Follow.
+	Publish(ctx context.Context, key string, ev *Event) (Cursor, error)
+
+	// Load returns the context's state, creating the context in a new
+	// epoch if it does not exist.
+	Load(ctx context.Context, key string) (BrokerState, error)
+
+	// Delete removes the context everywhere and reports whether it
+	// existed; every node is told through Follow.
+	Delete(ctx context.Context, key string) (bool, error)
+
+	// Follow reports every event and deletion, from every node, to the
+	// hub until ctx ends. It calls Resync after each connection, and
+	// reconnects by itself.
+	Follow(ctx context.Context, hub BrokerFollower)
+
+	// Close releases the broker's connections.
+	Close() error
+}
+
+// BrokerState is a context as the broker holds it.
+type BrokerState struct {
+	Epoch  string
+	LastID uint64
+	// History holds the events still in history, oldest first, with
+	// consecutive ids ending at LastID (or none).
+	History []*Event
+}
+
+// BrokerFollower is what a broker reports to.
+type BrokerFollower interface {
+	// Event reports an event published on some node.
+	Event(key string, epoch string, ev *Event)
+	// Deleted reports that a context was deleted.
+	Deleted(key string)
+	// Resync says that events may have been missed while disconnected.
+	Resync()
+}
+
+// BrokerConfig selects a broker for a hub. No broker: in-process.
+type BrokerConfig struct {
+	// Redis shares the hub through a Redis server, cluster or sentinel
+	// set.
+	Redis *RedisConfig `json:"redis,omitempty"`
+}

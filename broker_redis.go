@@ -1,0 +1,375 @@
+package comet
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+)
+
+func init() {
+	// go-redis logs connection trouble through a logger of its own, on
+	// standard error; send it to Caddy's log, where operators look.
+	redis.SetLogger(redisLogger{})
+}
+
+type redisLogger struct{}
+
+func (redisLogger) Printf(_ context.Context, format string, v ...any) {
+	caddy.Log().Named("comet.redis").Warn(fmt.Sprintf(format, v...))
+}
+
+// DefaultRedisKeyPrefix starts every key and channel comet uses in Redis.
+const DefaultRedisKeyPrefix = "comet:"
+
+// brokerTimeout bounds one call to the broker, so that a Redis that hangs
+// turns into a clear 503 rather than a hung request.
+const brokerTimeout = 3 * time.Second
+
+// RedisConfig connects a hub to Redis: a single server, a Redis Cluster, or
+// a Sentinel-managed set, through go-redis' universal client.
+type RedisConfig struct {
+	// The server: redis://[[user]:password@]host[:port][/db], or rediss://
+	// for TLS. Placeholders such as {env.REDIS_URL} are replaced.
+	URL string `json:"url,omitempty"`
+
+	// Instead of URL's host: the nodes of a Redis Cluster, or the
+	// Sentinels when MasterName is set.
+	Addresses []string `json:"addresses,omitempty"`
+
+	// The Sentinel master set's name.
+	MasterName string `json:"master_name,omitempty"`
+
+	// Credentials, overriding URL's. Placeholders are replaced.
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
+
+	// Use TLS (implied by a rediss:// URL).
+	TLS bool `json:"tls,omitempty"`
+
+	// Starts every key and channel, so that several hubs or applications
+	// can share one Redis. Default: "comet:".
+	KeyPrefix string `json:"key_prefix,omitempty"`
+}
+
+func (c RedisConfig) validate() error {
+	if c.URL == "" && len(c.Addresses) == 0 {
+		return errors.New("redis broker needs a URL or addresses")
+	}
+	return nil
+}
+
+// universalOptions turns the config into go-redis options, replacing
+// placeholders in the URL and credentials.
+func (c RedisConfig) universalOptions() (*redis.UniversalOptions, error) {
+	repl := caddy.NewReplacer()
+	opts := &redis.UniversalOptions{Addrs: c.Addresses, MasterName: c.MasterName}
+	if c.URL != "" {
+		parsed, err := redis.ParseURL(repl.ReplaceAll(c.URL, ""))
+		if err != nil {
+			return nil, fmt.Errorf("redis url: %v", err)
+		}
+		if len(opts.Addrs) == 0 {
+			opts.Addrs = []string{parsed.Addr}
+		}
+		opts.DB, opts.Username, opts.Password, opts.TLSConfig = parsed.DB, parsed.Username, parsed.Password, parsed.TLSConfig
+	}
+	if c.Username != "" {
+		opts.Username = repl.ReplaceAll(c.Username, "")
+	}
+	if c.Password != "" {
+		opts.Password = repl.ReplaceAll(c.Password, "")
+	}
+	if c.TLS && opts.TLSConfig == nil {
+		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	return opts, nil
+}
+
+// redisBroker keeps each context in two keys that share a hash tag, so
+// that scripts work on a Redis Cluster too:
+//
+//	<prefix>{<hub>:<context>}:m   hash: epoch, last (the last id)
+//	<prefix>{<hub>:<context>}:s   stream: the history, entry ids <id>-0
+//
+// and announces events on one channel per hub, <prefix><hub>:events. Both
+// keys expire after the history's max age without a publish.
+type redisBroker struct {
+	client  redis.UniversalClient
+	prefix  string
+	hub     string
+	channel string
+	limits  func() *HubConfig
+	logger  *zap.Logger
+}
+
+func newRedisBroker(cfg RedisConfig, hub string, limits func() *HubConfig, logger *zap.Logger) (*redisBroker, error) {
+	opts, err := cfg.universalOptions()
+	if err != nil {
+		return nil, err
+	}
+	client := redis.NewUniversalClient(opts)
+	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
+	defer cancel()
+	if err := client.Ping(ctx).Err(); err != nil {
+		client.Close()
+		return nil, fmt.Errorf("%w: redis at %s: %v", ErrBrokerUnavailable, strings.Join(opts.Addrs, ", "), err)
+	}
+	prefix := cfg.KeyPrefix
+	if prefix == "" {
+		prefix = DefaultRedisKeyPrefix
+	}
+	return &redisBroker{
+		client:  client,
+		prefix:  prefix,
+		hub:     hub,
+		channel: prefix + hub + ":events",
+		limits:  limits,
+		logger:  logger,
+	}, nil
+}
+
+func (b *redisBroker) keys(key string) []string {
+	tag := b.prefix + "{" + b.hub + ":" + key + "}"
+	return []string{tag + ":m", tag + ":s"}
+}
+
+// publishScript assigns the next id, appends to the capped stream, renews
+// both keys' lifetime and announces the event, all at once. A context whose
+// hash expired starts a new epoch, and drops any stream left behind so that
+// ids can start at 1 again.
+var publishScript = redis.NewScript(`
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+	epoch = ARGV[1]
+	redis.call('DEL', KEYS[2])
+	redis.call('HSET', KEYS[1], 'epoch', epoch, 'last', 0)
+end
+local id = redis.call('HINCRBY', KEYS[1], 'last', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], id .. '-0', 't', ARGV[5], 'c', ARGV[6], 'p', ARGV[7], 'd', ARGV[8])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[4], 'e ' .. epoch .. ' ' .. id .. ' ' .. ARGV[7] .. ' ' .. #ARGV[9] .. ' ' .. #ARGV[5] .. ' ' .. #ARGV[6] .. '\n' .. ARGV[9] .. ARGV[5] .. ARGV[6] .. ARGV[8])
+return {epoch, id}
+`)
+
+// loadScript returns a context's epoch, last id and history, creating the
+// context if it does not exist.
+var loadScript = redis.NewScript(`
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+	epoch = ARGV[1]
+	redis.call('DEL', KEYS[2])
+	redis.call('HSET', KEYS[1], 'epoch', epoch, 'last', 0)
+	redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return {epoch, redis.call('HGET', KEYS[1], 'last'), redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])}
+`)
+
+var deleteScript = redis.NewScript(`
+local n = redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('PUBLISH', ARGV[1], 'd ' .. #ARGV[2] .. '\n' .. ARGV[2])
+return n
+`)
+
+func (b *redisBroker) Publish(ctx context.Context, key string, ev *Event) (Cursor, error) {
+	limits := b.limits()
+	published := strconv.FormatInt(ev.Published.UnixMilli(), 10)
+	res, err := publishScript.Run(ctx, b.client, b.keys(key),
+		newEpoch(), limits.History, time.Duration(limits.HistoryMaxAge).Milliseconds(), b.channel,
+		ev.Type, ev.ContentType, published, ev.Data, key).Slice()
+	if err != nil {
+		return Cursor{}, fmt.Errorf("%w: publishing to redis: %v", ErrBrokerUnavailable, err)
+	}
+	epoch, id, err := epochAndID(res)
+	if err != nil {
+		return Cursor{}, err
+	}
+	ev.ID = id
+	return Cursor{Epoch: epoch, ID: id}, nil
+}
+
+func (b *redisBroker) Load(ctx context.Context, key string) (BrokerState, error) {
+	limits := b.limits()
+	res, err := loadScript.Run(ctx, b.client, b.keys(key),
+		newEpoch(), time.Duration(limits.HistoryMaxAge).Milliseconds(), limits.History).Slice()
+	if err != nil {
+		return BrokerState{}, fmt.Errorf("%w: loading from redis: %v", ErrBrokerUnavailable, err)
+	}
+	epoch, last, err := epochAndID(res)
+	if err != nil || len(res) < 3 {
+		return BrokerState{}, fmt.Errorf("unexpected answer from redis: %v", res)
+	}
+	entries, _ := res[2].([]any)
+	st := BrokerState{Epoch: epoch, LastID: last}
+	cutoff := time.Now().Add(-time.Duration(limits.HistoryMaxAge))
+	for i := len(entries) - 1; i >= 0; i-- { // XREVRANGE: newest first
+		ev, err := eventFromStreamEntry(entries[i])
+		if err != nil {
+			return BrokerState{}, err
+		}
+		if ev.Published.Before(cutoff) {
+			continue
+		}
+		st.History = append(st.History, ev)
+	}
+	// Keep only a run of consecutive ids that ends at the last id, the
+	// shape a hub's history has; anything else is a gap to report.
+	for i := len(st.History) - 1; i >= 0; i-- {
+		if st.History[i].ID != last-uint64(len(st.History)-1-i) {
+			st.History = st.History[i+1:]
+			break
+		}
+	}
+	return st, nil
+}
+
+func (b *redisBroker) Delete(ctx context.Context, key string) (bool, error) {
+	n, err := deleteScript.Run(ctx, b.client, b.keys(key), b.channel, key).Int()
+	if err != nil {
+		return false, fmt.Errorf("%w: deleting from redis: %v", ErrBrokerUnavailable, err)
+	}
+	return n > 0, nil
+}
+
+func (b *redisBroker) Follow(ctx context.Context, f BrokerFollower) {
+	ps := b.client.Subscribe(ctx, b.channel)
+	defer ps.Close()
+	backoff := 100 * time.Millisecond
+	for {
+		msg, err := ps.Receive(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			// go-redis reconnects and subscribes again on the next Receive.
+			b.logger.Warn("lost the redis subscription; reconnecting", zap.String("hub", b.hub), zap.Error(err))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 2*time.Second)
+			continue
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" {
+				backoff = 100 * time.Millisecond
+				f.Resync()
+			}
+		case *redis.Message:
+			if err := dispatch(m.Payload, f); err != nil {
+				b.logger.Error("unreadable message on the redis channel", zap.String("channel", b.channel), zap.Error(err))
+			}
+		}
+	}
+}
+
+func (b *redisBroker) Close() error { return b.client.Close() }
+
+// dispatch decodes an announcement made by publishScript or deleteScript.
+func dispatch(payload string, f BrokerFollower) error {
+	head, body, ok := strings.Cut(payload, "\n")
+	fields := strings.Fields(head)
+	if !ok || len(fields) == 0 {
+		return fmt.Errorf("no header in %.40q", payload)
+	}
+	nums := make([]int, 0, 5)
+	for _, field := range fields[min(len(fields), 2):] {
+		n, err := strconv.Atoi(field)
+		if err != nil || n < 0 {
+			return fmt.Errorf("bad header %q", head)
+		}
+		nums = append(nums, n)
+	}
+	switch {
+	case fields[0] == "d" && len(fields) == 2:
+		n, err := strconv.Atoi(fields[1])
+		if err != nil || n != len(body) {
+			return fmt.Errorf("bad header %q", head)
+		}
+		f.Deleted(body)
+		return nil
+	case fields[0] == "e" && len(fields) == 7:
+		id, err := strconv.ParseUint(fields[2], 10, 64)
+		keyLen, typeLen, ctLen := nums[2], nums[3], nums[4]
+		if err != nil || keyLen+typeLen+ctLen > len(body) {
+			return fmt.Errorf("bad header %q", head)
+		}
+		ev := &Event{
+			ID:          id,
+			Type:        body[keyLen : keyLen+typeLen],
+			ContentType: body[keyLen+typeLen : keyLen+typeLen+ctLen],
+			Data:        []byte(body[keyLen+typeLen+ctLen:]),
+			Published:   time.UnixMilli(int64(nums[1])),
+			frames:      new(frameCache),
+		}
+		f.Event(body[:keyLen], fields[1], ev)
+		return nil
+	}
+	return fmt.Errorf("unknown message %q", head)
+}
+
+func epochAndID(res []any) (string, uint64, error) {
+	if len(res) < 2 {
+		return "", 0, fmt.Errorf("unexpected answer from redis: %v", res)
+	}
+	epoch, _ := res[0].(string)
+	var id uint64
+	var err error
+	switch v := res[1].(type) {
+	case int64:
+		id = uint64(v)
+	case string:
+		id, err = strconv.ParseUint(v, 10, 64)
+	default:
+		err = fmt.Errorf("id of type %T", v)
+	}
+	if err != nil || !validEpoch(epoch) {
+		return "", 0, fmt.Errorf("unexpected answer from redis: %v", res)
+	}
+	return epoch, id, nil
+}
+
+// eventFromStreamEntry decodes an XREVRANGE entry: [id, [field, value...]].
+func eventFromStreamEntry(entry any) (*Event, error) {
+	parts, ok := entry.([]any)
+	if !ok || len(parts) != 2 {
+		return nil, fmt.Errorf("unexpected stream entry %v", entry)
+	}
+	streamID, _ := parts[0].(string)
+	idText, _, _ := strings.Cut(streamID, "-")
+	id, err := strconv.ParseUint(idText, 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("unexpected stream entry id %q", streamID)
+	}
+	fields, _ := parts[1].([]any)
+	ev := &Event{ID: id, frames: new(frameCache)}
+	for i := 0; i+1 < len(fields); i += 2 {
+		name, _ := fields[i].(string)
+		value, _ := fields[i+1].(string)
+		switch name {
+		case "t":
+			ev.Type = value
+		case "c":
+			ev.ContentType = value
+		case "d":
+			ev.Data = []byte(value)
+		case "p":
+			ms, _ := strconv.ParseInt(value, 10, 64)
+			ev.Published = time.UnixMilli(ms)
+		}
+	}
+	return ev, nil
+}
+
+// Interface guard
+var _ Broker = (*redisBroker)(nil)

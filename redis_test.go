@@ -1,0 +1,167 @@
+package comet
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// redisServer is a real redis-server on a loopback port, with append-only
+// persistence so that a restart keeps its data, as a production Redis
+// would.
+type redisServer struct {
+	t    testing.TB
+	bin  string
+	addr string
+	dir  string
+	cmd  *exec.Cmd
+}
+
+// startRedis starts a redis-server for the test. Without the binary the
+// test fails where COMET_REQUIRE_REDIS is set (.ci/run sets it) and is
+// skipped elsewhere.
+func startRedis(t testing.TB) *redisServer {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("COMET_REQUIRE_REDIS") != "" {
+			t.Fatal("redis-server is not installed, and COMET_REQUIRE_REDIS says these tests must run")
+		}
+		t.Skip("redis-server is not installed (apt-get install redis-server); skipping the cluster-mode tests")
+	}
+	r := &redisServer{t: t, bin: bin, addr: freeAddr(t), dir: t.TempDir()}
+	r.start()
+	t.Cleanup(r.kill)
+	return r
+}
+
+func (r *redisServer) url() string { return "redis://" + r.addr + "/0" }
+
+func (r *redisServer) start() {
+	r.t.Helper()
+	host, port, _ := net.SplitHostPort(r.addr)
+	r.cmd = exec.Command(r.bin, "--bind", host, "--port", port, "--dir", r.dir,
+		"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no")
+	if err := r.cmd.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	waitFor(r.t, "redis-server to answer", r.answers)
+}
+
+// kill stops the server at once, as a crash would.
+func (r *redisServer) kill() {
+	if r.cmd == nil {
+		return
+	}
+	r.cmd.Process.Kill()
+	r.cmd.Wait()
+	r.cmd = nil
+}
+
+// answers reports whether PING gets PONG.
+func (r *redisServer) answers() bool {
+	conn, err := net.DialTimeout("tcp", r.addr, time.Second)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(time.Second))
+	fmt.Fprint(conn, "PING\r\n")
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	return err == nil && strings.HasPrefix(line, "+PONG")
+}
+
+func brokerOption(r *redisServer, extra string) string {
+	return "comet {\n\t\thistory 500\n\t\tbroker redis " + r.url() + "\n" + extra + "\t}"
+}
+
+func TestRedisDownAtStartFailsTheConfig(t *testing.T) {
+	addr := freeAddr(t) // nothing listens there
+	s := &testServer{t: t, base: "http://" + freeAddr(t), admin: "http://" + freeAddr(t)}
+	cfg := adaptCaddyfile(t, s.caddyfile("comet {\n\t\tbroker redis redis://"+addr+"\n\t}", "comet"))
+	err := caddyLoadErr(cfg)
+	if err == nil || !strings.Contains(err.Error(), "broker unavailable: redis at "+addr) {
+		t.Fatalf("loading with Redis down: %v; want a broker unavailable error naming %s", err, addr)
+	}
+}
+
+// TestRedisOutage takes Redis away under a running node and brings it
+// back: publishes fail with 503 meanwhile, parked clients stay parked and
+// expire with their current id, and once Redis is back the node follows
+// it again by itself, with no event skipped.
+func TestRedisOutage(t *testing.T) {
+	r := startRedis(t)
+	s := startCaddy(t, brokerOption(r, ""), `comet /c {
+		expiration 1s
+	}`)
+	first := s.publish("/c", "before")
+	// A second node, through the Go API: events it publishes reach this
+	// node only through Redis.
+	other, err := NewHub(DefaultHubName, HubConfig{History: 500, Broker: &BrokerConfig{Redis: &RedisConfig{URL: r.url()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+
+	poll := s.startPoll("/c", "Last-Event-ID", first.Cursor)
+	waitFor(t, "the poll to park", func() bool {
+		info, ok := s.hub(DefaultHubName).Inspect("/c")
+		return ok && info.Subscribers == 1
+	})
+	r.kill()
+
+	resp, body := s.do(http.MethodPost, "/c", "during")
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || !strings.Contains(body, "broker unavailable") {
+		t.Errorf("publish with Redis down: %s %q", resp.Status, body)
+	}
+	resp, _ = poll.wait(t)
+	if resp.StatusCode != http.StatusNoContent || resp.Header.Get(HeaderCursor) != first.Cursor || resp.Header.Get(HeaderMissed) != "" {
+		t.Errorf("parked poll during the outage: %s cursor %q missed %q; want 204 at %s",
+			resp.Status, resp.Header.Get(HeaderCursor), resp.Header.Get(HeaderMissed), first.Cursor)
+	}
+
+	r.start()
+	var second Receipt
+	waitFor(t, "the other node to publish again", func() bool {
+		second, err = other.Publish("/c", Event{Data: []byte("after")})
+		return err == nil
+	})
+	// A client long-polls with its cursor, as it would, until this node
+	// has followed Redis again by itself and hands it the event.
+	cur := first.Cursor
+	deadline := time.Now().Add(10 * time.Second)
+	for cur == first.Cursor && time.Now().Before(deadline) {
+		resp, body = s.startPoll("/c", "Last-Event-ID", cur).wait(t)
+		if m := resp.Header.Get(HeaderMissed); m != "" {
+			t.Fatalf("after Redis came back the client was told it missed %s events", m)
+		}
+		if resp.StatusCode == http.StatusOK && (body != "after" || resp.Header.Get(HeaderCursor) != second.Cursor.String()) {
+			t.Fatalf("after Redis came back: %q at %q; want the other node's event at %s", body, resp.Header.Get(HeaderCursor), second.Cursor)
+		}
+		cur = resp.Header.Get(HeaderCursor)
+	}
+	if cur != second.Cursor.String() {
+		t.Fatalf("the node did not follow Redis again within 10s: cursor %s, want %s", cur, second.Cursor)
+	}
+	if second.Cursor.ID != 2 {
+		t.Errorf("the id after the outage is %d, want 2: ids must continue", second.Cursor.ID)
+	}
+}
+
+// caddyLoadErr loads a config and returns the error, stopping Caddy if it
+// did start.
+func caddyLoadErr(cfg []byte) error {
+	err := caddy.Load(cfg, true)
+	if err == nil {
+		caddy.Stop()
+	}
+	return err
+}
