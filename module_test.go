@@ -14,6 +14,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -406,20 +407,45 @@ func headSubscribers(url string) int {
 	return n
 }
 
+// builtCaddy is ./cmd/caddy built once for the tests that run it as a
+// subprocess; TestMain removes it.
+var builtCaddy struct {
+	once      sync.Once
+	dir, path string
+	err       error
+}
+
 // buildCaddy builds ./cmd/caddy, with the race detector when the tests run
 // with it, and returns the binary's path.
 func buildCaddy(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "caddy")
-	args := []string{"build", "-o", bin}
-	if raceEnabled() {
-		args = append(args, "-race")
+	builtCaddy.once.Do(func() {
+		builtCaddy.dir, builtCaddy.err = os.MkdirTemp("", "comet-test-caddy-")
+		if builtCaddy.err != nil {
+			return
+		}
+		builtCaddy.path = filepath.Join(builtCaddy.dir, "caddy")
+		args := []string{"build", "-o", builtCaddy.path}
+		if raceEnabled() {
+			args = append(args, "-race")
+		}
+		out, err := exec.Command("go", append(args, "./cmd/caddy")...).CombinedOutput()
+		if err != nil {
+			builtCaddy.err = fmt.Errorf("%v\n%s", err, out)
+		}
+	})
+	if builtCaddy.err != nil {
+		t.Fatalf("building caddy: %v", builtCaddy.err)
 	}
-	out, err := exec.Command("go", append(args, "./cmd/caddy")...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("building caddy: %v\n%s", err, out)
+	return builtCaddy.path
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtCaddy.dir != "" {
+		os.RemoveAll(builtCaddy.dir)
 	}
-	return bin
+	os.Exit(code)
 }
 
 func raceEnabled() bool {
