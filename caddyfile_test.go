@@ -72,6 +72,33 @@ func TestAdapt(t *testing.T) {
 					"transports":["sse","stream"],"write_timeout":5000000000}]}]}}}}}`,
 		},
 		{
+			name: "redis broker, short and long forms",
+			caddyfile: `{
+	comet {
+		broker redis redis://127.0.0.1:6379/0
+	}
+	comet shared {
+		broker redis {
+			addresses 10.0.0.1:6379 10.0.0.2:6379
+			master_name main
+			username comet
+			password {env.REDIS_PASSWORD}
+			tls
+			key_prefix app1:
+		}
+	}
+}
+:8080 {
+	comet
+}`,
+			want: `{"apps":{
+				"comet":{"hubs":{
+					"default":{"broker":{"redis":{"url":"redis://127.0.0.1:6379/0"}}},
+					"shared":{"broker":{"redis":{"addresses":["10.0.0.1:6379","10.0.0.2:6379"],"master_name":"main",
+						"username":"comet","password":"{env.REDIS_PASSWORD}","tls":true,"key_prefix":"app1:"}}}}},
+				"http":{"servers":{"srv0":{"listen":[":8080"],"routes":[{"handle":[{"handler":"comet"}]}]}}}}}`,
+		},
+		{
 			name:      "publish on is explicit",
 			caddyfile: ":8080 {\n\tcomet {\n\t\tpublish on\n\t}\n}",
 			want: `{"apps":{"http":{"servers":{"srv0":{"listen":[":8080"],"routes":[
@@ -126,6 +153,11 @@ func TestAdaptErrors(t *testing.T) {
 		{"{\n\tcomet {\n\t\thistroy 5\n\t}\n}\n:8080", `unrecognized comet global option "histroy"`},
 		{"{\n\tcomet {\n\t}\n\tcomet {\n\t}\n}\n:8080", `comet hub "default" is configured twice`},
 		{"{\n\tcomet a b {\n\t}\n}\n:8080", `Caddyfile:2`},
+		{"{\n\tcomet {\n\t\tbroker memcached x\n\t}\n}\n:8080", `unknown broker "memcached": want redis`},
+		{"{\n\tcomet {\n\t\tbroker redis\n\t}\n}\n:8080", `redis broker needs a URL or addresses`},
+		{"{\n\tcomet {\n\t\tbroker\n\t}\n}\n:8080", `Caddyfile:3`},
+		{"{\n\tcomet {\n\t\tbroker redis redis://x {\n\t\t\tfrob 1\n\t\t}\n\t}\n}\n:8080", `Caddyfile:4`},
+		{"{\n\tcomet {\n\t\tbroker redis redis://x {\n\t\t\ttls yes\n\t\t}\n\t}\n}\n:8080", `Caddyfile:4`},
 	} {
 		_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(tc.caddyfile), map[string]any{"filename": "Caddyfile"})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -145,6 +177,7 @@ func TestValidateJSON(t *testing.T) {
 		{`{"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"comet","hub":"nope"}]}]}}}}}`,
 			`hub "nope" is not configured`},
 		{`{"apps":{"comet":{"hubs":{"default":{"history":-1}}}}}`, "history must not be negative"},
+		{`{"apps":{"comet":{"hubs":{"default":{"broker":{}}}}}}`, "broker needs a kind: redis"},
 		{`{"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"comet","transports":["smoke"]}]}]}}}}}`,
 			`unknown transport "smoke"`},
 		{`{"apps":{"comet":{"hubs":{"default":{"max_subscribers":-1}}}}}`, "max_subscribers must not be negative"},
@@ -168,7 +201,7 @@ func FuzzCaddyfile(f *testing.F) {
 		"comet {\n\texpiration -5s\n}", "comet {\n\tmax_message_size 99999999999999999999EiB\n}",
 		"comet {\n\theartbeat off\n\ttransports longpoll sse stream\n\twrite_timeout 1s\n}", "comet {\n\ttransports\n}",
 		"comet x {\n\thistory 5 1m\n\tmax_contexts 1\n\tmax_subscribers 2\n}",
-		"comet {\n\thistory 1 2 3\n}", "comet {\n\thistory 9999999999999999999999\n}", "comet {{}}", "comet \"",
+		"comet {\n\thistory 1 2 3\n}", "comet {\n\tbroker redis redis://h {\n\t\ttls\n\t\taddresses a b\n\t}\n}", "comet {\n\thistory 9999999999999999999999\n}", "comet {{}}", "comet \"",
 	} {
 		f.Add(seed)
 	}
