@@ -99,8 +99,9 @@ func (c RedisConfig) universalOptions() (*redis.UniversalOptions, error) {
 //	<prefix>{<hub>:<context>}:m   hash: epoch, last (the last id)
 //	<prefix>{<hub>:<context>}:s   stream: the history, entry ids <id>-0
 //
-// and announces events on one channel per hub, <prefix><hub>:events. Both
-// keys expire after the history's max age without a publish.
+// and announces events on one channel per hub, <prefix><hub>:events. The
+// keys expire after the history's max age without a publish (both) or a
+// node loading the context (the hash).
 type redisBroker struct {
 	client  redis.UniversalClient
 	prefix  string
@@ -141,17 +142,21 @@ func (b *redisBroker) keys(key string) []string {
 	return []string{tag + ":m", tag + ":s"}
 }
 
-// publishScript assigns the next id, appends to the capped stream, renews
-// both keys' lifetime and announces the event, all at once. A context whose
-// hash expired starts a new epoch, and drops any stream left behind so that
-// ids can start at 1 again.
-var publishScript = redis.NewScript(`
+// luaEnsureContext starts with every script that may create a context: a
+// context whose hash expired starts a new epoch (ARGV[1]), and any stream
+// left behind is dropped so that ids can start at 1 again.
+const luaEnsureContext = `
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
 	epoch = ARGV[1]
 	redis.call('DEL', KEYS[2])
 	redis.call('HSET', KEYS[1], 'epoch', epoch, 'last', 0)
 end
+`
+
+// publishScript assigns the next id, appends to the capped stream, renews
+// both keys' lifetime and announces the event, all at once.
+var publishScript = redis.NewScript(luaEnsureContext + `
 local id = redis.call('HINCRBY', KEYS[1], 'last', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], id .. '-0', 't', ARGV[5], 'c', ARGV[6], 'p', ARGV[7], 'd', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -161,15 +166,10 @@ return {epoch, id}
 `)
 
 // loadScript returns a context's epoch, last id and history, creating the
-// context if it does not exist.
-var loadScript = redis.NewScript(`
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-	epoch = ARGV[1]
-	redis.call('DEL', KEYS[2])
-	redis.call('HSET', KEYS[1], 'epoch', epoch, 'last', 0)
-	redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
+// context if it does not exist. It renews the hash's lifetime, so that a
+// context clients keep using keeps its epoch while nothing is published.
+var loadScript = redis.NewScript(luaEnsureContext + `
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {epoch, redis.call('HGET', KEYS[1], 'last'), redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])}
 `)
 

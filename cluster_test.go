@@ -104,13 +104,8 @@ func TestTwoNodesActAsOneHub(t *testing.T) {
 		t.Fatal("no cursor from HEAD")
 	}
 
-	var mu sync.Mutex
-	got := map[string][]string{}
-	record := func(who, data string) {
-		mu.Lock()
-		defer mu.Unlock()
-		got[who] = append(got[who], data)
-	}
+	var got receivedEvents
+	record := got.record
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -174,21 +169,7 @@ func TestTwoNodesActAsOneHub(t *testing.T) {
 		nodes[i%2].publish(fmt.Sprintf("event-%d", i))
 	}
 	wg.Wait()
-	if len(got) != 4*perKindPerNode {
-		t.Fatalf("%d clients reported, want %d", len(got), 4*perKindPerNode)
-	}
-	for who, seq := range got {
-		if len(seq) != events {
-			t.Errorf("%s got %d events, want %d", who, len(seq), events)
-			continue
-		}
-		for i, data := range seq {
-			if want := fmt.Sprintf("event-%d", i); data != want {
-				t.Errorf("%s: event %d is %q, want %q", who, i, data, want)
-				break
-			}
-		}
-	}
+	got.checkAllInOrder(t, 4*perKindPerNode, events)
 
 	// Node B restarts while A goes on publishing; a client of B resumes
 	// through the new B from Redis' history, without loss.

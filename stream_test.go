@@ -305,13 +305,8 @@ func TestMixedSubscribersSeeTheSameEvents(t *testing.T) {
 		heartbeat off
 	}`)
 	start := s.position("/c")
-	var mu sync.Mutex
-	got := map[string][]string{}
-	record := func(who, data string) {
-		mu.Lock()
-		defer mu.Unlock()
-		got[who] = append(got[who], data)
-	}
+	var got receivedEvents
+	record := got.record
 	var wg sync.WaitGroup
 	for i := range perKind {
 		wg.Go(func() { // long poll with cursor
@@ -357,13 +352,42 @@ func TestMixedSubscribersSeeTheSameEvents(t *testing.T) {
 		s.publish("/c", fmt.Sprintf("event-%d", i))
 	}
 	wg.Wait()
-	if len(got) != 3*perKind {
-		t.Fatalf("%d subscribers reported, want %d", len(got), 3*perKind)
+	got.checkAllInOrder(t, 3*perKind, events)
+}
+
+// receivedEvents collects, per client, the payloads it received.
+type receivedEvents struct {
+	mu  sync.Mutex
+	got map[string][]string
+}
+
+func (r *receivedEvents) record(who, data string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.got == nil {
+		r.got = make(map[string][]string)
 	}
-	for who, seq := range got {
+	r.got[who] = append(r.got[who], data)
+}
+
+// checkAllInOrder fails the test unless each of the clients received
+// event-0 to event-<events-1>, each once, in order.
+func (r *receivedEvents) checkAllInOrder(t *testing.T, clients, events int) {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.got) != clients {
+		t.Fatalf("%d clients reported, want %d", len(r.got), clients)
+	}
+	for who, seq := range r.got {
+		if len(seq) != events {
+			t.Errorf("%s got %d events, want %d", who, len(seq), events)
+			continue
+		}
 		for i, data := range seq {
 			if want := fmt.Sprintf("event-%d", i); data != want {
-				t.Fatalf("%s: event %d is %q, want %q", who, i, data, want)
+				t.Errorf("%s: event %d is %q, want %q", who, i, data, want)
+				break
 			}
 		}
 	}
