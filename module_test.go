@@ -461,10 +461,10 @@ func raceEnabled() bool {
 	return false
 }
 
-// TestExampleCaddyfile runs example.Caddyfile (on test ports) and drives it
-// the way the seed's Prototype client does: GET long_polling without a
-// cursor, POST long_polling to click, and read the counter from X-JSON.
-func TestExampleCaddyfile(t *testing.T) {
+// exampleServer adapts example.Caddyfile to run on test ports, and returns
+// the server it describes (not started) with its JSON config.
+func exampleServer(t *testing.T) (*testServer, []byte) {
+	t.Helper()
 	text, err := os.ReadFile("example.Caddyfile")
 	if err != nil {
 		t.Fatal(err)
@@ -476,7 +476,15 @@ func TestExampleCaddyfile(t *testing.T) {
 	if !strings.Contains(cfg, s.base+" {") || strings.Contains(cfg, "bind ") {
 		t.Fatal("example.Caddyfile no longer has the address this test rewrites")
 	}
-	if err := caddy.Load(adaptCaddyfile(t, cfg), true); err != nil {
+	return s, adaptCaddyfile(t, cfg)
+}
+
+// TestExampleCaddyfile runs example.Caddyfile (on test ports) and drives it
+// the way the seed's Prototype client does: GET long_polling without a
+// cursor, POST long_polling to click, and read the counter from X-JSON.
+func TestExampleCaddyfile(t *testing.T) {
+	s, cfg := exampleServer(t)
+	if err := caddy.Load(cfg, true); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { caddy.Stop() })

@@ -1,0 +1,227 @@
+package comet
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/chromedp/chromedp"
+)
+
+// startBrowser starts Debian's headless Chromium for the test. Without it
+// the test fails where COMET_REQUIRE_BROWSER is set (.ci/run sets it) and
+// is skipped elsewhere.
+func startBrowser(t *testing.T) context.Context {
+	t.Helper()
+	path, err := exec.LookPath("chromium")
+	if err != nil {
+		if os.Getenv("COMET_REQUIRE_BROWSER") != "" {
+			t.Fatal("chromium is not installed, and COMET_REQUIRE_BROWSER says the browser tests must run")
+		}
+		t.Skip("chromium is not installed (apt-get install chromium); skipping the browser tests")
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(path),
+		chromedp.NoSandbox,
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-component-update", true),
+	)
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancelAlloc)
+	browser, cancelBrowser := chromedp.NewContext(allocCtx)
+	t.Cleanup(cancelBrowser)
+	if err := chromedp.Do(browser); err != nil { // start the browser now
+		t.Fatalf("starting chromium: %v", err)
+	}
+	return browser
+}
+
+// page opens a tab of the browser at url.
+func page(t *testing.T, browser context.Context, url string) context.Context {
+	t.Helper()
+	tab, cancel := chromedp.NewContext(browser)
+	t.Cleanup(cancel)
+	if err := chromedp.Do(tab, chromedp.Navigate(url)); err != nil {
+		t.Fatalf("opening %s: %v", url, err)
+	}
+	return tab
+}
+
+// act runs browser actions in the tab, failing the test if they do not
+// finish within ten seconds rather than hanging it.
+func act(t *testing.T, tab context.Context, what string, actions ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(tab, 10*time.Second)
+	defer cancel()
+	if err := chromedp.Do(ctx, actions...); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// runJS runs a JavaScript statement in the tab.
+func runJS(t *testing.T, tab context.Context, what, statement string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(tab, 10*time.Second)
+	defer cancel()
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[string](statement+"; 'done'")); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// waitJS polls a JavaScript expression in the tab until it returns want.
+func waitJS(t *testing.T, tab context.Context, what, expr, want string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var got string
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(tab, 5*time.Second)
+		v, err := chromedp.Run(ctx, chromedp.Evaluate[string](expr))
+		cancel()
+		if err == nil && v == want {
+			return
+		}
+		got = v
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: %s is %q after %v, want %q", what, expr, got, timeout, want)
+}
+
+// screenshots keeps pictures of the sample pages for a person to look at.
+type screenshots struct {
+	t   *testing.T
+	dir string
+}
+
+func newScreenshots(t *testing.T) *screenshots {
+	dir, err := os.MkdirTemp("", "comet-screenshots-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshots in %s", dir)
+	return &screenshots{t: t, dir: dir}
+}
+
+func (s *screenshots) take(tab context.Context, name string) {
+	s.t.Helper()
+	png, err := chromedp.Run(tab, chromedp.CaptureScreenshot())
+	if err != nil {
+		s.t.Fatalf("screenshot %s: %v", name, err)
+	}
+	if err := os.WriteFile(filepath.Join(s.dir, name+".png"), png, 0o644); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+const countJS = `document.getElementById('count').textContent`
+
+// TestCounterInTheBrowser drives the seed's count-clicker in two pages of a
+// real Chromium: a click in one shows in both, across a config reload and
+// across a server restart.
+func TestCounterInTheBrowser(t *testing.T) {
+	browser := startBrowser(t)
+	s, cfg := exampleServer(t)
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { caddy.Stop() })
+	shots := newScreenshots(t)
+
+	a, b := page(t, browser, s.base+"/"), page(t, browser, s.base+"/")
+	for _, tab := range []context.Context{a, b} {
+		waitJS(t, tab, "the page to show the count", countJS, "0", 10*time.Second)
+	}
+	waitFor(t, "both pages to long-poll", func() bool { return s.hub(DefaultHubName).SubscriberCount() == 2 })
+	click := func(tab context.Context, want string) {
+		t.Helper()
+		act(t, tab, "clicking", chromedp.Click("#increment"))
+		waitJS(t, a, "page A after the click", countJS, want, 10*time.Second)
+		waitJS(t, b, "page B after the click", countJS, want, 10*time.Second)
+	}
+	click(a, "1")
+	click(b, "2")
+	shots.take(a, "counter-a")
+	shots.take(b, "counter-b")
+
+	// A reload keeps the hub: the pages go on as if nothing happened.
+	reloaded := bytes.Replace(cfg, []byte(`"expiration":150000000000`), []byte(`"expiration":149000000000`), 1)
+	if bytes.Equal(reloaded, cfg) {
+		t.Fatal("could not change the config to reload it")
+	}
+	resp, err := http.Post(s.admin+"/load", "application/json", bytes.NewReader(reloaded))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("reload: %v %v", err, resp.Status)
+	}
+	resp.Body.Close()
+	click(a, "3")
+
+	// A restart loses an in-process hub: the pages reconnect by themselves,
+	// are told their cursor is from an earlier lifetime, and show the
+	// server's count, which then goes on from there.
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	// They were told to come back in 5s (Retry-After), give or take jitter.
+	for _, tab := range []context.Context{a, b} {
+		waitJS(t, tab, "the page after the restart", countJS, "0", 20*time.Second)
+	}
+	click(b, "1")
+	shots.take(b, "counter-after-restart")
+}
+
+// TestChatInTheBrowser sends messages from two pages of the chat sample in
+// turn: both pages show all of them, in order.
+func TestChatInTheBrowser(t *testing.T) {
+	browser := startBrowser(t)
+	s, cfg := exampleServer(t)
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { caddy.Stop() })
+	shots := newScreenshots(t)
+
+	tabs := map[string]context.Context{"ada": page(t, browser, s.base+"/chat/"), "bob": page(t, browser, s.base+"/chat/")}
+	waitFor(t, "both pages to join the lobby", func() bool {
+		info, ok := s.hub(DefaultHubName).Inspect("/rooms/lobby")
+		return ok && info.Subscribers == 2
+	})
+	for name, tab := range tabs {
+		act(t, tab, "typing a name", chromedp.SendKeys("#name", name))
+	}
+	var want []string
+	for i := range 6 {
+		name := []string{"ada", "bob"}[i%2]
+		text := fmt.Sprintf("message %d", i)
+		want = append(want, name+text)
+		// Fill the field and submit the form as the Send button does; the
+		// page's own submit handler publishes.
+		runJS(t, tabs[name], "sending "+text,
+			fmt.Sprintf(`document.getElementById('text').value = %q; document.getElementById('send').requestSubmit()`, text))
+		// Wait for it to arrive before the next, so that the order the
+		// pages show is the order the messages were sent in.
+		for who, tab := range tabs {
+			waitJS(t, tab, who+"'s page", `String(document.querySelectorAll('#messages .message').length)`, fmt.Sprint(i+1), 10*time.Second)
+		}
+	}
+	shown := `Array.from(document.querySelectorAll('#messages .message')).map(li => li.textContent).join('|')`
+	for who, tab := range tabs {
+		waitJS(t, tab, who+"'s page", shown, strings.Join(want, "|"), 5*time.Second)
+	}
+	shots.take(tabs["ada"], "chat-ada")
+	shots.take(tabs["bob"], "chat-bob")
+
+	// A newcomer gets the room's history.
+	late := page(t, browser, s.base+"/chat/")
+	waitJS(t, late, "a newcomer's page", shown, strings.Join(want, "|"), 10*time.Second)
+}

@@ -1,0 +1,171 @@
+// comet.js: a browser client for caddy-comet, with no dependencies.
+//
+//   <script src="/client/comet.js"></script>      -> window.Comet
+//   import { subscribe, publish } from '/client/comet.mjs';
+//
+//   const sub = Comet.subscribe('/events/news', {
+//     onEvent(e) { ... e.id, e.cursor, e.type, e.data (text) ... },
+//     onGap(missed) { ... missed: a count, or 'unknown' ... },
+//     transport: 'auto',        // 'sse' (EventSource), 'longpoll', or auto: SSE where available
+//     lastEventId: savedCursor, // resume from a cursor kept from an earlier page
+//     types: ['price'],         // SSE event types to receive besides the default 'message'
+//   });
+//   sub.cursor;  sub.close();
+//   await Comet.publish('/events/news', 'hello', { type: 'greeting' });
+//
+// The client keeps the cursor of the last event, so that a reconnection,
+// whatever its cause, resumes exactly after it; the server says when events
+// were lost (onGap) instead of skipping them silently. Reconnections wait
+// with exponential backoff and full jitter, so that the clients of a server
+// that restarts do not all come back at once.
+(function (global) {
+  'use strict';
+
+  const MIN_DELAY = 500;
+  const MAX_DELAY = 30000;
+
+  // A delay drawn from [0, ceiling): "full jitter".
+  function jitter(ceiling) {
+    return Math.random() * ceiling;
+  }
+
+  function idOf(cursor) {
+    const i = cursor ? cursor.lastIndexOf(':') : -1;
+    return i < 0 ? 0 : Number(cursor.slice(i + 1));
+  }
+
+  function subscribe(url, options) {
+    const opts = options || {};
+    const onEvent = opts.onEvent || function () {};
+    const onGap = opts.onGap || function () {};
+    const onDeleted = opts.onDeleted || function () {};
+    const useSSE = opts.transport === 'sse' ||
+      ((opts.transport || 'auto') === 'auto' && typeof EventSource === 'function');
+
+    const state = { cursor: opts.lastEventId || null, closed: false, failures: 0, timer: null, stop: null };
+
+    function deliver(cursor, type, data) {
+      state.cursor = cursor;
+      state.failures = 0;
+      onEvent({ id: idOf(cursor), cursor: cursor, type: type || 'message', data: data });
+    }
+
+    // retry schedules the next connection after a failure, honouring the
+    // server's Retry-After (in seconds) as a floor.
+    function retry(retryAfterSeconds) {
+      if (state.closed) return;
+      state.failures++;
+      const ceiling = Math.min(MAX_DELAY, MIN_DELAY * 2 ** state.failures);
+      const floor = (retryAfterSeconds || 0) * 1000;
+      state.timer = setTimeout(connect, floor + jitter(ceiling));
+    }
+
+    function withCursor(target) {
+      if (!state.cursor) return target;
+      const u = new URL(target, global.location ? global.location.href : undefined);
+      u.searchParams.set('last_event_id', state.cursor);
+      return u.toString();
+    }
+
+    function connectSSE() {
+      // EventSource cannot set headers: the cursor goes in the query. Its
+      // own reconnection is turned off by closing it on any error, so that
+      // every reconnection goes through retry() and its jitter.
+      const es = new EventSource(withCursor(url));
+      state.stop = () => es.close();
+      const onMessage = (e) => deliver(e.lastEventId, e.type, e.data);
+      es.onmessage = onMessage;
+      (opts.types || []).forEach((type) => es.addEventListener(type, onMessage));
+      es.addEventListener('comet-missed', (e) => {
+        if (e.lastEventId) state.cursor = e.lastEventId;
+        onGap(e.data === 'unknown' ? 'unknown' : Number(e.data));
+      });
+      es.addEventListener('comet-reconnect', () => {
+        es.close();
+        // The server ends streams on its own at expiration (come back now)
+        // and on shutdown (come back later, not all at once).
+        state.failures = 0;
+        retry(0);
+      });
+      es.addEventListener('comet-deleted', () => {
+        es.close();
+        state.closed = true;
+        onDeleted();
+      });
+      es.onopen = () => { state.failures = 0; };
+      es.onerror = () => {
+        es.close();
+        retry(0);
+      };
+    }
+
+    async function connectLongPoll() {
+      const controller = new AbortController();
+      state.stop = () => controller.abort();
+      try {
+        for (;;) {
+          // Without a cursor, HEAD answers at once with the current one, so
+          // that nothing published from now on is missed.
+          const res = state.cursor === null
+            ? await fetch(url, { method: 'HEAD', cache: 'no-store', signal: controller.signal })
+            : await fetch(url, { headers: { 'Last-Event-ID': state.cursor }, cache: 'no-store', signal: controller.signal });
+          if (state.closed) return;
+          const missed = res.headers.get('Comet-Missed');
+          const gap = () => { if (missed) onGap(missed === 'unknown' ? 'unknown' : Number(missed)); };
+          if (res.status === 200) {
+            gap();
+            deliver(res.headers.get('Comet-Cursor'), res.headers.get('Comet-Event-Type'), await res.text());
+          } else if (res.status === 204) {
+            state.cursor = res.headers.get('Comet-Cursor');
+            state.failures = 0;
+            gap();
+          } else if (res.status === 410) {
+            state.closed = true;
+            onDeleted();
+            return;
+          } else {
+            retry(Number(res.headers.get('Retry-After')) || 0);
+            return;
+          }
+        }
+      } catch (err) {
+        if (!state.closed) retry(0); // the network failed, or the server went away
+      }
+    }
+
+    function connect() {
+      if (state.closed) return;
+      if (useSSE) connectSSE(); else connectLongPoll();
+    }
+
+    connect();
+    return {
+      get cursor() { return state.cursor; },
+      close() {
+        state.closed = true;
+        clearTimeout(state.timer);
+        if (state.stop) state.stop();
+      },
+    };
+  }
+
+  // publish POSTs data (a string, or anything else as JSON) and resolves
+  // with the receipt: { id, cursor, woken }.
+  async function publish(url, data, options) {
+    const opts = options || {};
+    const headers = {};
+    let body = data;
+    if (typeof data !== 'string') {
+      body = JSON.stringify(data);
+      headers['Content-Type'] = 'application/json';
+    } else {
+      headers['Content-Type'] = opts.contentType || 'text/plain;charset=utf-8';
+    }
+    if (opts.type) headers['Comet-Event-Type'] = opts.type;
+    const res = await fetch(url, { method: 'POST', headers: headers, body: body });
+    if (!res.ok) throw new Error(`publish to ${url}: ${res.status} ${await res.text()}`);
+    return res.json();
+  }
+
+  global.Comet = { subscribe: subscribe, publish: publish };
+})(globalThis);

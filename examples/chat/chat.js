@@ -1,0 +1,64 @@
+// A chat on comet.js: each room is a context (/rooms/<room>), received as a
+// stream of Server-Sent Events; a message is a JSON publish to the room.
+import { subscribe, publish } from '/client/comet.mjs';
+
+const messagesEl = document.getElementById('messages');
+const nameEl = document.getElementById('name');
+const textEl = document.getElementById('text');
+let room = null;
+let sub = null;
+
+function line(className, parts) {
+  const li = document.createElement('li');
+  li.className = className;
+  for (const [cls, text] of parts) {
+    const span = document.createElement('span');
+    span.className = cls;
+    span.textContent = text; // text, never HTML: messages come from anyone
+    li.append(span);
+  }
+  messagesEl.append(li);
+  messagesEl.scrollTop = messagesEl.scrollHeight;
+}
+
+async function join(name) {
+  if (sub) sub.close();
+  room = name;
+  messagesEl.replaceChildren();
+  for (const button of document.querySelectorAll('#rooms button')) {
+    button.classList.toggle('current', button.dataset.room === name);
+  }
+  const url = `/rooms/${encodeURIComponent(name)}`;
+  // Start from id 0 of the room's current epoch, so that a newcomer gets
+  // what history still holds, and is told if older messages are gone.
+  const head = await fetch(url, { method: 'HEAD', cache: 'no-store' });
+  const epoch = head.headers.get('Comet-Cursor').split(':')[0];
+  sub = subscribe(url, {
+    transport: 'sse',
+    lastEventId: `${epoch}:0`,
+    onEvent(e) {
+      const msg = JSON.parse(e.data);
+      line('message', [['who', msg.name], ['text', msg.text]]);
+    },
+    onGap(missed) {
+      line('notice', [['text', `(${missed} earlier messages are no longer available)`]]);
+    },
+  });
+}
+
+document.getElementById('rooms').addEventListener('click', (e) => {
+  if (e.target.dataset.room) join(e.target.dataset.room);
+});
+
+document.getElementById('send').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const text = textEl.value;
+  textEl.value = '';
+  try {
+    await publish(`/rooms/${encodeURIComponent(room)}`, { name: nameEl.value, text });
+  } catch (err) {
+    line('notice', [['text', `not sent: ${err.message}`]]);
+  }
+});
+
+join('lobby');
