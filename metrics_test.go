@@ -45,7 +45,21 @@ func TestMetricsCountAndSurviveAReload(t *testing.T) {
 		max_message_size 8
 	}`)
 	before := scrape(t, s)
-	delta := func(now map[string]float64, series string) float64 { return now[series] - before[series] }
+	// A counter goes up once the server has written the event, which can
+	// be a moment after the client has read it: wait for the expected
+	// value rather than read it once.
+	waitDelta := func(series string, want float64) {
+		t.Helper()
+		var got float64
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			if got = scrape(t, s)[series] - before[series]; got == want {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Errorf("%s went up by %v, want %v", series, got, want)
+	}
 
 	poll := s.startPoll("/c")
 	_, sse := s.openSSE("/c")
@@ -57,7 +71,6 @@ func TestMetricsCountAndSurviveAReload(t *testing.T) {
 	nextWithin(t, sse, 5*time.Second)
 	s.do(http.MethodPost, "/c", "far too large")
 
-	now := scrape(t, s)
 	for series, want := range map[string]float64{
 		`caddy_comet_events_published_total{hub="default"}`:                  2,
 		`caddy_comet_deliveries_total{hub="default",transport="longpoll"}`:   1,
@@ -65,10 +78,9 @@ func TestMetricsCountAndSurviveAReload(t *testing.T) {
 		`caddy_comet_subscribers{hub="default",transport="sse"}`:             1,
 		`caddy_comet_publish_errors_total{hub="default",reason="too_large"}`: 1,
 	} {
-		if got := delta(now, series); got != want {
-			t.Errorf("%s went up by %v, want %v", series, got, want)
-		}
+		waitDelta(series, want)
 	}
+	now := scrape(t, s)
 	if got := now[`caddy_comet_contexts{hub="default"}`]; got != 1 {
 		t.Errorf("contexts = %v, want 1", got)
 	}
@@ -81,13 +93,8 @@ func TestMetricsCountAndSurviveAReload(t *testing.T) {
 	s.reload("", "comet /c {\n\t\tmax_message_size 8\n\t\texpiration 20s\n\t}")
 	s.publish("/c", "three")
 	nextWithin(t, sse, 5*time.Second) // the stream carried on across the reload
-	now = scrape(t, s)
-	if got := delta(now, `caddy_comet_events_published_total{hub="default"}`); got != 3 {
-		t.Errorf("after the reload, events published went up by %v in all, want 3", got)
-	}
-	if got := delta(now, `caddy_comet_deliveries_total{hub="default",transport="sse"}`); got != 3 {
-		t.Errorf("after the reload, SSE deliveries went up by %v in all, want 3", got)
-	}
+	waitDelta(`caddy_comet_events_published_total{hub="default"}`, 3)
+	waitDelta(`caddy_comet_deliveries_total{hub="default",transport="sse"}`, 3)
 }
 
 // TestLogsStayQuiet runs a busy hub with comet's log at info and checks

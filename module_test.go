@@ -37,7 +37,7 @@ type testServer struct {
 // and stops it when the test ends.
 func startCaddy(t testing.TB, globals, site string) *testServer {
 	t.Helper()
-	s := &testServer{t: t, base: "http://" + freeAddr(t), admin: "http://" + freeAddr(t)}
+	s := newTestServer(t)
 	s.load(globals, site)
 	t.Cleanup(func() {
 		if err := caddy.Stop(); err != nil {
@@ -45,6 +45,15 @@ func startCaddy(t testing.TB, globals, site string) *testServer {
 		}
 	})
 	return s
+}
+
+// newTestServer picks loopback ports for a server. A port can be one an
+// earlier test's server used, so the shared client's idle connections,
+// which would now lead nowhere, are dropped first: a POST, unlike a GET,
+// is not retried on such a connection.
+func newTestServer(t testing.TB) *testServer {
+	http.DefaultClient.CloseIdleConnections()
+	return &testServer{t: t, base: "http://" + freeAddr(t), admin: "http://" + freeAddr(t)}
 }
 
 func (s *testServer) caddyfile(globals, site string) string {
@@ -73,6 +82,9 @@ func (s *testServer) reload(globals, site string) {
 		body, _ := io.ReadAll(resp.Body)
 		s.t.Fatalf("reload: %s: %s", resp.Status, body)
 	}
+	// The old server closes its idle keep-alive connections; a client that
+	// reused one for a POST would get EOF, since POSTs are not retried.
+	http.DefaultClient.CloseIdleConnections()
 }
 
 func adaptCaddyfile(t testing.TB, text string) []byte {
@@ -469,7 +481,7 @@ func exampleServer(t *testing.T) (*testServer, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &testServer{t: t, base: "http://" + freeAddr(t), admin: "http://" + freeAddr(t)}
+	s := newTestServer(t)
 	cfg := strings.Replace(string(text), "http://localhost:8080 {", s.base+" {", 1)
 	cfg = strings.Replace(cfg, "\tbind 127.0.0.1 [::1]\n", "", 1)
 	cfg = strings.Replace(cfg, "{\n", "{\n\tadmin "+strings.TrimPrefix(s.admin, "http://")+"\n\tpersist_config off\n", 1)

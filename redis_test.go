@@ -85,7 +85,7 @@ func brokerOption(r *redisServer, extra string) string {
 
 func TestRedisDownAtStartFailsTheConfig(t *testing.T) {
 	addr := freeAddr(t) // nothing listens there
-	s := &testServer{t: t, base: "http://" + freeAddr(t), admin: "http://" + freeAddr(t)}
+	s := newTestServer(t)
 	cfg := adaptCaddyfile(t, s.caddyfile("comet {\n\t\tbroker redis redis://"+addr+"\n\t}", "comet"))
 	err := caddyLoadErr(cfg)
 	if err == nil || !strings.Contains(err.Error(), "broker unavailable: redis at "+addr) {
