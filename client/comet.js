@@ -123,6 +123,10 @@
             state.closed = true;
             onDeleted();
             return;
+          } else if (res.status === 400 && state.cursor !== null) {
+            // The server cannot read our cursor: start again from now.
+            state.cursor = null;
+            onGap('unknown');
           } else {
             retry(Number(res.headers.get('Retry-After')) || 0);
             return;
