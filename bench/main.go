@@ -1,0 +1,375 @@
+// Command bench is a load tool for a comet server on this machine: it parks
+// N subscribers on one context (long polls with cursors, or SSE streams),
+// publishes events, and reports connect time, server memory per subscriber,
+// fan-out time per event, delivery latency and events lost.
+//
+//	go run ./bench -url http://127.0.0.1:8080/bench -subscribers 10000 -transport sse -pid $(pidof caddy)
+//
+// It only ever targets loopback addresses, holds at most 20,000 connections,
+// and stops by itself after -timeout.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const maxSubscribers = 20000
+
+type config struct {
+	url         string
+	subscribers int
+	transport   string
+	events      int
+	interval    time.Duration
+	payload     int
+	pid         int
+	timeout     time.Duration
+	dialBatch   int
+}
+
+func main() {
+	var c config
+	flag.StringVar(&c.url, "url", "http://127.0.0.1:8080/bench", "comet context to subscribe and publish to (loopback only)")
+	flag.IntVar(&c.subscribers, "subscribers", 1000, fmt.Sprintf("subscribers to park (at most %d)", maxSubscribers))
+	flag.StringVar(&c.transport, "transport", "longpoll", "longpoll or sse")
+	flag.IntVar(&c.events, "events", 20, "events to publish")
+	flag.DurationVar(&c.interval, "interval", 500*time.Millisecond, "pause between events; 0 publishes back to back")
+	flag.IntVar(&c.payload, "payload", 64, "payload size in bytes")
+	flag.IntVar(&c.pid, "pid", 0, "server process id, to report its memory per subscriber")
+	flag.DurationVar(&c.timeout, "timeout", 3*time.Minute, "stop after this long, whatever happens")
+	flag.IntVar(&c.dialBatch, "dial-batch", 500, "subscribers connecting at once")
+	flag.Parse()
+	if err := c.check(); err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	r, err := run(ctx, c)
+	if err != nil {
+		log.Fatal(err)
+	}
+	r.print(os.Stdout, c)
+}
+
+func (c config) check() error {
+	u, err := url.Parse(c.url)
+	if err != nil {
+		return err
+	}
+	ip := net.ParseIP(u.Hostname())
+	if u.Hostname() != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("%s is not a loopback address: this tool only loads servers on this machine", u.Hostname())
+	}
+	switch {
+	case c.subscribers < 1 || c.subscribers > maxSubscribers:
+		return fmt.Errorf("subscribers must be from 1 to %d", maxSubscribers)
+	case c.transport != "longpoll" && c.transport != "sse":
+		return errors.New("transport must be longpoll or sse")
+	case c.events < 1 || c.payload < 32:
+		return errors.New("events must be at least 1 and payload at least 32 bytes")
+	}
+	return nil
+}
+
+// result is what one run measured.
+type result struct {
+	connect     time.Duration
+	rssBefore   int64 // bytes; 0 without -pid
+	rssParked   int64
+	fanOut      []time.Duration // per event: publish to the last delivery
+	latencies   []time.Duration // per delivery: publish to receipt
+	lost        int
+	clientErrs  int64
+	deliveredOK int64
+}
+
+// run connects the subscribers, publishes, and waits for the deliveries.
+func run(ctx context.Context, c config) (*result, error) {
+	client := &http.Client{Transport: &http.Transport{
+		MaxIdleConnsPerHost: c.subscribers + 10,
+		DisableCompression:  true,
+	}}
+	start, err := currentCursor(ctx, client, c.url)
+	if err != nil {
+		return nil, err
+	}
+	r := &result{rssBefore: rss(c.pid)}
+
+	// received[s][e] is when subscriber s got event e, in Unix
+	// nanoseconds (zero: not yet); subscribers write it as the run reads it.
+	received := make([][]atomic.Int64, c.subscribers)
+	for i := range received {
+		received[i] = make([]atomic.Int64, c.events)
+	}
+	var errs atomic.Int64
+	var attached sync.WaitGroup
+	var done sync.WaitGroup
+	subCtx, stopSubs := context.WithCancel(ctx)
+	defer stopSubs()
+
+	began := time.Now()
+	for batch := 0; batch < c.subscribers; batch += c.dialBatch {
+		for s := batch; s < min(batch+c.dialBatch, c.subscribers); s++ {
+			attached.Add(1)
+			done.Go(func() {
+				sub := subscriber{client: client, url: c.url, cursor: start, got: received[s], errs: &errs}
+				if c.transport == "sse" {
+					sub.stream(subCtx, &attached)
+				} else {
+					sub.poll(subCtx, &attached)
+				}
+			})
+		}
+		attached.Wait()
+	}
+	r.connect = time.Since(began)
+	time.Sleep(time.Second) // let the server settle before reading its memory
+	r.rssParked = rss(c.pid)
+
+	published := make([]time.Time, c.events)
+	for e := range c.events {
+		published[e] = time.Now()
+		if err := publish(ctx, client, c.url, e, c.payload); err != nil {
+			return nil, fmt.Errorf("publishing event %d: %w", e, err)
+		}
+		if c.interval > 0 {
+			time.Sleep(c.interval)
+		}
+	}
+	waitForDeliveries(ctx, received, c.events)
+	stopSubs()
+	done.Wait()
+
+	r.clientErrs = errs.Load()
+	for e := range c.events {
+		var last time.Time
+		for s := range received {
+			ns := received[s][e].Load()
+			if ns == 0 {
+				r.lost++
+				continue
+			}
+			at := time.Unix(0, ns)
+			r.deliveredOK++
+			r.latencies = append(r.latencies, at.Sub(published[e]))
+			if at.After(last) {
+				last = at
+			}
+		}
+		if !last.IsZero() {
+			r.fanOut = append(r.fanOut, last.Sub(published[e]))
+		}
+	}
+	return r, nil
+}
+
+// waitForDeliveries returns when every subscriber has every event, or ctx
+// ends, or deliveries stop coming for five seconds.
+func waitForDeliveries(ctx context.Context, received [][]atomic.Int64, events int) {
+	lastCount, quietSince := -1, time.Now()
+	for ctx.Err() == nil {
+		count := 0
+		for s := range received {
+			for e := range received[s] {
+				if received[s][e].Load() != 0 {
+					count++
+				}
+			}
+		}
+		if count == len(received)*events {
+			return
+		}
+		if count != lastCount {
+			lastCount, quietSince = count, time.Now()
+		} else if time.Since(quietSince) > 5*time.Second {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// subscriber is one simulated client.
+type subscriber struct {
+	client *http.Client
+	url    string
+	cursor string
+	got    []atomic.Int64
+	errs   *atomic.Int64
+}
+
+// record notes the arrival of an event; payloads start with its number.
+func (s *subscriber) record(payload string) {
+	e, err := strconv.Atoi(strings.SplitN(payload, " ", 2)[0])
+	if err != nil || e < 0 || e >= len(s.got) {
+		s.errs.Add(1)
+		return
+	}
+	s.got[e].CompareAndSwap(0, time.Now().UnixNano())
+}
+
+// poll long-polls with the cursor until ctx ends.
+func (s *subscriber) poll(ctx context.Context, attached *sync.WaitGroup) {
+	// Attached once the first request is on the wire (the server parks
+	// it), or has failed: either way, connecting is over for this one.
+	once := sync.OnceFunc(attached.Done)
+	defer once()
+	for ctx.Err() == nil {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
+		req.Header.Set("Last-Event-ID", s.cursor)
+		resp, err := s.client.Do(withWroteRequest(req, once))
+		if err != nil {
+			once()
+			if ctx.Err() == nil {
+				s.errs.Add(1)
+				time.Sleep(100 * time.Millisecond)
+			}
+			continue
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || (resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNoContent) {
+			s.errs.Add(1)
+			continue
+		}
+		if resp.Header.Get("Comet-Missed") != "" {
+			s.errs.Add(1)
+		}
+		if resp.StatusCode == http.StatusOK {
+			s.record(string(body))
+		}
+		s.cursor = resp.Header.Get("Comet-Cursor")
+	}
+}
+
+// stream reads an SSE stream, reconnecting with its last id, until ctx ends.
+func (s *subscriber) stream(ctx context.Context, attached *sync.WaitGroup) {
+	once := sync.OnceFunc(attached.Done)
+	defer once()
+	for ctx.Err() == nil {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
+		req.Header.Set("Accept", "text/event-stream")
+		req.Header.Set("Last-Event-ID", s.cursor)
+		resp, err := s.client.Do(req)
+		once() // attached once the stream is open, or has failed to
+		if err != nil {
+			if ctx.Err() == nil {
+				s.errs.Add(1)
+				time.Sleep(100 * time.Millisecond)
+			}
+			continue
+		}
+		lines := bufio.NewScanner(resp.Body)
+		lines.Buffer(make([]byte, 4096), 1<<20)
+		for lines.Scan() {
+			line := lines.Text()
+			switch {
+			case strings.HasPrefix(line, "id: "):
+				s.cursor = line[4:]
+			case strings.HasPrefix(line, "data: "):
+				s.record(line[6:])
+			case line == "event: comet-missed":
+				s.errs.Add(1)
+			}
+		}
+		resp.Body.Close()
+	}
+}
+
+// withWroteRequest calls wrote once the request has been sent.
+func withWroteRequest(req *http.Request, wrote func()) *http.Request {
+	return req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		WroteRequest: func(httptrace.WroteRequestInfo) { wrote() },
+	}))
+}
+
+// currentCursor asks the context's position, so that every subscriber
+// starts from the same cursor.
+func currentCursor(ctx context.Context, client *http.Client, target string) (string, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodHead, target, nil)
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	resp.Body.Close()
+	cur := resp.Header.Get("Comet-Cursor")
+	if cur == "" {
+		return "", fmt.Errorf("HEAD %s: %s, no Comet-Cursor: is this a comet route?", target, resp.Status)
+	}
+	return cur, nil
+}
+
+func publish(ctx context.Context, client *http.Client, target string, e, size int) error {
+	payload := fmt.Sprintf("%d ", e)
+	payload += strings.Repeat("x", size-len(payload))
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, target, strings.NewReader(payload))
+	req.Header.Set("Content-Type", "text/plain")
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s", resp.Status)
+	}
+	return nil
+}
+
+// rss returns a process's resident memory in bytes, from /proc.
+func rss(pid int) int64 {
+	if pid == 0 {
+		return 0
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(data)) {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+func (r *result) print(w io.Writer, c config) {
+	slices.Sort(r.latencies)
+	slices.Sort(r.fanOut)
+	pct := func(d []time.Duration, p float64) time.Duration {
+		if len(d) == 0 {
+			return 0
+		}
+		return d[min(len(d)-1, int(float64(len(d))*p))]
+	}
+	fmt.Fprintf(w, "transport            %s\n", c.transport)
+	fmt.Fprintf(w, "subscribers          %d\n", c.subscribers)
+	fmt.Fprintf(w, "connect time         %v\n", r.connect.Round(time.Millisecond))
+	if r.rssParked > 0 {
+		fmt.Fprintf(w, "server RSS           %.1f MiB before, %.1f MiB parked: %.1f KiB per subscriber\n",
+			float64(r.rssBefore)/(1<<20), float64(r.rssParked)/(1<<20), float64(r.rssParked-r.rssBefore)/1024/float64(c.subscribers))
+	}
+	fmt.Fprintf(w, "fan-out per event    median %v, max %v (%d events)\n",
+		pct(r.fanOut, 0.5).Round(time.Millisecond), pct(r.fanOut, 1).Round(time.Millisecond), len(r.fanOut))
+	fmt.Fprintf(w, "delivery latency     p50 %v, p99 %v, max %v\n",
+		pct(r.latencies, 0.5).Round(time.Millisecond), pct(r.latencies, 0.99).Round(time.Millisecond), pct(r.latencies, 1).Round(time.Millisecond))
+	fmt.Fprintf(w, "deliveries           %d of %d, lost %d\n", r.deliveredOK, int64(c.subscribers)*int64(c.events), r.lost)
+	fmt.Fprintf(w, "client errors        %d\n", r.clientErrs)
+}
