@@ -5,6 +5,10 @@
 //
 //	go run ./bench -url http://127.0.0.1:8080/bench -subscribers 10000 -transport sse -pid $(pidof caddy)
 //
+// With -protocol nchan it loads Nchan (bench/nchan/run.sh) the same way:
+// Nchan long polls resume with If-Modified-Since and If-None-Match rather
+// than a cursor.
+//
 // It only ever targets loopback addresses, holds at most 20,000 connections,
 // and stops by itself after -timeout.
 package main
@@ -34,12 +38,13 @@ const maxSubscribers = 20000
 
 type config struct {
 	url         string
+	protocol    string
 	subscribers int
 	transport   string
 	events      int
 	interval    time.Duration
 	payload     int
-	pid         int
+	pids        string
 	timeout     time.Duration
 	dialBatch   int
 }
@@ -49,10 +54,11 @@ func main() {
 	flag.StringVar(&c.url, "url", "http://127.0.0.1:8080/bench", "comet context to subscribe and publish to (loopback only)")
 	flag.IntVar(&c.subscribers, "subscribers", 1000, fmt.Sprintf("subscribers to park (at most %d)", maxSubscribers))
 	flag.StringVar(&c.transport, "transport", "longpoll", "longpoll or sse")
+	flag.StringVar(&c.protocol, "protocol", "comet", "comet or nchan")
 	flag.IntVar(&c.events, "events", 20, "events to publish")
 	flag.DurationVar(&c.interval, "interval", 500*time.Millisecond, "pause between events; 0 publishes back to back")
 	flag.IntVar(&c.payload, "payload", 64, "payload size in bytes")
-	flag.IntVar(&c.pid, "pid", 0, "server process id, to report its memory per subscriber")
+	flag.StringVar(&c.pids, "pid", "", "server process ids, comma-separated (nginx: its workers), to report memory per subscriber")
 	flag.DurationVar(&c.timeout, "timeout", 3*time.Minute, "stop after this long, whatever happens")
 	flag.IntVar(&c.dialBatch, "dial-batch", 500, "subscribers connecting at once")
 	flag.Parse()
@@ -82,6 +88,8 @@ func (c config) check() error {
 		return fmt.Errorf("subscribers must be from 1 to %d", maxSubscribers)
 	case c.transport != "longpoll" && c.transport != "sse":
 		return errors.New("transport must be longpoll or sse")
+	case c.protocol != "comet" && c.protocol != "nchan":
+		return errors.New("protocol must be comet or nchan")
 	case c.events < 1 || c.payload < 32:
 		return errors.New("events must be at least 1 and payload at least 32 bytes")
 	}
@@ -106,11 +114,14 @@ func run(ctx context.Context, c config) (*result, error) {
 		MaxIdleConnsPerHost: c.subscribers + 10,
 		DisableCompression:  true,
 	}}
-	start, err := currentCursor(ctx, client, c.url)
-	if err != nil {
-		return nil, err
+	var start string
+	if c.protocol == "comet" {
+		var err error
+		if start, err = currentCursor(ctx, client, c.url); err != nil {
+			return nil, err
+		}
 	}
-	r := &result{rssBefore: rss(c.pid)}
+	r := &result{rssBefore: rss(c.pids)}
 
 	// received[s][e] is when subscriber s got event e, in Unix
 	// nanoseconds (zero: not yet); subscribers write it as the run reads it.
@@ -129,7 +140,7 @@ func run(ctx context.Context, c config) (*result, error) {
 		for s := batch; s < min(batch+c.dialBatch, c.subscribers); s++ {
 			attached.Add(1)
 			done.Go(func() {
-				sub := subscriber{client: client, url: c.url, cursor: start, got: received[s], errs: &errs}
+				sub := subscriber{client: client, url: c.url, nchan: c.protocol == "nchan", cursor: start, got: received[s], errs: &errs}
 				if c.transport == "sse" {
 					sub.stream(subCtx, &attached)
 				} else {
@@ -141,7 +152,7 @@ func run(ctx context.Context, c config) (*result, error) {
 	}
 	r.connect = time.Since(began)
 	time.Sleep(time.Second) // let the server settle before reading its memory
-	r.rssParked = rss(c.pid)
+	r.rssParked = rss(c.pids)
 
 	published := make([]time.Time, c.events)
 	for e := range c.events {
@@ -209,9 +220,12 @@ func waitForDeliveries(ctx context.Context, received [][]atomic.Int64, events in
 type subscriber struct {
 	client *http.Client
 	url    string
-	cursor string
-	got    []atomic.Int64
-	errs   *atomic.Int64
+	nchan  bool
+	// cursor is comet's, or the SSE id; since and etag are what an Nchan
+	// long poll sends back.
+	cursor, since, etag string
+	got                 []atomic.Int64
+	errs                *atomic.Int64
 }
 
 // record notes the arrival of an event; payloads start with its number.
@@ -232,7 +246,7 @@ func (s *subscriber) poll(ctx context.Context, attached *sync.WaitGroup) {
 	defer once()
 	for ctx.Err() == nil {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
-		req.Header.Set("Last-Event-ID", s.cursor)
+		s.setPosition(req)
 		resp, err := s.client.Do(withWroteRequest(req, once))
 		if err != nil {
 			once()
@@ -255,6 +269,19 @@ func (s *subscriber) poll(ctx context.Context, attached *sync.WaitGroup) {
 			s.record(string(body))
 		}
 		s.cursor = resp.Header.Get("Comet-Cursor")
+		s.since, s.etag = resp.Header.Get("Last-Modified"), resp.Header.Get("Etag")
+	}
+}
+
+// setPosition puts where the subscriber is on a long poll.
+func (s *subscriber) setPosition(req *http.Request) {
+	if !s.nchan {
+		req.Header.Set("Last-Event-ID", s.cursor)
+		return
+	}
+	if s.since != "" {
+		req.Header.Set("If-Modified-Since", s.since)
+		req.Header.Set("If-None-Match", s.etag)
 	}
 }
 
@@ -265,7 +292,9 @@ func (s *subscriber) stream(ctx context.Context, attached *sync.WaitGroup) {
 	for ctx.Err() == nil {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
 		req.Header.Set("Accept", "text/event-stream")
-		req.Header.Set("Last-Event-ID", s.cursor)
+		if s.cursor != "" {
+			req.Header.Set("Last-Event-ID", s.cursor)
+		}
 		resp, err := s.client.Do(req)
 		once() // attached once the stream is open, or has failed to
 		if err != nil {
@@ -326,28 +355,31 @@ func publish(ctx context.Context, client *http.Client, target string, e, size in
 	}
 	defer resp.Body.Close()
 	io.Copy(io.Discard, resp.Body)
-	if resp.StatusCode != http.StatusOK {
+	if resp.StatusCode/100 != 2 {
 		return fmt.Errorf("%s", resp.Status)
 	}
 	return nil
 }
 
-// rss returns a process's resident memory in bytes, from /proc.
-func rss(pid int) int64 {
-	if pid == 0 {
-		return 0
-	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for line := range strings.Lines(string(data)) {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return kb * 1024
+// rss returns the resident memory of the processes, in bytes, from /proc.
+func rss(pids string) int64 {
+	var total int64
+	for pid := range strings.SplitSeq(pids, ",") {
+		if pid == "" {
+			continue
+		}
+		data, err := os.ReadFile("/proc/" + strings.TrimSpace(pid) + "/status")
+		if err != nil {
+			continue
+		}
+		for line := range strings.Lines(string(data)) {
+			if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+				total += kb * 1024
+			}
 		}
 	}
-	return 0
+	return total
 }
 
 func (r *result) print(w io.Writer, c config) {
@@ -359,6 +391,7 @@ func (r *result) print(w io.Writer, c config) {
 		}
 		return d[min(len(d)-1, int(float64(len(d))*p))]
 	}
+	fmt.Fprintf(w, "server               %s\n", c.protocol)
 	fmt.Fprintf(w, "transport            %s\n", c.transport)
 	fmt.Fprintf(w, "subscribers          %d\n", c.subscribers)
 	fmt.Fprintf(w, "connect time         %v\n", r.connect.Round(time.Millisecond))
