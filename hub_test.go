@@ -322,3 +322,47 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// BenchmarkWakeUp measures an event's way from Publish to every waiting
+// subscriber having read it: the hub's part of fan-out, without HTTP.
+func BenchmarkWakeUp(b *testing.B) {
+	for _, waiting := range []int{100, 1000, 10000} {
+		b.Run(fmt.Sprintf("waiting=%d", waiting), func(b *testing.B) {
+			h := testHub(b, HubConfig{MaxSubscribers: waiting + 1})
+			ctx, cancel := context.WithCancel(context.Background())
+			var delivered sync.WaitGroup
+			var running sync.WaitGroup
+			for range waiting {
+				sub, err := h.Subscribe("/c")
+				if err != nil {
+					b.Fatal(err)
+				}
+				running.Go(func() {
+					defer sub.Close()
+					cur := sub.Start()
+					for {
+						d, err := sub.Next(ctx, cur)
+						if err != nil {
+							return
+						}
+						cur = d.Cursor
+						delivered.Done()
+					}
+				})
+			}
+			ev := Event{Data: []byte("payload")}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				delivered.Add(waiting)
+				if _, err := h.Publish("/c", ev); err != nil {
+					b.Fatal(err)
+				}
+				delivered.Wait()
+			}
+			b.StopTimer()
+			cancel()
+			running.Wait()
+		})
+	}
+}
