@@ -128,11 +128,7 @@ const countJS = `document.getElementById('count').textContent`
 // across a server restart.
 func TestCounterInTheBrowser(t *testing.T) {
 	browser := startBrowser(t)
-	s, cfg := exampleServer(t)
-	if err := caddy.Load(cfg, true); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { caddy.Stop() })
+	s, cfg := startExample(t)
 	shots := newScreenshots(t)
 
 	a, b := page(t, browser, s.base+"/"), page(t, browser, s.base+"/")
@@ -184,11 +180,7 @@ func TestCounterInTheBrowser(t *testing.T) {
 // turn: both pages show all of them, in order.
 func TestChatInTheBrowser(t *testing.T) {
 	browser := startBrowser(t)
-	s, cfg := exampleServer(t)
-	if err := caddy.Load(cfg, true); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { caddy.Stop() })
+	s, _ := startExample(t)
 	shots := newScreenshots(t)
 
 	tabs := map[string]context.Context{"ada": page(t, browser, s.base+"/chat/"), "bob": page(t, browser, s.base+"/chat/")}

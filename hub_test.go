@@ -151,7 +151,7 @@ func TestPublishWakesEveryWaitingSubscriber(t *testing.T) {
 func TestPublishCostDoesNotGrowWithSubscribers(t *testing.T) {
 	allocs := func(waiting int) float64 {
 		h := testHub(t, HubConfig{})
-		defer followContext(t, h, "/c", waiting)()
+		defer followContext(t, h, "/c", waiting, nil)()
 		ev := Event{Data: []byte("x")}
 		return testing.AllocsPerRun(200, func() {
 			if _, err := h.Publish("/c", ev); err != nil {
@@ -266,7 +266,7 @@ func BenchmarkPublish(b *testing.B) {
 	for _, waiting := range []int{0, 1000, 10000} {
 		b.Run(fmt.Sprintf("waiting=%d", waiting), func(b *testing.B) {
 			h := testHub(b, HubConfig{MaxSubscribers: waiting + 1})
-			stop := followContext(b, h, "/c", waiting)
+			stop := followContext(b, h, "/c", waiting, nil)
 			ev := Event{Data: []byte("payload")}
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -282,9 +282,10 @@ func BenchmarkPublish(b *testing.B) {
 }
 
 // followContext attaches n subscribers to the context, each reading every
-// event in a loop as a streaming client would, and returns a function that
-// detaches them and waits for them to finish.
-func followContext(t testing.TB, h *Hub, key string, n int) (stop func()) {
+// event in a loop as a streaming client would and calling each delivery's
+// onDelivery (which may be nil), and returns a function that detaches them
+// and waits for them to finish.
+func followContext(t testing.TB, h *Hub, key string, n int, onDelivery func()) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -302,6 +303,9 @@ func followContext(t testing.TB, h *Hub, key string, n int) (stop func()) {
 					return
 				}
 				cur = d.Cursor
+				if onDelivery != nil {
+					onDelivery()
+				}
 			}
 		})
 	}
@@ -329,27 +333,8 @@ func BenchmarkWakeUp(b *testing.B) {
 	for _, waiting := range []int{100, 1000, 10000} {
 		b.Run(fmt.Sprintf("waiting=%d", waiting), func(b *testing.B) {
 			h := testHub(b, HubConfig{MaxSubscribers: waiting + 1})
-			ctx, cancel := context.WithCancel(context.Background())
 			var delivered sync.WaitGroup
-			var running sync.WaitGroup
-			for range waiting {
-				sub, err := h.Subscribe("/c")
-				if err != nil {
-					b.Fatal(err)
-				}
-				running.Go(func() {
-					defer sub.Close()
-					cur := sub.Start()
-					for {
-						d, err := sub.Next(ctx, cur)
-						if err != nil {
-							return
-						}
-						cur = d.Cursor
-						delivered.Done()
-					}
-				})
-			}
+			stop := followContext(b, h, "/c", waiting, delivered.Done)
 			ev := Event{Data: []byte("payload")}
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -361,8 +346,7 @@ func BenchmarkWakeUp(b *testing.B) {
 				delivered.Wait()
 			}
 			b.StopTimer()
-			cancel()
-			running.Wait()
+			stop()
 		})
 	}
 }

@@ -491,15 +491,23 @@ func exampleServer(t *testing.T) (*testServer, []byte) {
 	return s, adaptCaddyfile(t, cfg)
 }
 
-// TestExampleCaddyfile runs example.Caddyfile (on test ports) and drives it
-// the way the seed's Prototype client does: GET long_polling without a
-// cursor, POST long_polling to click, and read the counter from X-JSON.
-func TestExampleCaddyfile(t *testing.T) {
+// startExample runs example.Caddyfile on test ports until the test ends,
+// and returns the server with its JSON config.
+func startExample(t *testing.T) (*testServer, []byte) {
+	t.Helper()
 	s, cfg := exampleServer(t)
 	if err := caddy.Load(cfg, true); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { caddy.Stop() })
+	return s, cfg
+}
+
+// TestExampleCaddyfile runs example.Caddyfile (on test ports) and drives it
+// the way the seed's Prototype client does: GET long_polling without a
+// cursor, POST long_polling to click, and read the counter from X-JSON.
+func TestExampleCaddyfile(t *testing.T) {
+	s, _ := startExample(t)
 
 	for path, want := range map[string]string{"/": "Comet counter", "/counter.js": "long_polling"} {
 		if resp, body := s.do(http.MethodGet, path, ""); resp.StatusCode != http.StatusOK || !strings.Contains(body, want) {
