@@ -291,10 +291,7 @@ func writeDelivery(w http.ResponseWriter, repl *caddy.Replacer, d Delivery, subs
 	setPosition(hdr, repl, d.Cursor)
 	repl.Set("comet.subscribers", subscribers)
 	if d.Missed != 0 {
-		missed := "unknown"
-		if d.Missed > 0 {
-			missed = strconv.FormatInt(d.Missed, 10)
-		}
+		missed := missedText(d.Missed)
 		hdr.Set(HeaderMissed, missed)
 		repl.Set("comet.missed", missed)
 	}
@@ -320,6 +317,15 @@ func writeDelivery(w http.ResponseWriter, repl *caddy.Replacer, d Delivery, subs
 	w.WriteHeader(http.StatusOK)
 	_, err := w.Write(ev.Data)
 	return err
+}
+
+// missedText is how the protocol says how many events were missed: a count,
+// or "unknown" for a cursor from an earlier epoch.
+func missedText(missed int64) string {
+	if missed == MissedUnknown {
+		return "unknown"
+	}
+	return strconv.FormatInt(missed, 10)
 }
 
 // writeExpired answers a long poll whose expiration delay passed.

@@ -273,19 +273,6 @@ func (h *Hub) Publish(key string, ev Event) (Receipt, error) {
 	return r, err
 }
 
-// ContextInfo describes a context at one moment.
-type ContextInfo struct {
-	// Key names the context.
-	Key string
-	// Cursor is the position of the context's last event (id 0 before the
-	// first).
-	Cursor Cursor
-	// Subscribers is how many subscribers are attached.
-	Subscribers int
-	// History is how many events the context holds for catching up.
-	History int
-}
-
 // publishShared publishes through the broker, then applies the event to
 // this node's mirror at once rather than waiting for the broker's
 // announcement, which then finds it already applied.
@@ -356,6 +343,19 @@ func (h *Hub) sync(c *hubContext) {
 		return
 	}
 	c.replace(st)
+}
+
+// ContextInfo describes a context at one moment.
+type ContextInfo struct {
+	// Key names the context.
+	Key string
+	// Cursor is the position of the context's last event (id 0 before the
+	// first).
+	Cursor Cursor
+	// Subscribers is how many subscribers are attached.
+	Subscribers int
+	// History is how many events the context holds for catching up.
+	History int
 }
 
 // Position describes the context named key, creating it if needed, so that
@@ -628,6 +628,13 @@ func (c *hubContext) appendLocked(ev *Event, cfg *HubConfig) chan struct{} {
 	c.lastID = ev.ID
 	c.history.push(ev, cfg.History)
 	c.history.expire(ev.Published.Add(-time.Duration(cfg.HistoryMaxAge)))
+	return c.takeWakeLocked()
+}
+
+// takeWakeLocked replaces the wake channel and returns the old one, which
+// the caller closes once it has released the lock, waking every subscriber
+// waiting on the context.
+func (c *hubContext) takeWakeLocked() chan struct{} {
 	wake := c.wake
 	c.wake = make(chan struct{})
 	return wake
@@ -665,8 +672,7 @@ func (c *hubContext) replace(st BrokerState) {
 	}
 	c.epoch, c.lastID = st.Epoch, st.LastID
 	c.history = history{events: st.History}
-	wake := c.wake
-	c.wake = make(chan struct{})
+	wake := c.takeWakeLocked()
 	c.mu.Unlock()
 	close(wake)
 }
@@ -690,8 +696,7 @@ func (c *hubContext) infoLocked() ContextInfo {
 func (c *hubContext) markDeleted() ContextInfo {
 	c.mu.Lock()
 	c.deleted = true
-	wake := c.wake
-	c.wake = make(chan struct{})
+	wake := c.takeWakeLocked()
 	info := c.infoLocked()
 	c.history = history{}
 	c.mu.Unlock()

@@ -81,10 +81,7 @@ func (f wireFormat) open(b []byte, cur Cursor) []byte {
 // missed appends the notice that missed events were lost to the client.
 // With resume set, the notice also moves the client's cursor there.
 func (f wireFormat) missed(b []byte, missed int64, resume *Cursor) []byte {
-	count := "unknown"
-	if missed > 0 {
-		count = strconv.FormatInt(missed, 10)
-	}
+	count := missedText(missed)
 	if f == formatSSE {
 		b = appendSSEField(b, "event", "comet-missed")
 		if resume != nil {
