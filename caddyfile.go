@@ -57,6 +57,7 @@ func globalHubConfigured(h httpcaddyfile.Helper, name string) bool {
 //		heartbeat        <duration>|off
 //		transports       longpoll|sse|stream...
 //		write_timeout    <duration>
+//		detach           on|off
 //	}
 //
 // Every subdirective is optional; see the Handler fields for defaults.
@@ -84,6 +85,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.WriteTimeout, err = parsePositiveDuration(d)
 		case "transports":
 			h.Transports, err = parseTransportNames(d)
+		case "detach":
+			h.Detach, err = parseOnOff(d)
 		default:
 			return d.Errf("unrecognized comet subdirective %q", d.Val())
 		}

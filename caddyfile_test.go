@@ -60,6 +60,7 @@ func TestAdapt(t *testing.T) {
 		heartbeat 20s
 		transports sse stream
 		write_timeout 5s
+		detach off
 	}
 }`,
 			want: `{"apps":{
@@ -67,7 +68,7 @@ func TestAdapt(t *testing.T) {
 					"chat":{"history":5},
 					"default":{"history":50,"history_max_age":60000000000,"max_contexts":10,"max_subscribers":20}}},
 				"http":{"servers":{"srv0":{"listen":[":8080"],"routes":[
-					{"match":[{"path":["/chat/*"]}],"handle":[{"context":"room-{http.request.uri.query.room}","expiration":-1,
+					{"match":[{"path":["/chat/*"]}],"handle":[{"context":"room-{http.request.uri.query.room}","detach":false,"expiration":-1,
 					"handler":"comet","heartbeat":20000000000,"hub":"chat","max_message_size":1048576,"publish":false,
 					"transports":["sse","stream"],"write_timeout":5000000000}]}]}}}}}`,
 		},

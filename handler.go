@@ -82,7 +82,7 @@ func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *c
 	if sub == nil {
 		return err
 	}
-	defer h.detach(sub, m)
+	defer h.unsubscribe(sub, m)
 	wait, cancel := h.expiring(r.Context())
 	defer cancel()
 	d, err := sub.Next(wait, after)
@@ -128,7 +128,7 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request, key string, 
 	return sub, after, nil
 }
 
-func (h *Handler) detach(sub *Subscriber, m *transportMetrics) {
+func (h *Handler) unsubscribe(sub *Subscriber, m *transportMetrics) {
 	sub.Close()
 	m.subscribers.Dec()
 }

@@ -184,6 +184,7 @@ func (h *Hub) config() *HubConfig { return h.cfg.Load() }
 func (h *Hub) Close() {
 	h.closeOnce.Do(func() {
 		close(h.closed)
+		h.notifyAllWatchers()
 		if h.broker != nil {
 			h.stopFollowing()
 			if err := h.broker.Close(); err != nil {
@@ -597,6 +598,15 @@ type hubContext struct {
 	// wake is closed and replaced by every publish: one broadcast wakes
 	// every waiting subscriber, however many there are.
 	wake chan struct{}
+	// watchers are the subscribers told of changes by a call rather than
+	// a wake-up (see watch.go).
+	watchers []*Subscriber
+}
+
+// woken is how many subscribers a publish reaches now. The caller holds
+// c.mu.
+func (c *hubContext) woken() int {
+	return int(c.waiting.Load()) + len(c.watchers)
 }
 
 func newHubContext(key string) *hubContext {
@@ -613,12 +623,12 @@ func (c *hubContext) publish(ev *Event, cfg *HubConfig, now time.Time) Receipt {
 	c.mu.Lock()
 	ev.ID = c.lastID + 1
 	ev.Published = now
-	r := Receipt{Cursor: Cursor{Epoch: c.epoch, ID: ev.ID}, Woken: int(c.waiting.Load())}
+	r := Receipt{Cursor: Cursor{Epoch: c.epoch, ID: ev.ID}, Woken: c.woken()}
 	wake := c.appendLocked(ev, cfg)
 	c.mu.Unlock()
-	// Closing readies every waiting goroutine; doing it after unlocking
-	// lets them read the event at once instead of queueing on the lock.
-	close(wake)
+	// Broadcasting after unlocking lets every subscriber read the event
+	// at once instead of queueing on the lock.
+	c.broadcast(wake)
 	return r
 }
 
@@ -654,10 +664,10 @@ func (c *hubContext) apply(epoch string, ev *Event, cfg *HubConfig) (woken int, 
 		c.mu.Unlock()
 		return 0, true
 	}
-	woken = int(c.waiting.Load())
+	woken = c.woken()
 	wake := c.appendLocked(ev, cfg)
 	c.mu.Unlock()
-	close(wake)
+	c.broadcast(wake)
 	return woken, true
 }
 
@@ -674,7 +684,7 @@ func (c *hubContext) replace(st BrokerState) {
 	c.history = history{events: st.History}
 	wake := c.takeWakeLocked()
 	c.mu.Unlock()
-	close(wake)
+	c.broadcast(wake)
 }
 
 func (c *hubContext) info() ContextInfo {
@@ -700,7 +710,7 @@ func (c *hubContext) markDeleted() ContextInfo {
 	info := c.infoLocked()
 	c.history = history{}
 	c.mu.Unlock()
-	close(wake)
+	c.broadcast(wake)
 	return info
 }
 
@@ -759,6 +769,9 @@ type Subscriber struct {
 	c      *hubContext
 	start  Cursor
 	closed bool
+
+	changed    func() // set while the subscriber is a watcher
+	watchIndex int    // its place in c.watchers
 }
 
 // Start returns the context's cursor when the subscriber attached: a
@@ -834,6 +847,11 @@ func (s *Subscriber) Close() {
 		return
 	}
 	s.closed = true
+	if s.changed != nil {
+		s.c.mu.Lock()
+		s.c.unwatchLocked(s)
+		s.c.mu.Unlock()
+	}
 	s.c.subscribers.Add(-1)
 	s.hub.subscribers.Add(-1)
 }

@@ -151,10 +151,29 @@ func (a *App) Start() error {
 	return nil
 }
 
-// Stop does nothing: hubs outlive configs. Process exit is handled by the
-// handlers' server shutdown hook, because the http app's Stop waits for
-// parked requests and may run before this one.
-func (a *App) Stop() error { return nil }
+// Stop does nothing on a reload: hubs outlive configs. When the process
+// exits, it closes the hubs and waits, for a bounded time, for their
+// subscribers to be answered: the streams the handlers took over from the
+// server are not waited for by the server's own shutdown. (Requests still
+// in the server are answered through the handlers' server shutdown hook,
+// because the http app's Stop waits for them and may run before this one.)
+func (a *App) Stop() error {
+	if !caddy.Exiting() {
+		return nil
+	}
+	deadline := time.Now().Add(detachedDrainTimeout)
+	for name, acq := range a.acquired {
+		acq.hub.Close()
+		for acq.hub.SubscriberCount() > 0 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if n := acq.hub.SubscriberCount(); n > 0 {
+			a.logger.Warn("exiting before every subscriber was answered",
+				zap.String("hub", name), zap.Int("subscribers", n))
+		}
+	}
+	return nil
+}
 
 // Cleanup releases the hubs this config used; the last release closes a hub.
 func (a *App) Cleanup() error {
@@ -207,6 +226,13 @@ type Handler struct {
 	// abandoned, so that a reader that stops reading frees its place.
 	// Default: 10s.
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
+
+	// Whether streams over plaintext HTTP/1.x are taken over from the
+	// server once their headers are out, which cuts what each one holds
+	// by about four fifths and lets publishers write to them directly.
+	// The access log then logs such a stream when it is taken over rather
+	// than when it ends. Default: true.
+	Detach *bool `json:"detach,omitempty"`
 
 	hub        *Hub
 	allow      string
@@ -285,11 +311,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 				hub.Close()
 			}
 		})
+		if h.detaches() {
+			srv.RegisterConnContext(rememberSocket)
+		}
 	}
 	return nil
 }
 
 func (h *Handler) publishes() bool { return h.Publish == nil || *h.Publish }
+
+func (h *Handler) detaches() bool { return h.Detach == nil || *h.Detach }
 
 // Validate rejects impossible values.
 func (h *Handler) Validate() error {

@@ -195,7 +195,12 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *cadd
 	if sub == nil {
 		return err
 	}
-	defer h.detach(sub, m)
+	detached := false
+	defer func() {
+		if !detached {
+			h.unsubscribe(sub, m)
+		}
+	}()
 
 	hdr := w.Header()
 	hdr.Set("Content-Type", f.contentType())
@@ -206,13 +211,23 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *cadd
 	repl.Set("comet.cursor", after.String())
 	repl.Set("comet.event.id", after.ID)
 	repl.Set("comet.subscribers", sub.ContextSubscribers())
+	sock := h.detachableSocket(w, r)
+	if sock != nil {
+		// The body will end when the connection closes (see detach.go).
+		hdr.Set("Transfer-Encoding", "identity")
+	}
 	w.WriteHeader(http.StatusOK)
 
 	out := streamWriter{w: w, rc: http.NewResponseController(w), timeout: time.Duration(h.WriteTimeout)}
-	defer out.clearDeadline()
 	if out.write(f.open(nil, after)) != nil {
+		out.clearDeadline()
 		return nil
 	}
+	if sock != nil && h.detach(w, r, sock, sub, after, f, key) {
+		detached = true
+		return nil
+	}
+	defer out.clearDeadline()
 
 	ctx, cancel := h.expiring(r.Context())
 	defer cancel()
@@ -294,7 +309,13 @@ type streamWriter struct {
 // writeDelivery writes an event, with the notice of missed events before
 // it when there is one. The event's frame is shared by every subscriber.
 func (s *streamWriter) writeDelivery(f wireFormat, d Delivery) error {
-	var notice, frame []byte
+	return s.write(deliveryParts(f, d))
+}
+
+// deliveryParts returns what a stream writes for a delivery: the notice of
+// missed events, if any, then the event's frame, which is shared by every
+// subscriber and must not be modified.
+func deliveryParts(f wireFormat, d Delivery) (notice, frame []byte) {
 	if d.Missed != 0 {
 		var resume *Cursor
 		if d.Event == nil {
@@ -305,7 +326,7 @@ func (s *streamWriter) writeDelivery(f wireFormat, d Delivery) error {
 	if d.Event != nil {
 		frame = d.Event.frame(f, d.Cursor)
 	}
-	return s.write(notice, frame)
+	return notice, frame
 }
 
 func (s *streamWriter) write(parts ...[]byte) error {

@@ -1,0 +1,428 @@
+package comet
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// Detached streams.
+//
+// On the ordinary path, an SSE or NDJSON stream over HTTP/1.1 holds
+// net/http's connection buffers (4 KiB to read, 4 KiB and 2 KiB to write),
+// the request's goroutine with the stack of Caddy's whole handler chain,
+// and net/http's background reader goroutine: about 39 KiB per subscriber,
+// and one goroutine woken per subscriber for every event.
+//
+// Once the headers and the stream's first bytes are out, the handler takes
+// a plaintext HTTP/1.x connection over (hijacks it) and returns, which
+// frees all of that. What is left of the stream is a watcher on its
+// context and one small goroutine, which reads the socket to notice the
+// client leaving and keeps the stream's timers. Events are written by the
+// publisher's goroutines, straight to the socket and without waiting (see
+// fanOut): a socket whose buffer is full is handed to the stream's own
+// goroutine, which waits on it for at most write_timeout. Nothing on the
+// publish path ever waits for a slow reader.
+//
+// The body of a detached stream ends when the connection closes, as
+// HTTP/1.1 allows and as the SSE specification recommends, rather than
+// with chunked encoding. HTTP/2 and TLS connections stay on the ordinary
+// path: their framing and encryption belong to the server.
+
+// detachedDrainTimeout bounds how long process exit waits for detached
+// streams to write their last words.
+const detachedDrainTimeout = 5 * time.Second
+
+// aLongTimeAgo is a deadline in the past: setting it makes a blocked read
+// return at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// socketKey is the request context key of the connection's socket, put
+// there by the ConnContext hook the handler registers on its server.
+type socketKey struct{}
+
+// rememberSocket is a ConnContext hook: it keeps the accepted connection
+// where the handler can find its socket after taking the connection over.
+func rememberSocket(ctx context.Context, c net.Conn) context.Context {
+	if ctx.Value(socketKey{}) != nil {
+		return ctx // another comet handler on this server registered it too
+	}
+	return context.WithValue(ctx, socketKey{}, c)
+}
+
+// detachableSocket returns the socket under a stream the handler may take
+// over once its headers are out, or nil: the request must be plaintext
+// HTTP/1.x on a TCP or Unix socket, and its response must reach net/http
+// only through wrappers known to pass the body through unchanged.
+func (h *Handler) detachableSocket(w http.ResponseWriter, r *http.Request) net.Conn {
+	if !h.detaches() || !socketsDetach || r.ProtoMajor != 1 || r.TLS != nil {
+		return nil
+	}
+	conn, _ := r.Context().Value(socketKey{}).(net.Conn)
+	switch conn.(type) {
+	case *net.TCPConn, *net.UnixConn:
+	default:
+		return nil // a listener wrapper's connection may change what is written
+	}
+	if !passesBodyThrough(w, false) {
+		return nil
+	}
+	return conn
+}
+
+// Response writer wrappers that leave the body as it is. Any other wrapper
+// (templates, intercept, a plugin) may change or hold back the body, and
+// writing past it would be wrong, so its streams stay on the ordinary path.
+const (
+	caddyhttpPkg = "github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	netHTTPResp  = "net/http.response"
+	encodeWriter = caddyhttpPkg + "/encode.responseWriter"
+)
+
+var transparentWriters = map[string]bool{
+	caddyhttpPkg + ".responseRecorder":              true, // unless it buffers
+	caddyhttpPkg + ".ResponseWriterWrapper":         true,
+	caddyhttpPkg + ".readDeadlineWriter":            true,
+	caddyhttpPkg + ".IdleTimeoutWriter":             true,
+	caddyhttpPkg + "/headers.responseWriterWrapper": true,
+	encodeWriter: true, // unless it compresses
+}
+
+// passesBodyThrough reports whether every wrapper between w and net/http's
+// own response writer is known to leave the body unchanged. Some decide
+// that only when the headers go out: a recorder whether it buffers, encode
+// whether it compresses; with headersOut set, their choice is checked too.
+func passesBodyThrough(w http.ResponseWriter, headersOut bool) bool {
+	for {
+		name := writerTypeName(w)
+		if name == netHTTPResp {
+			return true
+		}
+		if !transparentWriters[name] {
+			return false
+		}
+		if headersOut {
+			if rec, ok := w.(caddyhttp.ResponseRecorder); ok && rec.Buffered() {
+				return false
+			}
+			if name == encodeWriter && w.Header().Get("Content-Encoding") != "" {
+				return false
+			}
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return false
+		}
+		w = u.Unwrap()
+	}
+}
+
+func writerTypeName(w http.ResponseWriter) string {
+	t := reflect.TypeOf(w)
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	return t.PkgPath() + "." + t.Name()
+}
+
+// detachedStream is a stream whose connection the handler took over.
+type detachedStream struct {
+	sock    net.Conn        // the accepted connection; its goroutine reads it
+	raw     syscall.RawConn // the same socket, for writes that need not wait
+	sub     *Subscriber
+	f       wireFormat
+	h       *Handler // the route that opened the stream, for its settings
+	m       *transportMetrics
+	key     string
+	expires time.Time // zero: never
+
+	// kicked says the stream's goroutine has work: a write that must wait
+	// for room, or last words.
+	kicked atomic.Bool
+	// dirty says the context changed since the stream last caught up.
+	dirty atomic.Bool
+	// lastWrite is when bytes last went out, in Unix nanoseconds, to
+	// time heartbeats.
+	lastWrite atomic.Int64
+
+	// mu is held by whoever writes to the socket: a publisher's goroutine
+	// only ever tries it, so none waits for another.
+	mu        sync.Mutex
+	after     Cursor
+	delivered bool
+	pending   []byte // what a write that could not wait left unwritten
+	last      []byte // last words; once set, the stream ends after them
+	broken    error  // a write failed: the client is gone or stopped reading
+	done      bool   // the stream ended: leave the socket alone
+}
+
+// detach takes the stream's connection over from net/http and returns
+// true, or returns false, having changed nothing, when it cannot. The
+// stream then belongs to its own goroutine, which closes the subscriber.
+func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, sub *Subscriber, after Cursor, f wireFormat, key string) bool {
+	if !passesBodyThrough(w, true) {
+		return false
+	}
+	raw, err := sock.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return false
+	}
+	// Hijack flushes what is buffered; the connection it returns is sock,
+	// maybe wrapped by Caddy to count the bytes read, and the wrapper
+	// would keep net/http's buffers alive. The buffered reader may hold
+	// bytes the client sent after its request; a stream has no use for
+	// them.
+	if _, _, err := http.NewResponseController(w).Hijack(); err != nil {
+		return false
+	}
+	s := &detachedStream{
+		sock: sock, raw: raw, sub: sub, f: f, h: h,
+		m: h.metrics[f.transport()], key: key,
+		after: after,
+	}
+	if h.Expiration > 0 {
+		s.expires = time.Now().Add(time.Duration(h.Expiration))
+	}
+	s.lastWrite.Store(time.Now().UnixNano())
+	// The goroutine starts with what history holds after the cursor.
+	s.dirty.Store(true)
+	s.kicked.Store(true)
+	sub.watch(s.changed)
+	go s.run(r.Context().Done())
+	return true
+}
+
+// changed is the stream's watcher: it runs on a publisher's goroutine and
+// writes what the stream has not had yet, if the socket takes it at once.
+func (s *detachedStream) changed() {
+	s.dirty.Store(true)
+	// Whoever holds the lock sees dirty once it is done; one that gave it
+	// up before this store finds the lock free and comes back here.
+	for s.dirty.Load() && s.mu.TryLock() {
+		s.dirty.Store(false)
+		handOver := s.catchUp(false)
+		s.mu.Unlock()
+		if handOver {
+			s.kick()
+			return
+		}
+	}
+}
+
+// kick wakes the stream's goroutine from its read.
+func (s *detachedStream) kick() {
+	s.kicked.Store(true)
+	_ = s.sock.SetReadDeadline(aLongTimeAgo)
+}
+
+// run is the stream's goroutine. It waits until the request is over,
+// because Caddy's cleanup of the request may still set the socket's
+// deadlines, then reads the socket until the client leaves, waking for
+// heartbeats, expiration and the work publishers hand over.
+func (s *detachedStream) run(requestDone <-chan struct{}) {
+	defer s.finish()
+	<-requestDone
+	var buf [16]byte
+	for {
+		if s.kicked.Swap(false) && !s.serve() {
+			return
+		}
+		_ = s.sock.SetReadDeadline(s.nextTimer())
+		if s.kicked.Load() {
+			continue // a kick came before the deadline was set, and was undone
+		}
+		if _, err := s.sock.Read(buf[:]); err != nil {
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Timeout() {
+				return // the client left
+			}
+			if !s.onTimer(time.Now()) {
+				return
+			}
+		}
+		// Anything the client sends on a stream is ignored.
+	}
+}
+
+// nextTimer is when the goroutine must next wake by itself: for a
+// heartbeat or the stream's expiration. Zero means never.
+func (s *detachedStream) nextTimer() time.Time {
+	var next time.Time
+	if hb := time.Duration(s.h.Heartbeat); hb > 0 {
+		next = time.Unix(0, s.lastWrite.Load()).Add(hb)
+	}
+	if !s.expires.IsZero() && (next.IsZero() || s.expires.Before(next)) {
+		next = s.expires
+	}
+	return next
+}
+
+// onTimer writes a heartbeat or ends an expired stream, if it is time. It
+// returns false when the stream is over.
+func (s *detachedStream) onTimer(now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.ok() {
+		return s.endLocked()
+	}
+	if !s.expires.IsZero() && !now.Before(s.expires) {
+		s.m.expiries.Inc()
+		s.last = s.f.reconnect(s.last, reasonExpired, s.after)
+		return s.endLocked()
+	}
+	hb := time.Duration(s.h.Heartbeat)
+	if hb > 0 && now.Sub(time.Unix(0, s.lastWrite.Load())) >= hb && len(s.pending) == 0 {
+		s.waitingWrites(func() { s.send(true, s.f.heartbeat()) })
+	}
+	return s.ok()
+}
+
+// serve does the work publishers handed over: writes that must wait for
+// room, then last words. It returns false when the stream is over.
+func (s *detachedStream) serve() bool {
+	s.mu.Lock()
+	s.waitingWrites(func() {
+		for {
+			s.dirty.Store(false)
+			if s.catchUp(true) || !s.dirty.Load() {
+				return
+			}
+		}
+	})
+	if s.last != nil || s.broken != nil {
+		defer s.mu.Unlock()
+		return s.endLocked()
+	}
+	s.mu.Unlock()
+	if s.dirty.Load() {
+		s.changed() // published while the lock was held here
+	}
+	return true
+}
+
+// waitingWrites runs fn, whose writes wait for room for at most the
+// route's write timeout. The caller holds s.mu.
+func (s *detachedStream) waitingWrites(fn func()) {
+	if t := time.Duration(s.h.WriteTimeout); t > 0 {
+		_ = s.sock.SetWriteDeadline(time.Now().Add(t))
+		// Writes that must not wait fail at once past a deadline.
+		defer func() { _ = s.sock.SetWriteDeadline(time.Time{}) }()
+	}
+	fn()
+}
+
+// endLocked writes the last words, if the client still reads, and says
+// why a stream that broke ended. It returns false: the stream is over. The
+// caller holds s.mu.
+func (s *detachedStream) endLocked() bool {
+	if s.broken == nil && s.last != nil {
+		s.waitingWrites(func() { s.send(true, s.pending, s.last) })
+	}
+	if writeTimedOut(s.broken) {
+		countDropped(s.h.Hub, droppedSlow)
+		s.h.limitLog.Warn("dropped a stream whose reader stopped reading",
+			zap.String("hub", s.h.Hub), zap.String("context", s.key),
+			zap.Duration("write_timeout", time.Duration(s.h.WriteTimeout)))
+	}
+	return false
+}
+
+func (s *detachedStream) ok() bool { return s.last == nil && s.broken == nil }
+
+// catchUp writes every delivery the stream has not had yet. Without wait,
+// it stops at a socket that would block and keeps what is left in
+// pending. It returns true when the stream's goroutine must take over: to
+// finish a write, or to end the stream. The caller holds s.mu.
+func (s *detachedStream) catchUp(wait bool) (handOver bool) {
+	if s.done {
+		return false
+	}
+	if !s.ok() {
+		return true
+	}
+	if len(s.pending) > 0 && !s.send(wait, s.pending) {
+		return true
+	}
+	for {
+		d, ready, err := s.sub.poll(s.after)
+		switch {
+		case errors.Is(err, ErrHubClosed):
+			s.last = s.f.reconnect(nil, reasonShutdown, s.after)
+			return true
+		case errors.Is(err, ErrContextDeleted):
+			s.last = s.f.deleted(nil)
+			return true
+		case !ready:
+			return false
+		case d.Missed != 0 && s.delivered:
+			// Fell behind the history while streaming: see serveStream.
+			countDropped(s.h.Hub, droppedBehind)
+			resume := resumeBefore(d)
+			s.last = s.f.reconnect(s.f.missed(nil, d.Missed, &resume), reasonBehind, resume)
+			return true
+		}
+		notice, frame := deliveryParts(s.f, d)
+		s.after, s.delivered = d.Cursor, true
+		sent := s.send(wait, notice, frame)
+		if d.Event != nil && s.broken == nil {
+			s.m.deliveries.Inc()
+		}
+		if !sent {
+			return true
+		}
+	}
+}
+
+// send writes parts to the socket. Without wait, it stops where the socket
+// would block and keeps the rest in pending, to be written by the stream's
+// goroutine. It returns true when everything was written. The caller
+// holds s.mu.
+func (s *detachedStream) send(wait bool, parts ...[]byte) bool {
+	var rest []byte
+	for i, p := range parts {
+		if len(p) == 0 {
+			continue
+		}
+		n, err := writeSocket(s.raw, p, wait)
+		if n > 0 {
+			s.lastWrite.Store(time.Now().UnixNano())
+		}
+		if !wait && writeTimedOut(err) {
+			// A deadline left on the socket: the goroutine sets its own.
+			err = nil
+		}
+		if err != nil {
+			s.broken = err
+			return false
+		}
+		if n < len(p) {
+			rest = append(rest, p[n:]...)
+			for _, q := range parts[i+1:] {
+				rest = append(rest, q...)
+			}
+			break
+		}
+	}
+	s.pending = rest
+	return rest == nil
+}
+
+// finish ends the stream: the subscriber is detached from the hub first,
+// so that publishers stop coming, and the socket closed last.
+func (s *detachedStream) finish() {
+	s.sub.Close()
+	s.mu.Lock()
+	s.done = true
+	s.mu.Unlock()
+	_ = s.sock.Close()
+	s.m.subscribers.Dec()
+}

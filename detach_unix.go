@@ -1,0 +1,42 @@
+//go:build unix
+
+package comet
+
+import (
+	"io"
+	"syscall"
+)
+
+// socketsDetach says whether streams can be detached on this platform.
+const socketsDetach = true
+
+// writeSocket writes p to the socket and returns how much it wrote.
+// Without wait it returns as soon as the socket would block; with wait it
+// waits for room until the socket's write deadline.
+func writeSocket(raw syscall.RawConn, p []byte, wait bool) (written int, err error) {
+	var werr error
+	err = raw.Write(func(fd uintptr) bool {
+		for written < len(p) {
+			n, err := syscall.Write(int(fd), p[written:])
+			if n > 0 {
+				written += n
+			}
+			switch {
+			case err == syscall.EINTR:
+			case err == syscall.EAGAIN || err == syscall.EWOULDBLOCK:
+				return !wait // false: wait until the socket has room
+			case err != nil:
+				werr = err
+				return true
+			case n == 0:
+				werr = io.ErrShortWrite
+				return true
+			}
+		}
+		return true
+	})
+	if werr != nil {
+		return written, werr
+	}
+	return written, err
+}

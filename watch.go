@@ -1,0 +1,124 @@
+package comet
+
+import (
+	"runtime"
+	"slices"
+	"sync"
+)
+
+// A watcher is a subscriber with no goroutine of its own waiting in Next:
+// the hub calls its changed function instead of waking it, on the
+// goroutine that published (or deleted, or closed), after releasing every
+// hub lock. changed must not block; it reads what changed with poll.
+//
+// This is what lets an HTTP/1.1 stream be written by the publisher's
+// goroutines, without a goroutine per subscriber woken for every event.
+
+// fanOutBatch is about how many watchers one goroutine handles on its own
+// before a fan-out is worth splitting between processors.
+const fanOutBatch = 256
+
+// watch makes the subscriber a watcher: changed is called on every change
+// of its context until the subscriber is closed. It must be called once,
+// before the subscriber's first poll, so that no change is missed.
+func (s *Subscriber) watch(changed func()) {
+	c := s.c
+	c.mu.Lock()
+	s.changed = changed
+	s.watchIndex = len(c.watchers)
+	c.watchers = append(c.watchers, s)
+	c.mu.Unlock()
+}
+
+// unwatchLocked removes a watcher in constant time, moving the last one
+// into its place. The caller holds c.mu.
+func (c *hubContext) unwatchLocked(s *Subscriber) {
+	last := len(c.watchers) - 1
+	moved := c.watchers[last]
+	c.watchers[s.watchIndex] = moved
+	moved.watchIndex = s.watchIndex
+	c.watchers[last] = nil
+	c.watchers = c.watchers[:last]
+	s.changed = nil
+}
+
+// poll returns what the subscriber at cursor after gets now, without
+// waiting: ready is false when it is up to date. It fails like Next when
+// the hub closes or the context is deleted.
+func (s *Subscriber) poll(after Cursor) (d Delivery, ready bool, err error) {
+	if s.hub.isClosed() {
+		return Delivery{}, false, ErrHubClosed
+	}
+	c := s.c
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.deleted {
+		return Delivery{}, false, ErrContextDeleted
+	}
+	d, ready = c.deliveryAfter(after)
+	return d, ready, nil
+}
+
+// broadcast tells every subscriber of the context that it changed: it
+// closes wake, the channel taken from the context under its lock, which
+// readies every goroutine waiting in Next, then calls every watcher. The
+// caller must not hold c.mu.
+func (c *hubContext) broadcast(wake chan struct{}) {
+	close(wake)
+	c.notifyWatchers()
+}
+
+func (c *hubContext) notifyWatchers() {
+	c.mu.RLock()
+	if len(c.watchers) == 0 {
+		c.mu.RUnlock()
+		return
+	}
+	changed := make([]func(), len(c.watchers))
+	for i, s := range c.watchers {
+		changed[i] = s.changed
+	}
+	c.mu.RUnlock()
+	fanOut(changed)
+}
+
+// notifyAllWatchers calls the watchers of every context, when the hub
+// closes.
+func (h *Hub) notifyAllWatchers() {
+	h.mu.RLock()
+	contexts := make([]*hubContext, 0, len(h.contexts))
+	for _, c := range h.contexts {
+		contexts = append(contexts, c)
+	}
+	h.mu.RUnlock()
+	for _, c := range contexts {
+		c.notifyWatchers()
+	}
+}
+
+// fanOut calls every function, shared between at most one goroutine per
+// processor, and returns when all have returned. Writing an event to
+// thousands of sockets is bound by system calls, so it is worth using every
+// processor; more goroutines than processors would only queue.
+func fanOut(fns []func()) {
+	workers := min(runtime.GOMAXPROCS(0), (len(fns)+fanOutBatch-1)/fanOutBatch)
+	if workers <= 1 {
+		for _, fn := range fns {
+			fn()
+		}
+		return
+	}
+	share := (len(fns) + workers - 1) / workers
+	var wg sync.WaitGroup
+	for part := range slices.Chunk(fns[share:], share) {
+		wg.Go(func() {
+			for _, fn := range part {
+				fn()
+			}
+		})
+	}
+	for _, fn := range fns[:share] {
+		fn()
+	}
+	wg.Wait()
+}
