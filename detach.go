@@ -276,11 +276,15 @@ func (s *detachedStream) onTimer(now time.Time) bool {
 	}
 	if !s.expires.IsZero() && !now.Before(s.expires) {
 		s.m.expiries.Inc()
-		s.last = s.f.reconnect(s.last, reasonExpired, s.after)
+		s.last = s.f.reconnect(nil, reasonExpired, s.after)
 		return s.endLocked()
 	}
 	hb := time.Duration(s.h.Heartbeat)
-	if hb > 0 && now.Sub(time.Unix(0, s.lastWrite.Load())) >= hb && len(s.pending) == 0 {
+	switch {
+	case len(s.pending) > 0:
+		// An event is half written; finishing it is the heartbeat.
+		s.kicked.Store(true)
+	case hb > 0 && now.Sub(time.Unix(0, s.lastWrite.Load())) >= hb:
 		s.waitingWrites(func() { s.send(true, s.f.heartbeat()) })
 	}
 	return s.ok()

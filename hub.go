@@ -239,16 +239,18 @@ func (h *Hub) ContextCount() int {
 type Receipt struct {
 	// Cursor is the new event's position; Cursor.ID is its id.
 	Cursor Cursor
-	// Woken is how many subscribers were waiting on the context.
+	// Woken is how many subscribers the event reached at once: those
+	// waiting in Next, and detached streams.
 	Woken int
 }
 
 // Publish appends ev to the context named key, creating the context if
-// needed, and wakes every subscriber waiting on it. Its cost does not depend
-// on the number of subscribers: they are woken by one broadcast and each
-// reads the event from the history by its own cursor. The hub sets ev's ID
-// and Published time and keeps ev.Data, which the caller must not modify
-// afterwards.
+// needed, and wakes every subscriber waiting on it: goroutines waiting in
+// Next are woken by one broadcast and each reads the event from the history
+// by its own cursor; detached streams are written to, as far as their
+// sockets take it without waiting, before Publish returns. The hub sets
+// ev's ID and Published time and keeps ev.Data, which the caller must not
+// modify afterwards.
 func (h *Hub) Publish(key string, ev Event) (Receipt, error) {
 	if h.isClosed() {
 		return Receipt{}, ErrHubClosed

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -347,6 +348,107 @@ func BenchmarkWakeUp(b *testing.B) {
 			}
 			b.StopTimer()
 			stop()
+		})
+	}
+}
+
+// watchCounts is what watchers saw.
+type watchCounts struct {
+	delivered atomic.Int64 // events read
+	closed    atomic.Int64 // polls that found the hub closed
+}
+
+// watchContext attaches n watchers to the context, each reading every
+// event as a detached stream does, on the publisher's goroutine, and
+// counting what it saw. It returns the watchers' subscribers.
+func watchContext(t testing.TB, h *Hub, key string, n int, seen *watchCounts) []*Subscriber {
+	t.Helper()
+	subs := make([]*Subscriber, n)
+	for i := range subs {
+		sub, err := h.Subscribe(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		cur := sub.Start()
+		sub.watch(func() {
+			mu.Lock()
+			defer mu.Unlock()
+			for {
+				d, ready, err := sub.poll(cur)
+				if errors.Is(err, ErrHubClosed) {
+					seen.closed.Add(1)
+				}
+				if err != nil || !ready {
+					return
+				}
+				cur = d.Cursor
+				seen.delivered.Add(1)
+			}
+		})
+		subs[i] = sub
+	}
+	return subs
+}
+
+func TestWatchersAreToldOfEveryChange(t *testing.T) {
+	h := testHub(t, HubConfig{})
+	var seen watchCounts
+	subs := watchContext(t, h, "/c", 600, &seen) // enough to fan out on every processor
+	for range 3 {
+		r, err := h.Publish("/c", Event{Data: []byte("x")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Woken != len(subs) {
+			t.Errorf("receipt says %d reached, want %d", r.Woken, len(subs))
+		}
+	}
+	// Publish returns once every watcher has been called.
+	if got := seen.delivered.Load(); got != 3*int64(len(subs)) {
+		t.Fatalf("watchers read %d events, want %d", got, 3*len(subs))
+	}
+
+	for _, sub := range subs[:100] {
+		sub.Close()
+	}
+	if _, err := h.Publish("/c", Event{Data: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := seen.delivered.Load(), 3*int64(len(subs))+500; got != want {
+		t.Fatalf("after 100 left, watchers read %d events in all, want %d", got, want)
+	}
+
+	h.Close()
+	if got := seen.closed.Load(); got != 500 {
+		t.Errorf("%d watchers found the hub closed, want 500", got)
+	}
+}
+
+// BenchmarkWatchers measures an event's way from Publish to every watcher
+// having read it: the hub's part of fan-out to detached streams, without
+// the sockets.
+func BenchmarkWatchers(b *testing.B) {
+	for _, watching := range []int{100, 1000, 10000} {
+		b.Run(fmt.Sprintf("watching=%d", watching), func(b *testing.B) {
+			h := testHub(b, HubConfig{MaxSubscribers: watching + 1})
+			var seen watchCounts
+			subs := watchContext(b, h, "/c", watching, &seen)
+			ev := Event{Data: []byte("payload")}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := h.Publish("/c", ev); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			if got := seen.delivered.Load(); got != int64(b.N)*int64(watching) {
+				b.Fatalf("watchers read %d events, want %d", got, b.N*watching)
+			}
+			for _, sub := range subs {
+				sub.Close()
+			}
 		})
 	}
 }
