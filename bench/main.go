@@ -9,6 +9,12 @@
 // Nchan long polls resume with If-Modified-Since and If-None-Match rather
 // than a cursor.
 //
+// With -soak it runs a soak instead (see soak.go): clients connect and
+// leave on many contexts while events are published, and the server's
+// goroutines and heap are compared with their baseline afterwards.
+//
+//	go run ./bench -soak 10m -url http://127.0.0.1:9911/soak -subscribers 1000 -interval 20ms -timeout 15m
+//
 // It only ever targets loopback addresses, holds at most 20,000 connections,
 // and stops by itself after -timeout.
 package main
@@ -21,10 +27,8 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"net/http/httptrace"
-	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -47,6 +51,13 @@ type config struct {
 	pids        string
 	timeout     time.Duration
 	dialBatch   int
+
+	// A soak run (soak.go) instead of a fan-out measurement.
+	soak     time.Duration
+	admin    string
+	contexts int
+	stay     time.Duration
+	settle   time.Duration
 }
 
 func main() {
@@ -61,12 +72,28 @@ func main() {
 	flag.StringVar(&c.pids, "pid", "", "server process ids, comma-separated (nginx: its workers), to report memory per subscriber")
 	flag.DurationVar(&c.timeout, "timeout", 3*time.Minute, "stop after this long, whatever happens")
 	flag.IntVar(&c.dialBatch, "dial-batch", 500, "subscribers connecting at once")
+	flag.DurationVar(&c.soak, "soak", 0, "run a soak for this long instead: -subscribers clients connect and leave without pause")
+	flag.StringVar(&c.admin, "admin", "http://127.0.0.1:2019", "soak: the server's admin API, to read its goroutines and heap")
+	flag.IntVar(&c.contexts, "contexts", 50, "soak: contexts under -url to visit and publish to (-url/0, -url/1...)")
+	flag.DurationVar(&c.stay, "stay", 3*time.Second, "soak: the longest a visit lasts")
+	flag.DurationVar(&c.settle, "settle", 15*time.Second, "soak: how long to wait after the soak before comparing with the baseline")
 	flag.Parse()
 	if err := c.check(); err != nil {
 		log.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
+	if c.soak > 0 {
+		if c.soak+c.settle+time.Minute > c.timeout {
+			log.Fatalf("-timeout %v leaves no room for a %v soak", c.timeout, c.soak)
+		}
+		r, err := soak(ctx, c)
+		if err != nil {
+			log.Fatal(err)
+		}
+		r.print(os.Stdout, c)
+		return
+	}
 	r, err := run(ctx, c)
 	if err != nil {
 		log.Fatal(err)
@@ -75,13 +102,14 @@ func main() {
 }
 
 func (c config) check() error {
-	u, err := url.Parse(c.url)
-	if err != nil {
+	if err := checkLoopback(c.url); err != nil {
 		return err
 	}
-	ip := net.ParseIP(u.Hostname())
-	if u.Hostname() != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return fmt.Errorf("%s is not a loopback address: this tool only loads servers on this machine", u.Hostname())
+	if c.soak > 0 {
+		if c.subscribers < 1 || c.subscribers > maxSubscribers {
+			return fmt.Errorf("subscribers must be from 1 to %d", maxSubscribers)
+		}
+		return c.checkSoak()
 	}
 	switch {
 	case c.subscribers < 1 || c.subscribers > maxSubscribers:
@@ -102,6 +130,7 @@ type result struct {
 	rssBefore   int64 // bytes; 0 without -pid
 	rssParked   int64
 	fanOut      []time.Duration // per event: publish to the last delivery
+	publishTime []time.Duration // per event: until the publish was answered
 	latencies   []time.Duration // per delivery: publish to receipt
 	lost        int
 	clientErrs  int64
@@ -160,6 +189,7 @@ func run(ctx context.Context, c config) (*result, error) {
 		if err := publish(ctx, client, c.url, e, c.payload); err != nil {
 			return nil, fmt.Errorf("publishing event %d: %w", e, err)
 		}
+		r.publishTime = append(r.publishTime, time.Since(published[e]))
 		if c.interval > 0 {
 			time.Sleep(c.interval)
 		}
@@ -385,6 +415,7 @@ func rss(pids string) int64 {
 func (r *result) print(w io.Writer, c config) {
 	slices.Sort(r.latencies)
 	slices.Sort(r.fanOut)
+	slices.Sort(r.publishTime)
 	pct := func(d []time.Duration, p float64) time.Duration {
 		if len(d) == 0 {
 			return 0
@@ -401,6 +432,8 @@ func (r *result) print(w io.Writer, c config) {
 	}
 	fmt.Fprintf(w, "fan-out per event    median %v, max %v (%d events)\n",
 		pct(r.fanOut, 0.5).Round(time.Millisecond), pct(r.fanOut, 1).Round(time.Millisecond), len(r.fanOut))
+	fmt.Fprintf(w, "publish answered in  median %v, max %v\n",
+		pct(r.publishTime, 0.5).Round(100*time.Microsecond), pct(r.publishTime, 1).Round(100*time.Microsecond))
 	fmt.Fprintf(w, "delivery latency     p50 %v, p99 %v, max %v\n",
 		pct(r.latencies, 0.5).Round(time.Millisecond), pct(r.latencies, 0.99).Round(time.Millisecond), pct(r.latencies, 1).Round(time.Millisecond))
 	fmt.Fprintf(w, "deliveries           %d of %d, lost %d\n", r.deliveredOK, int64(c.subscribers)*int64(c.events), r.lost)
