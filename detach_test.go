@@ -21,13 +21,17 @@ type rawStream struct {
 }
 
 func openRawSSE(t *testing.T, addr, path string) *rawStream {
+	return openRaw(t, addr, path, "text/event-stream")
+}
+
+func openRaw(t *testing.T, addr, path, accept string) *rawStream {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n", path, addr)
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: %s\r\n\r\n", path, addr, accept)
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
@@ -113,5 +117,49 @@ func TestDetachedStreamsHoldOneGoroutineEach(t *testing.T) {
 			http.DefaultClient.CloseIdleConnections() // the publishers'
 			waitFor(t, "goroutines to return to baseline", func() bool { return runtime.NumGoroutine() <= baseline })
 		})
+	}
+}
+
+// TestDetachingStaysOutOfTheWayOfEncode puts streams behind encode with its
+// default types, which compress SSE but not NDJSON. The compressed stream
+// must stay on the ordinary path, where encode can do its work; the other
+// passes through encode unchanged and is detached. Both get every byte.
+func TestDetachingStaysOutOfTheWayOfEncode(t *testing.T) {
+	s := startCaddy(t, "", `encode gzip
+	comet /c {
+		expiration off
+		heartbeat off
+	}`)
+	addr := strings.TrimPrefix(s.base, "http://")
+	sse := s.openStream(&http.Client{Transport: &http.Transport{}}, "/c", "text/event-stream")
+	if !sse.Uncompressed {
+		t.Fatal("SSE through encode was not compressed")
+	}
+	ndjson := openRaw(t, addr, "/c", "application/x-ndjson")
+	if enc := ndjson.resp.Header.Get("Content-Encoding"); enc != "" {
+		t.Fatalf("NDJSON through encode: Content-Encoding %q", enc)
+	}
+	hub := s.hub(DefaultHubName)
+	waitFor(t, "both streams to attach", func() bool { return hub.SubscriberCount() == 2 })
+	hub.mu.RLock()
+	c := hub.contexts["/c"]
+	hub.mu.RUnlock()
+	c.mu.RLock()
+	watchers := len(c.watchers)
+	c.mu.RUnlock()
+	if watchers != 1 {
+		t.Fatalf("%d streams detached, want 1: the NDJSON one", watchers)
+	}
+	lines := bufio.NewScanner(ndjson.resp.Body)
+	if !scanWithin(t, lines, 5*time.Second) || !strings.Contains(lines.Text(), `"control":"open"`) {
+		t.Fatalf("NDJSON opened with %q", lines.Text())
+	}
+	p := newSSEParser(sse.Body)
+	s.publish("/c", "through encode")
+	if ev := nextWithin(t, p, 5*time.Second); ev.Data != "through encode" {
+		t.Errorf("SSE got %+v", ev)
+	}
+	if !scanWithin(t, lines, 5*time.Second) || !strings.Contains(lines.Text(), "through encode") {
+		t.Errorf("NDJSON got %q", lines.Text())
 	}
 }
