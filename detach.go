@@ -203,7 +203,8 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, 
 
 // changed is the stream's watcher: it runs on a publisher's goroutine and
 // writes what the stream has not had yet, if the socket takes it at once.
-func (s *detachedStream) changed() {
+// What it cannot finish is left to the stream's goroutine, woken later.
+func (s *detachedStream) changed() (later func()) {
 	s.dirty.Store(true)
 	// Whoever holds the lock sees dirty once it is done; one that gave it
 	// up before this store finds the lock free and comes back here.
@@ -212,10 +213,10 @@ func (s *detachedStream) changed() {
 		handOver := s.catchUp(false)
 		s.mu.Unlock()
 		if handOver {
-			s.kick()
-			return
+			return s.kick
 		}
 	}
+	return nil
 }
 
 // kick wakes the stream's goroutine from its read.
@@ -308,7 +309,10 @@ func (s *detachedStream) serve() bool {
 	}
 	s.mu.Unlock()
 	if s.dirty.Load() {
-		s.changed() // published while the lock was held here
+		// Published while the lock was held here.
+		if later := s.changed(); later != nil {
+			later()
+		}
 	}
 	return true
 }

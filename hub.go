@@ -772,8 +772,8 @@ type Subscriber struct {
 	start  Cursor
 	closed bool
 
-	changed    func() // set while the subscriber is a watcher
-	watchIndex int    // its place in c.watchers
+	changed    watcherFunc // set while the subscriber is a watcher
+	watchIndex int         // its place in c.watchers
 }
 
 // Start returns the context's cursor when the subscriber attached: a

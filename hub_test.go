@@ -371,7 +371,7 @@ func watchContext(t testing.TB, h *Hub, key string, n int, seen *watchCounts) []
 		}
 		var mu sync.Mutex
 		cur := sub.Start()
-		sub.watch(func() {
+		sub.watch(func() func() {
 			mu.Lock()
 			defer mu.Unlock()
 			for {
@@ -380,7 +380,7 @@ func watchContext(t testing.TB, h *Hub, key string, n int, seen *watchCounts) []
 					seen.closed.Add(1)
 				}
 				if err != nil || !ready {
-					return
+					return nil
 				}
 				cur = d.Cursor
 				seen.delivered.Add(1)

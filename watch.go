@@ -9,10 +9,15 @@ import (
 // A watcher is a subscriber with no goroutine of its own waiting in Next:
 // the hub calls its changed function instead of waking it, on the
 // goroutine that published (or deleted, or closed), after releasing every
-// hub lock. changed must not block; it reads what changed with poll.
+// hub lock. changed must not block; it reads what changed with poll, and
+// may return work to do once every watcher of the context has been called
+// (waking a goroutine, say), so that nothing competes with the fan-out for
+// the processors until it is done.
 //
-// This is what lets an HTTP/1.1 stream be written by the publisher's
-// goroutines, without a goroutine per subscriber woken for every event.
+// This is what lets an HTTP/1.1 stream or long poll be written by the
+// publisher's goroutines, without a goroutine per subscriber woken for
+// every event.
+type watcherFunc func() (later func())
 
 // fanOutBatch is about how many watchers one goroutine handles on its own
 // before a fan-out is worth splitting between processors.
@@ -21,7 +26,7 @@ const fanOutBatch = 256
 // watch makes the subscriber a watcher: changed is called on every change
 // of its context until the subscriber is closed. It must be called once,
 // before the subscriber's first poll, so that no change is missed.
-func (s *Subscriber) watch(changed func()) {
+func (s *Subscriber) watch(changed watcherFunc) {
 	c := s.c
 	c.mu.Lock()
 	s.changed = changed
@@ -74,7 +79,7 @@ func (c *hubContext) notifyWatchers() {
 		c.mu.RUnlock()
 		return
 	}
-	changed := make([]func(), len(c.watchers))
+	changed := make([]watcherFunc, len(c.watchers))
 	for i, s := range c.watchers {
 		changed[i] = s.changed
 	}
@@ -97,28 +102,44 @@ func (h *Hub) notifyAllWatchers() {
 }
 
 // fanOut calls every function, shared between at most one goroutine per
-// processor, and returns when all have returned. Writing an event to
-// thousands of sockets is bound by system calls, so it is worth using every
-// processor; more goroutines than processors would only queue.
-func fanOut(fns []func()) {
+// processor, then what they left for later, and returns when all is done.
+// Writing an event to thousands of sockets is bound by system calls, so it
+// is worth using every processor; more goroutines than processors would
+// only queue.
+func fanOut(fns []watcherFunc) {
 	workers := min(runtime.GOMAXPROCS(0), (len(fns)+fanOutBatch-1)/fanOutBatch)
 	if workers <= 1 {
-		for _, fn := range fns {
-			fn()
-		}
+		runAll(fns)()
 		return
 	}
 	share := (len(fns) + workers - 1) / workers
+	laters := make([]func(), workers)
 	var wg sync.WaitGroup
-	for part := range slices.Chunk(fns[share:], share) {
-		wg.Go(func() {
-			for _, fn := range part {
-				fn()
-			}
-		})
+	for i, part := range slices.Collect(slices.Chunk(fns, share)) {
+		if i == 0 {
+			continue // this goroutine's own share, below
+		}
+		wg.Go(func() { laters[i] = runAll(part) })
 	}
-	for _, fn := range fns[:share] {
-		fn()
-	}
+	laters[0] = runAll(fns[:share])
 	wg.Wait()
+	for _, later := range laters {
+		later()
+	}
+}
+
+// runAll calls every function and returns one that calls what they left
+// for later.
+func runAll(fns []watcherFunc) func() {
+	var laters []func()
+	for _, fn := range fns {
+		if later := fn(); later != nil {
+			laters = append(laters, later)
+		}
+	}
+	return func() {
+		for _, later := range laters {
+			later()
+		}
+	}
 }
