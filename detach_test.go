@@ -3,6 +3,7 @@ package comet
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"runtime"
@@ -161,5 +162,142 @@ func TestDetachingStaysOutOfTheWayOfEncode(t *testing.T) {
 	}
 	if !scanWithin(t, lines, 5*time.Second) || !strings.Contains(lines.Text(), "through encode") {
 		t.Errorf("NDJSON got %q", lines.Text())
+	}
+}
+
+// rawPoll is a long-polling client on one bare keep-alive connection.
+type rawPoll struct {
+	t    *testing.T
+	addr string
+	conn net.Conn
+	br   *bufio.Reader
+}
+
+func dialPoll(t *testing.T, addr string) *rawPoll {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &rawPoll{t: t, addr: addr, conn: conn, br: bufio.NewReader(conn)}
+}
+
+// send writes a GET for path, with the cursor if there is one.
+func (p *rawPoll) send(path, cursor string) {
+	p.t.Helper()
+	req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\n", path, p.addr)
+	if cursor != "" {
+		req += "Last-Event-ID: " + cursor + "\r\n"
+	}
+	if _, err := io.WriteString(p.conn, req+"\r\n"); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// answer reads the next answer on the connection, with its body.
+func (p *rawPoll) answer() (*http.Response, string) {
+	p.t.Helper()
+	p.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(p.br, nil)
+	if err != nil {
+		p.t.Fatalf("reading an answer: %v", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return resp, string(body)
+}
+
+// TestDetachedLongPollsAreAnsweredAndKeptAlive parks long polls on bare
+// keep-alive connections. Where nothing in the chain sees the answer, a
+// parked poll must hold one goroutine (the ordinary path: two), get the
+// same answer the ordinary path writes, and have its connection served
+// again by the server for the next poll, with any request the client
+// pipelined meanwhile. Behind an access log, polls stay on the ordinary
+// path.
+func TestDetachedLongPollsAreAnsweredAndKeptAlive(t *testing.T) {
+	const polls = 100
+	for _, route := range []struct {
+		name, site string
+		perPoll    float64
+	}{
+		{"detached", "", 1},
+		{"access log", "log {\n\t\toutput discard\n\t}", 2},
+		{"detach off", "", 2},
+	} {
+		t.Run(route.name, func(t *testing.T) {
+			detach := ""
+			if route.name == "detach off" {
+				detach = "detach off"
+			}
+			s := startCaddy(t, "", route.site+`
+	header X-Site comet-test
+	comet /lp {
+		expiration 1s
+		`+detach+`
+	}`)
+			hub := s.hub(DefaultHubName)
+			addr := strings.TrimPrefix(s.base, "http://")
+			const path = "/lp"
+			http.DefaultClient.CloseIdleConnections()
+			runtime.GC()
+			cursor := s.position(path)
+			baseline := runtime.NumGoroutine()
+			clients := make([]*rawPoll, polls)
+			for i := range clients {
+				clients[i] = dialPoll(t, addr)
+				clients[i].send(path, cursor)
+			}
+			waitFor(t, "every poll to park", func() bool { return hub.SubscriberCount() == polls })
+			time.Sleep(100 * time.Millisecond)
+			perPoll := float64(runtime.NumGoroutine()-baseline) / polls
+			t.Logf("%s: %.2f goroutines per parked poll", route.name, perPoll)
+			if perPoll < route.perPoll-0.1 || perPoll > route.perPoll+0.1 {
+				t.Errorf("%.2f goroutines per parked poll, want %.0f", perPoll, route.perPoll)
+			}
+
+			r := s.publish(path, `{"n":1}`)
+			for i, c := range clients {
+				resp, body := c.answer()
+				if resp.StatusCode != http.StatusOK || body != `{"n":1}` || resp.Header.Get("Comet-Cursor") != r.Cursor ||
+					resp.Header.Get("ETag") != `"`+r.Cursor+`"` || resp.Header.Get("X-Site") != "comet-test" ||
+					resp.Header.Get("Vary") != "Accept" || resp.Close {
+					t.Fatalf("poll %d answered %s %q, headers %v; want 200 with the event, its cursor, the site's headers, kept alive",
+						i, resp.Status, body, resp.Header)
+				}
+			}
+
+			// The next poll on the same connection, with a HEAD pipelined
+			// behind it before the answer.
+			c := clients[0]
+			c.send(path, r.Cursor)
+			waitFor(t, "the next poll to park", func() bool { return hub.SubscriberCount() == 1 })
+			io.WriteString(c.conn, fmt.Sprintf("HEAD %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, addr))
+			r2 := s.publish(path, "second")
+			if resp, body := c.answer(); resp.StatusCode != http.StatusOK || body != "second" {
+				t.Fatalf("second poll on the connection: %s %q", resp.Status, body)
+			}
+			c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			head, err := http.ReadResponse(c.br, &http.Request{Method: http.MethodHead})
+			if err != nil || head.StatusCode != http.StatusNoContent || head.Header.Get("Comet-Cursor") != r2.Cursor {
+				t.Fatalf("pipelined HEAD: %v, %v", head, err)
+			}
+
+			// Expiry answers 204 with the cursor, and keeps the connection.
+			c.send(path, r2.Cursor)
+			resp, _ := c.answer()
+			if resp.StatusCode != http.StatusNoContent || resp.Header.Get("Comet-Cursor") != r2.Cursor || resp.Close {
+				t.Fatalf("expired poll: %s, cursor %q, close %v", resp.Status, resp.Header.Get("Comet-Cursor"), resp.Close)
+			}
+
+			for _, c := range clients {
+				c.conn.Close()
+			}
+			waitFor(t, "every poll to be freed", func() bool { return hub.SubscriberCount() == 0 })
+			http.DefaultClient.CloseIdleConnections()
+			waitFor(t, "goroutines to return to baseline", func() bool { return runtime.NumGoroutine() <= baseline })
+		})
 	}
 }

@@ -82,6 +82,12 @@ func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *c
 	if sub == nil {
 		return err
 	}
+	if sock, srv := h.detachablePoll(w, r); sock != nil {
+		// Only a poll that must wait is worth taking over.
+		if _, ready, err := sub.poll(after); err == nil && !ready && h.detachPoll(w, r, sock, srv, sub, after) {
+			return nil
+		}
+	}
 	defer h.unsubscribe(sub, m)
 	wait, cancel := h.expiring(r.Context())
 	defer cancel()

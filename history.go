@@ -27,7 +27,12 @@ type Event struct {
 // frameCache holds an event's encoding in each wire format. Two
 // subscribers may encode at the same time; both make the same bytes and
 // one copy is kept.
-type frameCache [wireFormatCount]atomic.Pointer[[]byte]
+type frameCache struct {
+	streams [wireFormatCount]atomic.Pointer[[]byte]
+	// answer is the last detached long-poll answer made for the event,
+	// shared by every poll whose answer is the same (see detach_poll.go).
+	answer atomic.Pointer[cachedAnswer]
+}
 
 // frame returns the event's encoding in format f, at cursor cur (the same
 // for every subscriber), making it on first use. An event that did not
@@ -36,7 +41,7 @@ func (e *Event) frame(f wireFormat, cur Cursor) []byte {
 	if e.frames == nil {
 		return f.encode(nil, e, cur)
 	}
-	p := &e.frames[f]
+	p := &e.frames.streams[f]
 	if b := p.Load(); b != nil {
 		return *b
 	}

@@ -1,0 +1,479 @@
+package comet
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// Detached long polls.
+//
+// A parked long poll is a request in the middle of Caddy's handler chain:
+// its goroutine (with the chain's stack), net/http's background reader and
+// the connection's buffers, about 29 KiB, and waking it for an event means
+// scheduling that goroutine to write through the chain. When nothing in the
+// chain can see or change the answer, the handler instead takes the
+// connection over (hijacks it) and returns, like a detached stream. The
+// answer is written by the publisher, straight to the socket, with the same
+// headers the ordinary path writes; then the connection is handed back to
+// the same server, which reads the client's next request as it would on
+// any kept-alive connection.
+//
+// "Nothing in the chain" is strict: an access log or metrics (which would
+// record the request before its answer), deferred header operations
+// (which would not be applied), encode and any unknown wrapper keep the
+// long poll on the ordinary path.
+
+// maxEarlyBytes bounds what a parked client may send before its answer (a
+// pipelined request), which is kept for the server to read.
+const maxEarlyBytes = 16 << 10
+
+// pollWriters are the wrappers a detached long poll may pass: ones that
+// neither record the request nor touch the answer.
+var pollWriters = map[string]bool{
+	caddyhttpPkg + ".ResponseWriterWrapper": true,
+	caddyhttpPkg + ".readDeadlineWriter":    true,
+	caddyhttpPkg + ".IdleTimeoutWriter":     true,
+}
+
+// detachablePoll returns the socket and server of a long poll the handler
+// may take over, or nil.
+func (h *Handler) detachablePoll(w http.ResponseWriter, r *http.Request) (net.Conn, *http.Server) {
+	if !h.detaches() || !socketsDetach || !r.ProtoAtLeast(1, 1) || r.ProtoMajor != 1 || r.TLS != nil || r.Close {
+		return nil, nil
+	}
+	srv, _ := r.Context().Value(http.ServerContextKey).(*http.Server)
+	conn, _ := r.Context().Value(socketKey{}).(net.Conn)
+	switch conn.(type) {
+	case *net.TCPConn, *net.UnixConn:
+	default:
+		return nil, nil
+	}
+	if srv == nil {
+		return nil, nil
+	}
+	for {
+		name := writerTypeName(w)
+		if name == netHTTPResp {
+			return conn, srv
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !pollWriters[name] || !ok {
+			return nil, nil
+		}
+		w = u.Unwrap()
+	}
+}
+
+// detachedPoll is a parked long poll whose connection the handler took
+// over. It is answered once, then its connection goes back to the server.
+type detachedPoll struct {
+	sock    net.Conn
+	raw     syscall.RawConn
+	srv     *http.Server
+	sub     *Subscriber
+	h       *Handler
+	m       *transportMetrics
+	header  http.Header // what the chain set before the handler parked
+	sig     string      // header, written out: polls with the same one share answers
+	after   Cursor
+	expires time.Time // zero: never
+
+	kicked atomic.Bool // the goroutine has work: finish or hand over
+	dirty  atomic.Bool
+
+	mu      sync.Mutex
+	answer  []byte // once set, the poll is answered
+	keep    bool   // whether the connection outlives the answer
+	written int
+	broken  error
+	early   []byte // what the client sent after its request
+	over    bool   // the connection was handed back or closed: hands off
+}
+
+// detachPoll takes a parked long poll's connection over and returns true,
+// or returns false, having changed nothing, when it cannot.
+func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, sock net.Conn, srv *http.Server, sub *Subscriber, after Cursor) bool {
+	raw, err := sock.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return false
+	}
+	header := w.Header().Clone()
+	_, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return false
+	}
+	var sig bytes.Buffer
+	_ = header.Write(&sig)
+	p := &detachedPoll{
+		sock: sock, raw: raw, srv: srv, sub: sub, h: h,
+		m: h.metrics[transportLongPoll], header: header, sig: sig.String(), after: after,
+	}
+	if n := brw.Reader.Buffered(); n > 0 {
+		early, _ := brw.Reader.Peek(n)
+		p.early = bytes.Clone(early)
+	}
+	if h.Expiration > 0 {
+		p.expires = time.Now().Add(time.Duration(h.Expiration))
+	}
+	p.dirty.Store(true)
+	p.kicked.Store(true)
+	sub.watch(p.changed)
+	go p.run(r.Context().Done())
+	return true
+}
+
+// changed runs on a publisher's goroutine: it writes the answer if there
+// is one now, as far as the socket takes it without waiting, and leaves the
+// rest and the hand-over to the poll's goroutine, woken later.
+func (p *detachedPoll) changed() (later func()) {
+	p.dirty.Store(true)
+	for p.dirty.Load() && p.mu.TryLock() {
+		p.dirty.Store(false)
+		if p.over {
+			p.mu.Unlock()
+			return nil
+		}
+		answered := p.chooseAnswerLocked()
+		if answered {
+			p.writeLocked(false)
+		}
+		p.mu.Unlock()
+		if answered {
+			return p.kick
+		}
+	}
+	return nil
+}
+
+func (p *detachedPoll) kick() {
+	p.kicked.Store(true)
+	_ = p.sock.SetReadDeadline(aLongTimeAgo)
+}
+
+// chooseAnswerLocked renders the answer if the poll has one now, and
+// reports whether it has one. The caller holds p.mu.
+func (p *detachedPoll) chooseAnswerLocked() bool {
+	if p.answer != nil {
+		return true
+	}
+	d, ready, err := p.sub.poll(p.after)
+	rec := newAnswerRecorder(p.header)
+	repl := caddy.NewEmptyReplacer()
+	switch {
+	case errors.Is(err, ErrHubClosed):
+		_ = writeShuttingDown(rec, repl, p.sub.Position())
+		p.keep = false
+	case errors.Is(err, ErrContextDeleted):
+		_ = writeGone(rec)
+		p.keep = p.serverOpen()
+	case ready:
+		p.keep = p.serverOpen()
+		if d.Event != nil {
+			p.m.deliveries.Inc()
+			p.answer = p.sharedAnswer(d)
+			return true
+		}
+		_ = writeDelivery(rec, repl, d, p.sub.ContextSubscribers())
+	default:
+		return false
+	}
+	p.answer = rec.render(p.keep)
+	return true
+}
+
+// cachedAnswer is a rendered answer to a long poll, and what it depends on.
+type cachedAnswer struct {
+	key   string
+	bytes []byte
+}
+
+// sharedAnswer renders the answer delivering an event, or takes the one
+// made for the poll before if it is the same: with thousands of polls at
+// the same cursor with the same headers, the event is rendered once. Its
+// Date header is then the first poll's, within the fan-out's time.
+func (p *detachedPoll) sharedAnswer(d Delivery) []byte {
+	key := p.sig + "\x00" + d.Cursor.String() + "\x00" + strconv.FormatInt(d.Missed, 10) + "\x00" + strconv.FormatBool(p.keep)
+	cache := d.Event.frames
+	if cache != nil {
+		if c := cache.answer.Load(); c != nil && c.key == key {
+			return c.bytes
+		}
+	}
+	rec := newAnswerRecorder(p.header)
+	_ = writeDelivery(rec, caddy.NewEmptyReplacer(), d, p.sub.ContextSubscribers())
+	c := &cachedAnswer{key: key, bytes: rec.render(p.keep)}
+	if cache != nil {
+		cache.answer.Store(c)
+	}
+	return c.bytes
+}
+
+// expireLocked answers the poll whose expiration passed. The caller holds
+// p.mu.
+func (p *detachedPoll) expireLocked() {
+	if p.chooseAnswerLocked() {
+		return // answered just in time
+	}
+	p.m.expiries.Inc()
+	rec := newAnswerRecorder(p.header)
+	_ = writeExpired(rec, caddy.NewEmptyReplacer(), p.sub.Position(), p.sub.ContextSubscribers())
+	p.keep = p.serverOpen()
+	p.answer = rec.render(p.keep)
+}
+
+// writeLocked writes what is left of the answer. The caller holds p.mu.
+func (p *detachedPoll) writeLocked(wait bool) {
+	if p.broken != nil || p.written == len(p.answer) {
+		return
+	}
+	n, err := writeSocket(p.raw, p.answer[p.written:], wait)
+	p.written += n
+	if !(!wait && writeTimedOut(err)) {
+		p.broken = err
+	}
+}
+
+// run is the poll's goroutine: like a detached stream's, it reads the
+// socket to notice the client leaving and wakes for the expiration and for
+// the work publishers hand over.
+func (p *detachedPoll) run(requestDone <-chan struct{}) {
+	<-requestDone
+	var buf [512]byte
+	for {
+		if p.kicked.Swap(false) && p.serve() {
+			return
+		}
+		_ = p.sock.SetReadDeadline(p.expires)
+		if p.kicked.Load() {
+			continue
+		}
+		n, err := p.sock.Read(buf[:])
+		if n > 0 && !p.keepEarly(buf[:n]) {
+			p.close()
+			return
+		}
+		if err == nil {
+			continue
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			p.close() // the client left
+			return
+		}
+		if !p.expires.IsZero() && !time.Now().Before(p.expires) {
+			p.mu.Lock()
+			p.expireLocked()
+			p.mu.Unlock()
+			p.kicked.Store(true)
+		}
+	}
+}
+
+// keepEarly keeps bytes the client sent before its answer, for the server
+// to read as its next request. It refuses more than maxEarlyBytes.
+func (p *detachedPoll) keepEarly(b []byte) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.early = append(p.early, b...)
+	return len(p.early) <= maxEarlyBytes
+}
+
+// serve finishes the answer, if there is one, waiting for the socket up to
+// the write timeout, and then hands the connection back or closes it. It
+// returns true when the poll is over.
+func (p *detachedPoll) serve() bool {
+	p.mu.Lock()
+	if !p.chooseAnswerLocked() {
+		p.mu.Unlock()
+		return false
+	}
+	if t := time.Duration(p.h.WriteTimeout); t > 0 {
+		_ = p.sock.SetWriteDeadline(time.Now().Add(t))
+	}
+	p.writeLocked(true)
+	ok, keep := p.broken == nil, p.keep
+	p.over = true
+	p.mu.Unlock()
+	if !ok || !keep {
+		p.close()
+		return true
+	}
+	p.sub.Close()
+	p.m.subscribers.Dec()
+	p.handBack()
+	return true
+}
+
+// handBack gives the connection back to the server, with what the client
+// sent meanwhile in front of it.
+func (p *detachedPoll) handBack() {
+	_ = p.sock.SetDeadline(time.Time{})
+	var conn net.Conn = p.sock
+	if len(p.early) > 0 {
+		conn = &prefixedConn{Conn: p.sock, prefix: p.early}
+	}
+	if !injectorFor(p.srv).inject(conn) {
+		_ = conn.Close()
+	}
+}
+
+// close ends the poll without handing the connection back.
+func (p *detachedPoll) close() {
+	p.mu.Lock()
+	p.over = true
+	p.mu.Unlock()
+	p.sub.Close()
+	p.m.subscribers.Dec()
+	_ = p.sock.Close()
+}
+
+func (p *detachedPoll) serverOpen() bool { return injectorFor(p.srv).open() }
+
+// answerRecorder collects what the ordinary path would write, so that a
+// detached answer has the same status, headers and body.
+type answerRecorder struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func newAnswerRecorder(header http.Header) *answerRecorder {
+	return &answerRecorder{header: header.Clone()}
+}
+
+func (a *answerRecorder) Header() http.Header { return a.header }
+
+func (a *answerRecorder) WriteHeader(status int) {
+	if a.status == 0 {
+		a.status = status
+	}
+}
+
+func (a *answerRecorder) Write(b []byte) (int, error) {
+	a.WriteHeader(http.StatusOK)
+	return a.body.Write(b)
+}
+
+// render writes the answer as HTTP/1.1, as net/http would.
+func (a *answerRecorder) render(keepAlive bool) []byte {
+	if a.status == 0 {
+		a.status = http.StatusOK
+	}
+	h := a.header
+	h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	if a.status != http.StatusNoContent && a.status >= 200 {
+		h.Set("Content-Length", strconv.Itoa(a.body.Len()))
+	} else {
+		h.Del("Content-Length")
+	}
+	if !keepAlive {
+		h.Set("Connection", "close")
+	}
+	var b bytes.Buffer
+	b.WriteString("HTTP/1.1 ")
+	b.WriteString(strconv.Itoa(a.status))
+	b.WriteByte(' ')
+	b.WriteString(http.StatusText(a.status))
+	b.WriteString("\r\n")
+	_ = h.Write(&b)
+	b.WriteString("\r\n")
+	if a.status != http.StatusNoContent {
+		b.Write(a.body.Bytes())
+	}
+	return b.Bytes()
+}
+
+// prefixedConn is a connection whose first reads return bytes already read
+// from it.
+type prefixedConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixedConn) Read(b []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(b, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
+
+// An injector hands connections back to a server: it is a listener the
+// server serves beside its own, whose connections come from answered long
+// polls. It closes when the server shuts down (a reload, or exit), and the
+// long polls answered after that close their connections.
+type injector struct {
+	conns     chan net.Conn
+	closed    chan struct{}
+	closeOnce sync.Once
+	addr      net.Addr
+}
+
+var injectors sync.Map // *http.Server → *injector
+
+// injectorFor returns the server's injector, starting it the first time.
+func injectorFor(srv *http.Server) *injector {
+	if inj, ok := injectors.Load(srv); ok {
+		return inj.(*injector)
+	}
+	inj := &injector{conns: make(chan net.Conn), closed: make(chan struct{}), addr: injectorAddr{}}
+	if actual, loaded := injectors.LoadOrStore(srv, inj); loaded {
+		return actual.(*injector)
+	}
+	go func() {
+		// Serve returns when the server shuts down, having closed inj.
+		_ = srv.Serve(inj)
+		_ = inj.Close()
+		injectors.Delete(srv)
+	}()
+	return inj
+}
+
+func (inj *injector) inject(c net.Conn) bool {
+	select {
+	case inj.conns <- c:
+		return true
+	case <-inj.closed:
+		return false
+	}
+}
+
+func (inj *injector) open() bool {
+	select {
+	case <-inj.closed:
+		return false
+	default:
+		return true
+	}
+}
+
+func (inj *injector) Accept() (net.Conn, error) {
+	select {
+	case c := <-inj.conns:
+		return c, nil
+	case <-inj.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (inj *injector) Close() error {
+	inj.closeOnce.Do(func() { close(inj.closed) })
+	return nil
+}
+
+func (inj *injector) Addr() net.Addr { return inj.addr }
+
+type injectorAddr struct{}
+
+func (injectorAddr) Network() string { return "comet" }
+func (injectorAddr) String() string  { return "answered long polls" }
