@@ -134,20 +134,52 @@ func writerTypeName(w http.ResponseWriter) string {
 	return t.PkgPath() + "." + t.Name()
 }
 
+// detachedSocket is the part a detached stream and a detached long poll
+// share: the connection, which its goroutine reads and publishers write to
+// without waiting, and the kick that wakes the goroutine from its read.
+type detachedSocket struct {
+	sock net.Conn        // the accepted connection
+	raw  syscall.RawConn // the same socket, for writes that need not wait
+	// kicked says the goroutine has work that publishers handed over.
+	kicked atomic.Bool
+}
+
+// rawSocket returns the socket under a connection detachableSocket
+// accepted, for writes that need not wait.
+func rawSocket(sock net.Conn) (syscall.RawConn, error) {
+	return sock.(syscall.Conn).SyscallConn()
+}
+
+// kick wakes the socket's goroutine from its read.
+func (d *detachedSocket) kick() {
+	d.kicked.Store(true)
+	_ = d.sock.SetReadDeadline(aLongTimeAgo)
+}
+
+// await reads the socket until deadline (zero: none) or a kick, unless a
+// kick already came. It returns what the client sent and whether the
+// client is still there; when it returns nothing from a client still
+// there, it timed out or was kicked.
+func (d *detachedSocket) await(buf []byte, deadline time.Time) (n int, there bool) {
+	_ = d.sock.SetReadDeadline(deadline)
+	if d.kicked.Load() {
+		return 0, true // a kick came before the deadline was set, and was undone
+	}
+	n, err := d.sock.Read(buf)
+	var ne net.Error
+	return n, err == nil || errors.As(err, &ne) && ne.Timeout()
+}
+
 // detachedStream is a stream whose connection the handler took over.
 type detachedStream struct {
-	sock    net.Conn        // the accepted connection; its goroutine reads it
-	raw     syscall.RawConn // the same socket, for writes that need not wait
-	sub     *Subscriber
-	f       wireFormat
-	h       *Handler // the route that opened the stream, for its settings
-	m       *transportMetrics
-	key     string
-	expires time.Time // zero: never
+	detachedSocket // kicked: a write that must wait for room, or last words
+	sub            *Subscriber
+	f              wireFormat
+	h              *Handler // the route that opened the stream, for its settings
+	m              *transportMetrics
+	key            string
+	expires        time.Time // zero: never
 
-	// kicked says the stream's goroutine has work: a write that must wait
-	// for room, or last words.
-	kicked atomic.Bool
 	// dirty says the context changed since the stream last caught up.
 	dirty atomic.Bool
 	// lastWrite is when bytes last went out, in Unix nanoseconds, to
@@ -172,7 +204,7 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, 
 	if !passesBodyThrough(w, true) {
 		return false
 	}
-	raw, err := sock.(syscall.Conn).SyscallConn()
+	raw, err := rawSocket(sock)
 	if err != nil {
 		return false
 	}
@@ -185,7 +217,7 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, 
 		return false
 	}
 	s := &detachedStream{
-		sock: sock, raw: raw, sub: sub, f: f, h: h,
+		detachedSocket: detachedSocket{sock: sock, raw: raw}, sub: sub, f: f, h: h,
 		m: h.metrics[f.transport()], key: key,
 		after: after,
 	}
@@ -219,12 +251,6 @@ func (s *detachedStream) changed() (later func()) {
 	return nil
 }
 
-// kick wakes the stream's goroutine from its read.
-func (s *detachedStream) kick() {
-	s.kicked.Store(true)
-	_ = s.sock.SetReadDeadline(aLongTimeAgo)
-}
-
 // run is the stream's goroutine. It waits until the request is over,
 // because Caddy's cleanup of the request may still set the socket's
 // deadlines, then reads the socket until the client leaves, waking for
@@ -237,18 +263,12 @@ func (s *detachedStream) run(requestDone <-chan struct{}) {
 		if s.kicked.Swap(false) && !s.serve() {
 			return
 		}
-		_ = s.sock.SetReadDeadline(s.nextTimer())
-		if s.kicked.Load() {
-			continue // a kick came before the deadline was set, and was undone
-		}
-		if _, err := s.sock.Read(buf[:]); err != nil {
-			var ne net.Error
-			if !errors.As(err, &ne) || !ne.Timeout() {
-				return // the client left
-			}
-			if !s.onTimer(time.Now()) {
-				return
-			}
+		n, there := s.await(buf[:], s.nextTimer())
+		switch {
+		case !there:
+			return // the client left
+		case n == 0 && !s.onTimer(time.Now()):
+			return
 		}
 		// Anything the client sends on a stream is ignored.
 	}

@@ -8,10 +8,10 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 )
 
 // Detached long polls.
@@ -76,19 +76,17 @@ func (h *Handler) detachablePoll(w http.ResponseWriter, r *http.Request) (net.Co
 // detachedPoll is a parked long poll whose connection the handler took
 // over. It is answered once, then its connection goes back to the server.
 type detachedPoll struct {
-	sock    net.Conn
-	raw     syscall.RawConn
-	srv     *http.Server
-	sub     *Subscriber
-	h       *Handler
-	m       *transportMetrics
-	header  http.Header // what the chain set before the handler parked
-	sig     string      // header, written out: polls with the same one share answers
-	after   Cursor
-	expires time.Time // zero: never
+	detachedSocket // kicked: finish the answer and hand the connection back
+	srv            *http.Server
+	sub            *Subscriber
+	h              *Handler
+	m              *transportMetrics
+	header         http.Header // what the chain set before the handler parked
+	sig            string      // header, written out: polls with the same one share answers
+	after          Cursor
+	expires        time.Time // zero: never
 
-	kicked atomic.Bool // the goroutine has work: finish or hand over
-	dirty  atomic.Bool
+	dirty atomic.Bool // the context changed since the poll last looked
 
 	mu      sync.Mutex
 	answer  []byte // once set, the poll is answered
@@ -102,7 +100,7 @@ type detachedPoll struct {
 // detachPoll takes a parked long poll's connection over and returns true,
 // or returns false, having changed nothing, when it cannot.
 func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, sock net.Conn, srv *http.Server, sub *Subscriber, after Cursor) bool {
-	raw, err := sock.(syscall.Conn).SyscallConn()
+	raw, err := rawSocket(sock)
 	if err != nil {
 		return false
 	}
@@ -114,7 +112,7 @@ func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, sock net.Co
 	var sig bytes.Buffer
 	_ = header.Write(&sig)
 	p := &detachedPoll{
-		sock: sock, raw: raw, srv: srv, sub: sub, h: h,
+		detachedSocket: detachedSocket{sock: sock, raw: raw}, srv: srv, sub: sub, h: h,
 		m: h.metrics[transportLongPoll], header: header, sig: sig.String(), after: after,
 	}
 	if n := brw.Reader.Buffered(); n > 0 {
@@ -152,11 +150,6 @@ func (p *detachedPoll) changed() (later func()) {
 		}
 	}
 	return nil
-}
-
-func (p *detachedPoll) kick() {
-	p.kicked.Store(true)
-	_ = p.sock.SetReadDeadline(aLongTimeAgo)
 }
 
 // chooseAnswerLocked renders the answer if the poll has one now, and
@@ -252,24 +245,12 @@ func (p *detachedPoll) run(requestDone <-chan struct{}) {
 		if p.kicked.Swap(false) && p.serve() {
 			return
 		}
-		_ = p.sock.SetReadDeadline(p.expires)
-		if p.kicked.Load() {
-			continue
-		}
-		n, err := p.sock.Read(buf[:])
-		if n > 0 && !p.keepEarly(buf[:n]) {
-			p.close()
+		n, there := p.await(buf[:], p.expires)
+		if !there || n > 0 && !p.keepEarly(buf[:n]) {
+			p.close() // the client left, or sent too much
 			return
 		}
-		if err == nil {
-			continue
-		}
-		var ne net.Error
-		if !errors.As(err, &ne) || !ne.Timeout() {
-			p.close() // the client left
-			return
-		}
-		if !p.expires.IsZero() && !time.Now().Before(p.expires) {
+		if n == 0 && !p.expires.IsZero() && !time.Now().Before(p.expires) {
 			p.mu.Lock()
 			p.expireLocked()
 			p.mu.Unlock()
@@ -321,7 +302,7 @@ func (p *detachedPoll) handBack() {
 	if len(p.early) > 0 {
 		conn = &prefixedConn{Conn: p.sock, prefix: p.early}
 	}
-	if !injectorFor(p.srv).inject(conn) {
+	if !injectorFor(p.srv, p.h.logger).inject(conn) {
 		_ = conn.Close()
 	}
 }
@@ -336,7 +317,7 @@ func (p *detachedPoll) close() {
 	_ = p.sock.Close()
 }
 
-func (p *detachedPoll) serverOpen() bool { return injectorFor(p.srv).open() }
+func (p *detachedPoll) serverOpen() bool { return injectorFor(p.srv, p.h.logger).open() }
 
 // answerRecorder collects what the ordinary path would write, so that a
 // detached answer has the same status, headers and body.
@@ -422,7 +403,7 @@ type injector struct {
 var injectors sync.Map // *http.Server → *injector
 
 // injectorFor returns the server's injector, starting it the first time.
-func injectorFor(srv *http.Server) *injector {
+func injectorFor(srv *http.Server, logger *zap.Logger) *injector {
 	if inj, ok := injectors.Load(srv); ok {
 		return inj.(*injector)
 	}
@@ -432,7 +413,10 @@ func injectorFor(srv *http.Server) *injector {
 	}
 	go func() {
 		// Serve returns when the server shuts down, having closed inj.
-		_ = srv.Serve(inj)
+		if err := srv.Serve(inj); !errors.Is(err, http.ErrServerClosed) {
+			// Then long polls close their connections after answering.
+			logger.Warn("the server stopped taking back the connections of answered long polls", zap.Error(err))
+		}
 		_ = inj.Close()
 		injectors.Delete(srv)
 	}()

@@ -323,16 +323,21 @@ func (f follower) Deleted(key string) { f.h.deleteLocal(key) }
 // Resync brings every mirror up to date after the connection to the broker
 // was lost, when announcements may have been missed.
 func (f follower) Resync() {
-	h := f.h
+	for _, c := range f.h.contextList() {
+		f.h.sync(c)
+	}
+}
+
+// contextList returns the hub's contexts at this moment, for work on each
+// that must not hold the hub lock.
+func (h *Hub) contextList() []*hubContext {
 	h.mu.RLock()
-	mirrors := make([]*hubContext, 0, len(h.contexts))
+	defer h.mu.RUnlock()
+	list := make([]*hubContext, 0, len(h.contexts))
 	for _, c := range h.contexts {
-		mirrors = append(mirrors, c)
+		list = append(list, c)
 	}
-	h.mu.RUnlock()
-	for _, c := range mirrors {
-		h.sync(c)
-	}
+	return list
 }
 
 // sync reloads a mirror from the broker, after a gap in the announcements

@@ -90,13 +90,7 @@ func (c *hubContext) notifyWatchers() {
 // notifyAllWatchers calls the watchers of every context, when the hub
 // closes.
 func (h *Hub) notifyAllWatchers() {
-	h.mu.RLock()
-	contexts := make([]*hubContext, 0, len(h.contexts))
-	for _, c := range h.contexts {
-		contexts = append(contexts, c)
-	}
-	h.mu.RUnlock()
-	for _, c := range contexts {
+	for _, c := range h.contextList() {
 		c.notifyWatchers()
 	}
 }
