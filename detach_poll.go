@@ -159,25 +159,26 @@ func (p *detachedPoll) chooseAnswerLocked() bool {
 		return true
 	}
 	d, ready, err := p.sub.poll(p.after)
+	if err == nil && !ready {
+		return false
+	}
+	if err == nil && d.Event != nil {
+		p.keep = p.serverOpen()
+		p.m.deliveries.Inc()
+		p.answer = p.sharedAnswer(d)
+		return true
+	}
 	rec := newAnswerRecorder(p.header)
-	repl := caddy.NewEmptyReplacer()
 	switch {
 	case errors.Is(err, ErrHubClosed):
-		_ = writeShuttingDown(rec, repl, p.sub.Position())
+		_ = writeShuttingDown(rec, caddy.NewEmptyReplacer(), p.sub.Position())
 		p.keep = false
 	case errors.Is(err, ErrContextDeleted):
 		_ = writeGone(rec)
 		p.keep = p.serverOpen()
-	case ready:
+	default: // events were missed and history holds nothing newer
+		_ = writeDelivery(rec, caddy.NewEmptyReplacer(), d, p.sub.ContextSubscribers())
 		p.keep = p.serverOpen()
-		if d.Event != nil {
-			p.m.deliveries.Inc()
-			p.answer = p.sharedAnswer(d)
-			return true
-		}
-		_ = writeDelivery(rec, repl, d, p.sub.ContextSubscribers())
-	default:
-		return false
 	}
 	p.answer = rec.render(p.keep)
 	return true
@@ -185,8 +186,15 @@ func (p *detachedPoll) chooseAnswerLocked() bool {
 
 // cachedAnswer is a rendered answer to a long poll, and what it depends on.
 type cachedAnswer struct {
-	key   string
-	bytes []byte
+	sig    string
+	cursor Cursor
+	missed int64
+	keep   bool
+	bytes  []byte
+}
+
+func (c *cachedAnswer) fits(sig string, d Delivery, keep bool) bool {
+	return c.sig == sig && c.cursor == d.Cursor && c.missed == d.Missed && c.keep == keep
 }
 
 // sharedAnswer renders the answer delivering an event, or takes the one
@@ -194,16 +202,15 @@ type cachedAnswer struct {
 // the same cursor with the same headers, the event is rendered once. Its
 // Date header is then the first poll's, within the fan-out's time.
 func (p *detachedPoll) sharedAnswer(d Delivery) []byte {
-	key := p.sig + "\x00" + d.Cursor.String() + "\x00" + strconv.FormatInt(d.Missed, 10) + "\x00" + strconv.FormatBool(p.keep)
 	cache := d.Event.frames
 	if cache != nil {
-		if c := cache.answer.Load(); c != nil && c.key == key {
+		if c := cache.answer.Load(); c != nil && c.fits(p.sig, d, p.keep) {
 			return c.bytes
 		}
 	}
 	rec := newAnswerRecorder(p.header)
 	_ = writeDelivery(rec, caddy.NewEmptyReplacer(), d, p.sub.ContextSubscribers())
-	c := &cachedAnswer{key: key, bytes: rec.render(p.keep)}
+	c := &cachedAnswer{sig: p.sig, cursor: d.Cursor, missed: d.Missed, keep: p.keep, bytes: rec.render(p.keep)}
 	if cache != nil {
 		cache.answer.Store(c)
 	}
