@@ -146,10 +146,21 @@ func (p *detachedPoll) changed() (later func()) {
 		}
 		p.mu.Unlock()
 		if answered {
-			return p.kick
+			return p.wake
 		}
 	}
 	return nil
+}
+
+// wake kicks the poll's goroutine, unless the poll is over: once the
+// connection is handed back, its read deadline belongs to the server, and
+// a late kick would break the read of the client's next request.
+func (p *detachedPoll) wake() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.over {
+		p.kick()
+	}
 }
 
 // chooseAnswerLocked renders the answer if the poll has one now, and

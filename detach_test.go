@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -299,5 +301,67 @@ func TestDetachedLongPollsAreAnsweredAndKeptAlive(t *testing.T) {
 			http.DefaultClient.CloseIdleConnections()
 			waitFor(t, "goroutines to return to baseline", func() bool { return runtime.NumGoroutine() <= baseline })
 		})
+	}
+}
+
+// TestBackToBackEventsReachEveryDetachedPoll publishes events back to back
+// to long polls that come straight back for the next one. A poll answered
+// by one event is often still being handed back when the next event's
+// fan-out reaches it; that must not touch the connection once the server
+// has it again (a late wake-up used to cut the next poll short with an
+// empty 200). Every client must get every event, in order.
+func TestBackToBackEventsReachEveryDetachedPoll(t *testing.T) {
+	const clients, events = 200, 30
+	s := startCaddy(t, "comet {\n\t\thistory 100\n\t}", `comet /lp {
+		expiration 10s
+	}`)
+	hub := s.hub(DefaultHubName)
+	start := s.position("/lp")
+	transport := &http.Transport{MaxIdleConnsPerHost: clients}
+	defer transport.CloseIdleConnections()
+	client := &http.Client{Transport: transport, Timeout: 15 * time.Second}
+
+	got := make([][]string, clients)
+	problems := make(chan string, clients)
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Go(func() {
+			cursor := start
+			for len(got[c]) < events {
+				req, _ := http.NewRequest(http.MethodGet, s.base+"/lp", nil)
+				req.Header.Set("Last-Event-ID", cursor)
+				resp, err := client.Do(req)
+				if err != nil {
+					problems <- fmt.Sprintf("client %d: %v", c, err)
+					return
+				}
+				body, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil || resp.StatusCode != http.StatusOK || len(body) == 0 {
+					problems <- fmt.Sprintf("client %d after %d events: %s %q (%v)", c, len(got[c]), resp.Status, body, err)
+					return
+				}
+				got[c] = append(got[c], string(body))
+				cursor = resp.Header.Get("Comet-Cursor")
+			}
+		})
+	}
+	waitFor(t, "every client to park", func() bool { return hub.SubscriberCount() == clients })
+	for e := range events {
+		if _, err := hub.Publish("/lp", Event{Data: []byte(strconv.Itoa(e))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	close(problems)
+	for p := range problems {
+		t.Error(p)
+	}
+	for c, seen := range got {
+		for e, data := range seen {
+			if data != strconv.Itoa(e) {
+				t.Fatalf("client %d: event %d is %q", c, e, data)
+			}
+		}
 	}
 }
