@@ -258,11 +258,21 @@ type subscriber struct {
 	errs                *atomic.Int64
 }
 
+// errorKinds keeps a count of each kind of client error, to say what went
+// wrong when something did.
+var errorKinds sync.Map // string → *atomic.Int64
+
+func (s *subscriber) fail(kind string) {
+	s.errs.Add(1)
+	n, _ := errorKinds.LoadOrStore(kind, new(atomic.Int64))
+	n.(*atomic.Int64).Add(1)
+}
+
 // record notes the arrival of an event; payloads start with its number.
 func (s *subscriber) record(payload string) {
 	e, err := strconv.Atoi(strings.SplitN(payload, " ", 2)[0])
 	if err != nil || e < 0 || e >= len(s.got) {
-		s.errs.Add(1)
+		s.fail(fmt.Sprintf("a payload that is not an event of this run: %.24q", payload))
 		return
 	}
 	s.got[e].CompareAndSwap(0, time.Now().UnixNano())
@@ -281,7 +291,7 @@ func (s *subscriber) poll(ctx context.Context, attached *sync.WaitGroup) {
 		if err != nil {
 			once()
 			if ctx.Err() == nil {
-				s.errs.Add(1)
+				s.fail("poll: " + err.Error())
 				time.Sleep(100 * time.Millisecond)
 			}
 			continue
@@ -289,11 +299,11 @@ func (s *subscriber) poll(ctx context.Context, attached *sync.WaitGroup) {
 		body, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if err != nil || (resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNoContent) {
-			s.errs.Add(1)
+			s.fail(fmt.Sprintf("poll answered %s (%v)", resp.Status, err))
 			continue
 		}
 		if resp.Header.Get("Comet-Missed") != "" {
-			s.errs.Add(1)
+			s.fail("poll: Comet-Missed " + resp.Header.Get("Comet-Missed"))
 		}
 		if resp.StatusCode == http.StatusOK {
 			s.record(string(body))
@@ -438,4 +448,12 @@ func (r *result) print(w io.Writer, c config) {
 		pct(r.latencies, 0.5).Round(time.Millisecond), pct(r.latencies, 0.99).Round(time.Millisecond), pct(r.latencies, 1).Round(time.Millisecond))
 	fmt.Fprintf(w, "deliveries           %d of %d, lost %d\n", r.deliveredOK, int64(c.subscribers)*int64(c.events), r.lost)
 	fmt.Fprintf(w, "client errors        %d\n", r.clientErrs)
+	kinds := 0
+	errorKinds.Range(func(kind, n any) bool {
+		// Error texts name ports and addresses: show a few, not every one.
+		if kinds++; kinds <= 5 {
+			fmt.Fprintf(w, "  %6d × %s\n", n.(*atomic.Int64).Load(), kind)
+		}
+		return true
+	})
 }
