@@ -64,19 +64,26 @@ func rememberSocket(ctx context.Context, c net.Conn) context.Context {
 // HTTP/1.x on a TCP or Unix socket, and its response must reach net/http
 // only through wrappers known to pass the body through unchanged.
 func (h *Handler) detachableSocket(w http.ResponseWriter, r *http.Request) net.Conn {
+	if !passesBodyThrough(w, false) {
+		return nil
+	}
+	return h.plainSocket(r)
+}
+
+// plainSocket returns the socket of a plaintext HTTP/1.x request on a TCP
+// or Unix socket, if the route detaches subscribers and the platform can,
+// or nil.
+func (h *Handler) plainSocket(r *http.Request) net.Conn {
 	if !h.detaches() || !socketsDetach || r.ProtoMajor != 1 || r.TLS != nil {
 		return nil
 	}
 	conn, _ := r.Context().Value(socketKey{}).(net.Conn)
 	switch conn.(type) {
 	case *net.TCPConn, *net.UnixConn:
+		return conn
 	default:
 		return nil // a listener wrapper's connection may change what is written
 	}
-	if !passesBodyThrough(w, false) {
-		return nil
-	}
-	return conn
 }
 
 // Response writer wrappers that leave the body as it is. Any other wrapper
@@ -102,11 +109,7 @@ var transparentWriters = map[string]bool{
 // that only when the headers go out: a recorder whether it buffers, encode
 // whether it compresses; with headersOut set, their choice is checked too.
 func passesBodyThrough(w http.ResponseWriter, headersOut bool) bool {
-	for {
-		name := writerTypeName(w)
-		if name == netHTTPResp {
-			return true
-		}
+	return onlyWrappers(w, func(name string, w http.ResponseWriter) bool {
 		if !transparentWriters[name] {
 			return false
 		}
@@ -118,8 +121,20 @@ func passesBodyThrough(w http.ResponseWriter, headersOut bool) bool {
 				return false
 			}
 		}
+		return true
+	})
+}
+
+// onlyWrappers reports whether every wrapper between w and net/http's own
+// response writer is one that allowed accepts, by its type's name.
+func onlyWrappers(w http.ResponseWriter, allowed func(name string, w http.ResponseWriter) bool) bool {
+	for {
+		name := writerTypeName(w)
+		if name == netHTTPResp {
+			return true
+		}
 		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
-		if !ok {
+		if !ok || !allowed(name, w) {
 			return false
 		}
 		w = u.Unwrap()

@@ -47,30 +47,18 @@ var pollWriters = map[string]bool{
 // detachablePoll returns the socket and server of a long poll the handler
 // may take over, or nil.
 func (h *Handler) detachablePoll(w http.ResponseWriter, r *http.Request) (net.Conn, *http.Server) {
-	if !h.detaches() || !socketsDetach || !r.ProtoAtLeast(1, 1) || r.ProtoMajor != 1 || r.TLS != nil || r.Close {
-		return nil, nil
+	if !r.ProtoAtLeast(1, 1) || r.Close {
+		return nil, nil // the connection ends with the answer: nothing to hand back
 	}
 	srv, _ := r.Context().Value(http.ServerContextKey).(*http.Server)
-	conn, _ := r.Context().Value(socketKey{}).(net.Conn)
-	switch conn.(type) {
-	case *net.TCPConn, *net.UnixConn:
-	default:
+	conn := h.plainSocket(r)
+	if srv == nil || conn == nil {
 		return nil, nil
 	}
-	if srv == nil {
+	if !onlyWrappers(w, func(name string, _ http.ResponseWriter) bool { return pollWriters[name] }) {
 		return nil, nil
 	}
-	for {
-		name := writerTypeName(w)
-		if name == netHTTPResp {
-			return conn, srv
-		}
-		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
-		if !pollWriters[name] || !ok {
-			return nil, nil
-		}
-		w = u.Unwrap()
-	}
+	return conn, srv
 }
 
 // detachedPoll is a parked long poll whose connection the handler took

@@ -161,9 +161,11 @@ func (a *App) Stop() error {
 	if !caddy.Exiting() {
 		return nil
 	}
+	for _, acq := range a.acquired {
+		acq.hub.Close() // all at once, so that they drain side by side
+	}
 	deadline := time.Now().Add(detachedDrainTimeout)
 	for name, acq := range a.acquired {
-		acq.hub.Close()
 		for acq.hub.SubscriberCount() > 0 && time.Now().Before(deadline) {
 			time.Sleep(5 * time.Millisecond)
 		}
@@ -227,11 +229,13 @@ type Handler struct {
 	// Default: 10s.
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
-	// Whether streams over plaintext HTTP/1.x are taken over from the
-	// server once their headers are out, which cuts what each one holds
-	// by about four fifths and lets publishers write to them directly.
-	// The access log then logs such a stream when it is taken over rather
-	// than when it ends. Default: true.
+	// Whether subscribers over plaintext HTTP/1.x are taken over from the
+	// server where nothing else needs them: streams once their headers
+	// are out, and long polls that must wait where nothing in the chain
+	// sees the answer. It cuts what each one holds by about three
+	// quarters and lets publishers write to them directly. The access log
+	// then logs such a stream when it is taken over rather than when it
+	// ends. Default: true.
 	Detach *bool `json:"detach,omitempty"`
 
 	hub        *Hub
