@@ -78,6 +78,11 @@ func (h *Handler) plainSocket(r *http.Request) net.Conn {
 		return nil
 	}
 	conn, _ := r.Context().Value(socketKey{}).(net.Conn)
+	if pc, ok := conn.(*prefixedConn); ok {
+		// A connection a detached long poll handed back: the socket is
+		// under it, and what is left of its prefix is in unreadPrefix.
+		conn = pc.Conn
+	}
 	switch conn.(type) {
 	case *net.TCPConn, *net.UnixConn:
 		return conn

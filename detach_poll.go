@@ -107,6 +107,7 @@ func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, sock net.Co
 		early, _ := brw.Reader.Peek(n)
 		p.early = bytes.Clone(early)
 	}
+	p.early = append(p.early, unreadPrefix(r)...)
 	if h.Expiration > 0 {
 		p.expires = time.Now().Add(time.Duration(h.Expiration))
 	}
@@ -384,6 +385,16 @@ func (a *answerRecorder) render(keepAlive bool) []byte {
 type prefixedConn struct {
 	net.Conn
 	prefix []byte
+}
+
+// unreadPrefix returns what the server has not read yet of the prefix of
+// the request's connection, if a detached long poll handed it back with
+// one. Once the connection is hijacked, nothing else reads it.
+func unreadPrefix(r *http.Request) []byte {
+	if pc, ok := r.Context().Value(socketKey{}).(*prefixedConn); ok {
+		return pc.prefix
+	}
+	return nil
 }
 
 func (c *prefixedConn) Read(b []byte) (int, error) {

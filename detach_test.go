@@ -365,3 +365,56 @@ func TestBackToBackEventsReachEveryDetachedPoll(t *testing.T) {
 		}
 	}
 }
+
+// TestPollsPipelinedBehindADetachedPollStayDetached has clients send their
+// next poll before the answer to the one that is parked. The server reads
+// the pipelined request from what the parked poll kept; once served, that
+// poll must be detached too, holding one goroutine: the connection handed
+// back must not stay on the ordinary path for good (it once did, which
+// doubled the CPU cost of long polls in the benchmark).
+func TestPollsPipelinedBehindADetachedPollStayDetached(t *testing.T) {
+	const polls = 50
+	s := startCaddy(t, "", `comet /lp {
+		expiration 5s
+	}`)
+	hub := s.hub(DefaultHubName)
+	addr := strings.TrimPrefix(s.base, "http://")
+	http.DefaultClient.CloseIdleConnections()
+	runtime.GC()
+	cursor := s.position("/lp")
+	baseline := runtime.NumGoroutine()
+	clients := make([]*rawPoll, polls)
+	for i := range clients {
+		clients[i] = dialPoll(t, addr)
+		clients[i].send("/lp", cursor)
+	}
+	waitFor(t, "every poll to park", func() bool { return hub.SubscriberCount() == polls })
+	for _, c := range clients {
+		c.send("/lp", "") // the next poll, for the event after the next one
+	}
+	time.Sleep(100 * time.Millisecond) // for the parked polls to read it
+
+	first := s.publish("/lp", "first")
+	for i, c := range clients {
+		if resp, body := c.answer(); resp.StatusCode != http.StatusOK || body != "first" || resp.Close {
+			t.Fatalf("poll %d: %s %q, close %v", i, resp.Status, body, resp.Close)
+		}
+	}
+	waitFor(t, "every pipelined poll to park", func() bool { return hub.SubscriberCount() == polls })
+	time.Sleep(100 * time.Millisecond)
+	perPoll := float64(runtime.NumGoroutine()-baseline) / polls
+	t.Logf("%.2f goroutines per parked pipelined poll", perPoll)
+	if perPoll > 1.1 {
+		t.Errorf("%.2f goroutines per parked pipelined poll, want 1: it was not detached", perPoll)
+	}
+
+	second := s.publish("/lp", "second")
+	for i, c := range clients {
+		resp, body := c.answer()
+		if resp.StatusCode != http.StatusOK || body != "second" || resp.Header.Get("Comet-Cursor") != second.Cursor {
+			t.Fatalf("pipelined poll %d after %s: %s %q, cursor %q", i, first.Cursor, resp.Status, body, resp.Header.Get("Comet-Cursor"))
+		}
+		c.conn.Close()
+	}
+	waitFor(t, "goroutines to return to baseline", func() bool { return runtime.NumGoroutine() <= baseline })
+}
