@@ -154,9 +154,9 @@ func writerTypeName(w http.ResponseWriter) string {
 	return t.PkgPath() + "." + t.Name()
 }
 
-// detachedSocket is the part a detached stream and a detached long poll
-// share: the connection, which its goroutine reads and publishers write to
-// without waiting, and the kick that wakes the goroutine from its read.
+// detachedSocket is a detached stream's connection, which its goroutine
+// reads and publishers write to without waiting, and the kick that wakes
+// the goroutine from its read.
 type detachedSocket struct {
 	sock net.Conn        // the accepted connection
 	raw  syscall.RawConn // the same socket, for writes that need not wait

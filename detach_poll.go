@@ -2,12 +2,14 @@ package comet
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"net"
 	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -27,14 +29,18 @@ import (
 // the same server, which reads the client's next request as it would on
 // any kept-alive connection.
 //
+// While parked, a detached poll has no goroutine at all: a timer expires
+// it, and on Linux one goroutine for the whole process waits in epoll for
+// the hang-ups of parked polls' clients (see leaveWatcher), so a client
+// that leaves frees its poll at once. Nothing reads the socket meanwhile:
+// the client's next request, sent the moment the answer arrives, wakes
+// nothing and waits in the socket for the server. Other platforms keep
+// long polls on the ordinary path.
+//
 // "Nothing in the chain" is strict: an access log or metrics (which would
 // record the request before its answer), deferred header operations
 // (which would not be applied), encode and any unknown wrapper keep the
 // long poll on the ordinary path.
-
-// maxEarlyBytes bounds what a parked client may send before its answer (a
-// pipelined request), which is kept for the server to read.
-const maxEarlyBytes = 16 << 10
 
 // pollWriters are the wrappers a detached long poll may pass: ones that
 // neither record the request nor touch the answer.
@@ -47,8 +53,11 @@ var pollWriters = map[string]bool{
 // detachablePoll returns the socket and server of a long poll the handler
 // may take over, or nil.
 func (h *Handler) detachablePoll(w http.ResponseWriter, r *http.Request) (net.Conn, *http.Server) {
-	if !r.ProtoAtLeast(1, 1) || r.Close {
+	if !pollsDetach || !r.ProtoAtLeast(1, 1) || r.Close {
 		return nil, nil // the connection ends with the answer: nothing to hand back
+	}
+	if _, err := startLeaveWatcher(); err != nil {
+		return nil, nil
 	}
 	srv, _ := r.Context().Value(http.ServerContextKey).(*http.Server)
 	conn := h.plainSocket(r)
@@ -62,27 +71,34 @@ func (h *Handler) detachablePoll(w http.ResponseWriter, r *http.Request) (net.Co
 }
 
 // detachedPoll is a parked long poll whose connection the handler took
-// over. It is answered once, then its connection goes back to the server.
+// over. It has no goroutine while parked: publishers write its answer,
+// a timer expires it, and the leave watcher (see leaveWatcher) reports its
+// client leaving. It is answered once, then its connection goes back to
+// the server.
 type detachedPoll struct {
-	detachedSocket // kicked: finish the answer and hand the connection back
-	srv            *http.Server
-	sub            *Subscriber
-	h              *Handler
-	m              *transportMetrics
-	header         http.Header // what the chain set before the handler parked
-	sig            string      // header, written out: polls with the same one share answers
-	after          Cursor
-	expires        time.Time // zero: never
+	sock   net.Conn        // the accepted connection
+	raw    syscall.RawConn // the same socket, for writes that need not wait
+	srv    *http.Server
+	sub    *Subscriber
+	h      *Handler
+	m      *transportMetrics
+	header http.Header // what the chain set before the handler parked
+	sig    string      // header, written out: polls with the same one share answers
+	after  Cursor
 
 	dirty atomic.Bool // the context changed since the poll last looked
 
-	mu      sync.Mutex
-	answer  []byte // once set, the poll is answered
-	keep    bool   // whether the connection outlives the answer
-	written int
-	broken  error
-	early   []byte // what the client sent after its request
-	over    bool   // the connection was handed back or closed: hands off
+	mu          sync.Mutex
+	answer      []byte // once set, the poll is answered
+	keep        bool   // whether the connection outlives the answer
+	written     int
+	broken      error
+	early       []byte      // what the server read of the client's next request
+	requestDone bool        // Caddy is done with the request: the connection is the poll's alone
+	gone        bool        // the client left before the request was over
+	expiry      *time.Timer // nil: never
+	leaving     leaveWatch  // reports the client leaving
+	over        bool        // the connection was handed back or closed: hands off
 }
 
 // detachPoll takes a parked long poll's connection over and returns true,
@@ -92,35 +108,44 @@ func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, sock net.Co
 	if err != nil {
 		return false
 	}
-	header := w.Header().Clone()
+	p := &detachedPoll{
+		sock: sock, raw: raw, srv: srv, sub: sub, h: h,
+		m: h.metrics[transportLongPoll], after: after,
+	}
+	leaving, ok := watchLeaving(raw, p.left)
+	if !ok {
+		return false
+	}
+	p.header = w.Header().Clone()
 	_, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
+		leaving.stop()
 		return false
 	}
 	var sig bytes.Buffer
-	_ = header.Write(&sig)
-	p := &detachedPoll{
-		detachedSocket: detachedSocket{sock: sock, raw: raw}, srv: srv, sub: sub, h: h,
-		m: h.metrics[transportLongPoll], header: header, sig: sig.String(), after: after,
-	}
+	_ = p.header.Write(&sig)
+	p.sig = sig.String()
 	if n := brw.Reader.Buffered(); n > 0 {
 		early, _ := brw.Reader.Peek(n)
 		p.early = bytes.Clone(early)
 	}
 	p.early = append(p.early, unreadPrefix(r)...)
+	p.mu.Lock()
+	p.leaving = leaving
 	if h.Expiration > 0 {
-		p.expires = time.Now().Add(time.Duration(h.Expiration))
+		p.expiry = time.AfterFunc(time.Duration(h.Expiration), p.expire)
 	}
-	p.dirty.Store(true)
-	p.kicked.Store(true)
+	p.mu.Unlock()
 	sub.watch(p.changed)
-	go p.run(r.Context().Done())
+	// Until the request is over, Caddy's cleanup may still set the
+	// socket's deadlines: the connection is handed back only after.
+	context.AfterFunc(r.Context(), p.requestOver)
 	return true
 }
 
 // changed runs on a publisher's goroutine: it writes the answer if there
-// is one now, as far as the socket takes it without waiting, and leaves the
-// rest and the hand-over to the poll's goroutine, woken later.
+// is one now, as far as the socket takes it without waiting, and leaves
+// the hand-over for later, once every watcher has been called.
 func (p *detachedPoll) changed() (later func()) {
 	p.dirty.Store(true)
 	for p.dirty.Load() && p.mu.TryLock() {
@@ -133,23 +158,119 @@ func (p *detachedPoll) changed() (later func()) {
 		if answered {
 			p.writeLocked(false)
 		}
+		ready := answered && p.requestDone
 		p.mu.Unlock()
-		if answered {
-			return p.wake
+		if ready {
+			return p.settleSoon
 		}
 	}
 	return nil
 }
 
-// wake kicks the poll's goroutine, unless the poll is over: once the
-// connection is handed back, its read deadline belongs to the server, and
-// a late kick would break the read of the client's next request.
-func (p *detachedPoll) wake() {
+// settleSoon ends an answered poll on the publisher's goroutine, unless
+// its answer still needs room in the socket: then a goroutine waits.
+func (p *detachedPoll) settleSoon() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.over {
-		p.kick()
+	wait := !p.over && p.broken == nil && p.written < len(p.answer)
+	p.mu.Unlock()
+	if wait {
+		go p.settle()
+		return
 	}
+	p.settle()
+}
+
+// requestOver runs once Caddy is done with the request.
+func (p *detachedPoll) requestOver() {
+	p.mu.Lock()
+	p.requestDone = true
+	p.mu.Unlock()
+	p.settle()
+}
+
+// expire answers the poll whose expiration passed, on the timer's
+// goroutine.
+func (p *detachedPoll) expire() {
+	p.mu.Lock()
+	if !p.over {
+		p.expireLocked()
+	}
+	p.mu.Unlock()
+	p.settle()
+}
+
+// settle ends the poll if it is answered and the connection is the
+// poll's: it writes what is left of the answer, waiting for room up to
+// the write timeout, then hands the connection back or closes it. It runs
+// on goroutines that may wait.
+func (p *detachedPoll) settle() {
+	for {
+		p.mu.Lock()
+		p.dirty.Store(false)
+		end := p.settleLocked()
+		p.mu.Unlock()
+		if end != nil {
+			end()
+			return
+		}
+		if !p.dirty.Load() {
+			return
+		}
+		// A publisher found the lock taken: look again for it.
+	}
+}
+
+// settleLocked finishes the answer, if there is one and the request is
+// over, and returns how the poll ends, or nil. The caller holds p.mu.
+func (p *detachedPoll) settleLocked() (end func()) {
+	if p.over || !p.requestDone {
+		return nil
+	}
+	if p.gone {
+		p.endLocked()
+		return p.closeSocket
+	}
+	if !p.chooseAnswerLocked() {
+		return nil
+	}
+	if t := time.Duration(p.h.WriteTimeout); t > 0 && p.written < len(p.answer) {
+		_ = p.sock.SetWriteDeadline(time.Now().Add(t))
+	}
+	p.writeLocked(true)
+	p.endLocked()
+	if p.broken != nil || !p.keep {
+		return p.closeSocket
+	}
+	return p.handBack
+}
+
+// left runs on the leave watcher's goroutine when the client closed its
+// end of the connection. Until the request is over, the poll is not set
+// up yet and the connection not its own: settle ends it then.
+func (p *detachedPoll) left() {
+	p.mu.Lock()
+	if p.over {
+		p.mu.Unlock()
+		return
+	}
+	if !p.requestDone {
+		p.gone = true
+		p.mu.Unlock()
+		return
+	}
+	p.endLocked()
+	p.mu.Unlock()
+	p.closeSocket()
+}
+
+// endLocked marks the poll over and stops its timer and leave watch. The
+// caller holds p.mu.
+func (p *detachedPoll) endLocked() {
+	p.over = true
+	if p.expiry != nil {
+		p.expiry.Stop()
+	}
+	p.leaving.stop()
 }
 
 // chooseAnswerLocked renders the answer if the poll has one now, and
@@ -242,68 +363,11 @@ func (p *detachedPoll) writeLocked(wait bool) {
 	}
 }
 
-// run is the poll's goroutine: like a detached stream's, it reads the
-// socket to notice the client leaving and wakes for the expiration and for
-// the work publishers hand over.
-func (p *detachedPoll) run(requestDone <-chan struct{}) {
-	<-requestDone
-	var buf [512]byte
-	for {
-		if p.kicked.Swap(false) && p.serve() {
-			return
-		}
-		n, there := p.await(buf[:], p.expires)
-		if !there || n > 0 && !p.keepEarly(buf[:n]) {
-			p.close() // the client left, or sent too much
-			return
-		}
-		if n == 0 && !p.expires.IsZero() && !time.Now().Before(p.expires) {
-			p.mu.Lock()
-			p.expireLocked()
-			p.mu.Unlock()
-			p.kicked.Store(true)
-		}
-	}
-}
-
-// keepEarly keeps bytes the client sent before its answer, for the server
-// to read as its next request. It refuses more than maxEarlyBytes.
-func (p *detachedPoll) keepEarly(b []byte) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.early = append(p.early, b...)
-	return len(p.early) <= maxEarlyBytes
-}
-
-// serve finishes the answer, if there is one, waiting for the socket up to
-// the write timeout, and then hands the connection back or closes it. It
-// returns true when the poll is over.
-func (p *detachedPoll) serve() bool {
-	p.mu.Lock()
-	if !p.chooseAnswerLocked() {
-		p.mu.Unlock()
-		return false
-	}
-	if t := time.Duration(p.h.WriteTimeout); t > 0 {
-		_ = p.sock.SetWriteDeadline(time.Now().Add(t))
-	}
-	p.writeLocked(true)
-	ok, keep := p.broken == nil, p.keep
-	p.over = true
-	p.mu.Unlock()
-	if !ok || !keep {
-		p.close()
-		return true
-	}
+// handBack gives the connection back to the server, with what the server
+// had read of the client's next request in front of it.
+func (p *detachedPoll) handBack() {
 	p.sub.Close()
 	p.m.subscribers.Dec()
-	p.handBack()
-	return true
-}
-
-// handBack gives the connection back to the server, with what the client
-// sent meanwhile in front of it.
-func (p *detachedPoll) handBack() {
 	_ = p.sock.SetDeadline(time.Time{})
 	var conn net.Conn = p.sock
 	if len(p.early) > 0 {
@@ -314,11 +378,8 @@ func (p *detachedPoll) handBack() {
 	}
 }
 
-// close ends the poll without handing the connection back.
-func (p *detachedPoll) close() {
-	p.mu.Lock()
-	p.over = true
-	p.mu.Unlock()
+// closeSocket ends the poll without handing the connection back.
+func (p *detachedPoll) closeSocket() {
 	p.sub.Close()
 	p.m.subscribers.Dec()
 	_ = p.sock.Close()

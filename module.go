@@ -317,6 +317,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		})
 		if h.detaches() {
 			srv.RegisterConnContext(rememberSocket)
+			if pollsDetach && h.transports&transportLongPoll != 0 {
+				if _, err := startLeaveWatcher(); err != nil {
+					h.logger.Warn("long polls will stay on the ordinary path", zap.Error(err))
+				}
+			}
 		}
 	}
 	return nil
