@@ -103,3 +103,15 @@ func (w *leaveWatcher) run() {
 		}
 	}
 }
+
+// socketHasData reports whether the client sent bytes the server has not
+// read yet, without reading them.
+func socketHasData(raw syscall.RawConn) bool {
+	var buf [1]byte
+	n := 0
+	_ = raw.Read(func(fd uintptr) bool {
+		n, _, _ = syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return true // never wait for data
+	})
+	return n > 0
+}

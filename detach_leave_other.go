@@ -19,3 +19,5 @@ func watchLeaving(syscall.RawConn, func()) (leaveWatch, bool) { return leaveWatc
 func startLeaveWatcher() (struct{}, error) { return struct{}{}, errors.ErrUnsupported }
 
 func (leaveWatch) stop() {}
+
+func socketHasData(syscall.RawConn) bool { return false }

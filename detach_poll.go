@@ -50,11 +50,16 @@ var pollWriters = map[string]bool{
 	caddyhttpPkg + ".IdleTimeoutWriter":     true,
 }
 
-// detachablePoll returns the socket and server of a long poll the handler
-// may take over, or nil.
-func (h *Handler) detachablePoll(w http.ResponseWriter, r *http.Request) (net.Conn, *http.Server) {
-	if !pollsDetach || !r.ProtoAtLeast(1, 1) || r.Close {
-		return nil, nil // the connection ends with the answer: nothing to hand back
+// detachablePoll returns the socket of a long poll the handler may take
+// over, and the injector that will hand its connection back, or nil.
+//
+// A request with a body stays on the ordinary path, which discards the
+// body (as much of it as net/http does) before the connection is used
+// again: taken over, its unread body would be handed back to the server
+// and read as the client's next request.
+func (h *Handler) detachablePoll(w http.ResponseWriter, r *http.Request) (net.Conn, *injector) {
+	if !pollsDetach || !r.ProtoAtLeast(1, 1) || r.Close || r.ContentLength != 0 {
+		return nil, nil
 	}
 	if _, err := startLeaveWatcher(); err != nil {
 		return nil, nil
@@ -67,7 +72,11 @@ func (h *Handler) detachablePoll(w http.ResponseWriter, r *http.Request) (net.Co
 	if !onlyWrappers(w, func(name string, _ http.ResponseWriter) bool { return pollWriters[name] }) {
 		return nil, nil
 	}
-	return conn, srv
+	inj := injectorFor(srv, h.logger)
+	if inj == nil {
+		return nil, nil
+	}
+	return conn, inj
 }
 
 // detachedPoll is a parked long poll whose connection the handler took
@@ -78,7 +87,7 @@ func (h *Handler) detachablePoll(w http.ResponseWriter, r *http.Request) (net.Co
 type detachedPoll struct {
 	sock   net.Conn        // the accepted connection
 	raw    syscall.RawConn // the same socket, for writes that need not wait
-	srv    *http.Server
+	inj    *injector       // hands the connection back to its server
 	sub    *Subscriber
 	h      *Handler
 	m      *transportMetrics
@@ -103,13 +112,13 @@ type detachedPoll struct {
 
 // detachPoll takes a parked long poll's connection over and returns true,
 // or returns false, having changed nothing, when it cannot.
-func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, sock net.Conn, srv *http.Server, sub *Subscriber, after Cursor) bool {
+func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, sock net.Conn, inj *injector, sub *Subscriber, after Cursor) bool {
 	raw, err := rawSocket(sock)
 	if err != nil {
 		return false
 	}
 	p := &detachedPoll{
-		sock: sock, raw: raw, srv: srv, sub: sub, h: h,
+		sock: sock, raw: raw, inj: inj, sub: sub, h: h,
 		m: h.metrics[transportLongPoll], after: after,
 	}
 	leaving, ok := watchLeaving(raw, p.left)
@@ -125,12 +134,12 @@ func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, sock net.Co
 	var sig bytes.Buffer
 	_ = p.header.Write(&sig)
 	p.sig = sig.String()
+	p.mu.Lock()
 	if n := brw.Reader.Buffered(); n > 0 {
 		early, _ := brw.Reader.Peek(n)
 		p.early = bytes.Clone(early)
 	}
 	p.early = append(p.early, unreadPrefix(r)...)
-	p.mu.Lock()
 	p.leaving = leaving
 	if h.Expiration > 0 {
 		p.expiry = time.AfterFunc(time.Duration(h.Expiration), p.expire)
@@ -226,7 +235,7 @@ func (p *detachedPoll) settleLocked() (end func()) {
 	if p.over || !p.requestDone {
 		return nil
 	}
-	if p.gone {
+	if p.gone && p.hungUpLocked() {
 		p.endLocked()
 		return p.closeSocket
 	}
@@ -258,9 +267,26 @@ func (p *detachedPoll) left() {
 		p.mu.Unlock()
 		return
 	}
+	if !p.hungUpLocked() {
+		p.mu.Unlock()
+		return
+	}
 	p.endLocked()
 	p.mu.Unlock()
 	p.closeSocket()
+}
+
+// hungUpLocked reports whether a client whose end of the connection
+// closed has left, as net/http judges it on the ordinary path: its
+// background read of a parked request's connection sees the end only when
+// nothing the client sent is left unread in the socket. A client that
+// sent a request while its poll was parked, then closed its end, is
+// answered, and its request too; one that closed its end right after its
+// request (even if that held pipelined requests) has left, and the
+// connection is closed without an answer (see abandon). HTTP/1.1 cannot
+// tell a half-close from a client that is gone. The caller holds p.mu.
+func (p *detachedPoll) hungUpLocked() bool {
+	return !socketHasData(p.raw)
 }
 
 // endLocked marks the poll over and stops its timer and leave watch. The
@@ -284,7 +310,7 @@ func (p *detachedPoll) chooseAnswerLocked() bool {
 		return false
 	}
 	if err == nil && d.Event != nil {
-		p.keep = p.serverOpen()
+		p.keep = p.inj.open()
 		p.m.deliveries.Inc()
 		p.answer = p.sharedAnswer(d)
 		return true
@@ -296,10 +322,10 @@ func (p *detachedPoll) chooseAnswerLocked() bool {
 		p.keep = false
 	case errors.Is(err, ErrContextDeleted):
 		_ = writeGone(rec)
-		p.keep = p.serverOpen()
+		p.keep = p.inj.open()
 	default: // events were missed and history holds nothing newer
 		_ = writeDelivery(rec, caddy.NewEmptyReplacer(), d, p.sub.ContextSubscribers())
-		p.keep = p.serverOpen()
+		p.keep = p.inj.open()
 	}
 	p.answer = rec.render(p.keep)
 	return true
@@ -347,7 +373,7 @@ func (p *detachedPoll) expireLocked() {
 	p.m.expiries.Inc()
 	rec := newAnswerRecorder(p.header)
 	_ = writeExpired(rec, caddy.NewEmptyReplacer(), p.sub.Position(), p.sub.ContextSubscribers())
-	p.keep = p.serverOpen()
+	p.keep = p.inj.open()
 	p.answer = rec.render(p.keep)
 }
 
@@ -373,7 +399,7 @@ func (p *detachedPoll) handBack() {
 	if len(p.early) > 0 {
 		conn = &prefixedConn{Conn: p.sock, prefix: p.early}
 	}
-	if !injectorFor(p.srv, p.h.logger).inject(conn) {
+	if !p.inj.inject(conn) {
 		_ = conn.Close()
 	}
 }
@@ -384,8 +410,6 @@ func (p *detachedPoll) closeSocket() {
 	p.m.subscribers.Dec()
 	_ = p.sock.Close()
 }
-
-func (p *detachedPoll) serverOpen() bool { return injectorFor(p.srv, p.h.logger).open() }
 
 // answerRecorder collects what the ordinary path would write, so that a
 // detached answer has the same status, headers and body.
@@ -469,38 +493,67 @@ func (c *prefixedConn) Read(b []byte) (int, error) {
 
 // An injector hands connections back to a server: it is a listener the
 // server serves beside its own, whose connections come from answered long
-// polls. It closes when the server shuts down (a reload, or exit), and the
-// long polls answered after that close their connections.
+// polls. The server closes it when it shuts down (a reload, or exit), and
+// the long polls answered after that say Connection: close and close
+// their connections, as net/http answers while it shuts down.
 type injector struct {
 	conns     chan net.Conn
 	closed    chan struct{}
 	closeOnce sync.Once
-	addr      net.Addr
+	// ready is closed at the first Accept: from then on the server tracks
+	// the injector, and its shutdown closes it. dead is closed when the
+	// server stops serving it.
+	ready, dead chan struct{}
+	readyOnce   sync.Once
+	addr        net.Addr
 }
 
 var injectors sync.Map // *http.Server → *injector
 
-// injectorFor returns the server's injector, starting it the first time.
+// injectorFor returns the server's injector once the server serves it,
+// starting it the first time, or nil if the server no longer serves new
+// listeners (it is shutting down). A poll keeps the injector it got, so
+// that it learns of the shutdown of its own server even after the server
+// forgot the injector.
 func injectorFor(srv *http.Server, logger *zap.Logger) *injector {
+	inj := loadInjector(srv, logger)
+	select {
+	case <-inj.ready:
+		return inj
+	case <-inj.dead:
+		return nil
+	}
+}
+
+func loadInjector(srv *http.Server, logger *zap.Logger) *injector {
 	if inj, ok := injectors.Load(srv); ok {
 		return inj.(*injector)
 	}
-	inj := &injector{conns: make(chan net.Conn), closed: make(chan struct{}), addr: injectorAddr{}}
+	inj := &injector{
+		conns:  make(chan net.Conn),
+		closed: make(chan struct{}),
+		ready:  make(chan struct{}),
+		dead:   make(chan struct{}),
+		addr:   injectorAddr{},
+	}
 	if actual, loaded := injectors.LoadOrStore(srv, inj); loaded {
 		return actual.(*injector)
 	}
 	go func() {
-		// Serve returns when the server shuts down, having closed inj.
+		// Serve returns when the server shuts down, having closed inj, or
+		// at once if it already was.
 		if err := srv.Serve(inj); !errors.Is(err, http.ErrServerClosed) {
-			// Then long polls close their connections after answering.
 			logger.Warn("the server stopped taking back the connections of answered long polls", zap.Error(err))
 		}
 		_ = inj.Close()
-		injectors.Delete(srv)
+		close(inj.dead)
+		injectors.CompareAndDelete(srv, inj)
 	}()
 	return inj
 }
 
+// inject hands a connection to the server, and reports false if the
+// server has shut down.
 func (inj *injector) inject(c net.Conn) bool {
 	select {
 	case inj.conns <- c:
@@ -510,6 +563,7 @@ func (inj *injector) inject(c net.Conn) bool {
 	}
 }
 
+// open reports whether the server still takes connections back.
 func (inj *injector) open() bool {
 	select {
 	case <-inj.closed:
@@ -520,6 +574,7 @@ func (inj *injector) open() bool {
 }
 
 func (inj *injector) Accept() (net.Conn, error) {
+	inj.readyOnce.Do(func() { close(inj.ready) })
 	select {
 	case c := <-inj.conns:
 		return c, nil

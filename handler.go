@@ -82,9 +82,9 @@ func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *c
 	if sub == nil {
 		return err
 	}
-	if sock, srv := h.detachablePoll(w, r); sock != nil {
+	if sock, inj := h.detachablePoll(w, r); sock != nil {
 		// Only a poll that must wait is worth taking over.
-		if _, ready, err := sub.poll(after); err == nil && !ready && h.detachPoll(w, r, sock, srv, sub, after) {
+		if _, ready, err := sub.poll(after); err == nil && !ready && h.detachPoll(w, r, sock, inj, sub, after) {
 			return nil
 		}
 	}
@@ -103,11 +103,24 @@ func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *c
 	case errors.Is(err, ErrContextDeleted):
 		return writeGone(w)
 	case r.Context().Err() != nil:
-		return nil // the client left; there is nobody to answer
+		return abandon(w)
 	default:
 		m.expiries.Inc()
 		return writeExpired(w, repl, sub.Position(), sub.ContextSubscribers())
 	}
+}
+
+// abandon ends a long poll whose client left, or closed its end of the
+// connection, by closing the connection without an answer: net/http would
+// otherwise write an empty 200 with none of the cursor headers, and a
+// client that only half-closed would take it for an event. A detached
+// poll closes the connection the same way. Over HTTP/2 the client's
+// stream is already gone, and nothing is written.
+func abandon(w http.ResponseWriter) error {
+	if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+		_ = conn.Close()
+	}
+	return nil
 }
 
 // subscribe attaches a subscriber for a GET and returns the cursor to serve

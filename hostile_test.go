@@ -1,0 +1,368 @@
+package comet
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// The hostile-input tests send what an attacker or an unlucky client
+// sends, on bare connections, to a route that takes parked long polls over
+// (detach on) and to one that keeps them in net/http (detach off), and
+// require the same answers from both: a taken-over connection must behave
+// like net/http's own.
+
+// hostileSite serves the same route twice: /on/* detaches, /off/* not.
+const hostileSite = `comet /on/* {
+		expiration 600ms
+	}
+	comet /off/* {
+		expiration 600ms
+		detach off
+	}`
+
+// hostileRun is one shape played on one route.
+type hostileRun struct {
+	t       *testing.T
+	s       *testServer
+	hub     *Hub
+	addr    string
+	path    string // the context: /on/<shape> or /off/<shape>
+	conn    *net.TCPConn
+	br      *bufio.Reader
+	methods []string // of the requests sent and not yet answered, in order
+	// detached says that the run's parked polls must be taken over.
+	detached bool
+	answers  []string
+}
+
+// request returns a request for the run's path, or another one of the
+// same route when path starts with "/".
+func (r *hostileRun) request(method, path, extra string) string {
+	target := r.path
+	if path != "" {
+		target = r.route() + path
+	}
+	r.methods = append(r.methods, method)
+	return fmt.Sprintf("%s %s HTTP/1.1\r\nHost: %s\r\n%s\r\n", method, target, r.addr, extra)
+}
+
+// route is /on or /off.
+func (r *hostileRun) route() string {
+	route, _, _ := strings.Cut(r.path[1:], "/")
+	return "/" + route
+}
+
+func (r *hostileRun) write(raw string) {
+	r.t.Helper()
+	if _, err := io.WriteString(r.conn, raw); err != nil {
+		r.t.Fatalf("%s: writing: %v", r.path, err)
+	}
+}
+
+// smuggled is a request hidden in a GET's body.
+func (r *hostileRun) smuggled(method string) string {
+	return fmt.Sprintf("%s %s/SMUGGLED HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\n\r\n", method, r.route(), r.addr)
+}
+
+// parked waits until n subscribers are attached to the run's context,
+// and taken over if the run's polls must be.
+func (r *hostileRun) parked(n int) {
+	r.t.Helper()
+	waitFor(r.t, r.path+": subscribers to attach", func() bool {
+		info, ok := r.hub.Inspect(r.path)
+		return ok && info.Subscribers == n && (!r.detached || r.watchers() == n)
+	})
+}
+
+// watchers counts the run's context's subscribers that were taken over.
+func (r *hostileRun) watchers() int {
+	r.hub.mu.RLock()
+	c := r.hub.contexts[r.path]
+	r.hub.mu.RUnlock()
+	if c == nil {
+		return 0
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.watchers)
+}
+
+func (r *hostileRun) publish(data string) { r.s.publish(r.path, data) }
+
+// reload loads a new config and waits until the old server is shutting
+// down: Caddy's reload returns once it has asked, not once it has begun,
+// and the old server closes its idle connections when it begins.
+func (r *hostileRun) reload() {
+	r.t.Helper()
+	idle, err := net.Dial("tcp", r.addr)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer idle.Close()
+	fmt.Fprintf(idle, "HEAD %s/idle HTTP/1.1\r\nHost: %s\r\n\r\n", r.route(), r.addr)
+	br := bufio.NewReader(idle)
+	if _, err := http.ReadResponse(br, &http.Request{Method: http.MethodHead}); err != nil {
+		r.t.Fatal(err)
+	}
+	// Caddy skips a reload to the config it runs.
+	r.s.reload("", hostileSite+fmt.Sprintf("\n\trespond /reloaded/%d 204", time.Now().UnixNano()))
+	_ = idle.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+		r.t.Fatalf("the old server did not close an idle connection: %v", err)
+	}
+}
+
+// read records the answers that come within a short while, and whether
+// the server then closed the connection.
+func (r *hostileRun) read() {
+	r.t.Helper()
+	for {
+		_ = r.conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		if _, err := r.br.Peek(1); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				r.answers = append(r.answers, "(open)")
+			} else {
+				r.answers = append(r.answers, "(closed)")
+			}
+			return
+		}
+		_ = r.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		method := http.MethodGet
+		if len(r.methods) > 0 {
+			method, r.methods = r.methods[0], r.methods[1:]
+		}
+		resp, err := http.ReadResponse(r.br, &http.Request{Method: method})
+		if err != nil {
+			r.t.Fatalf("%s: reading an answer: %v", r.path, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			r.t.Fatalf("%s: reading a body: %v", r.path, err)
+		}
+		r.answers = append(r.answers, describeAnswer(method, resp, body))
+	}
+}
+
+// describeAnswer is what must be the same on both paths: the status, the
+// cursor headers (the event id, which counts from 1 in each context
+// alike), whether the connection ends, and the body.
+func describeAnswer(method string, resp *http.Response, body []byte) string {
+	h := resp.Header
+	cursorHeaders := h.Get(HeaderCursor) != "" && h.Get("ETag") != "" && h.Get(HeaderEventID) != ""
+	return fmt.Sprintf("%s → %d id=%s cursor-headers=%v missed=%q close=%v body=%q",
+		method, resp.StatusCode, h.Get(HeaderEventID), cursorHeaders, h.Get(HeaderMissed), resp.Close, body)
+}
+
+// hostileShapes are played on both routes. detached says whether the
+// shape's first poll is one that the detach on route takes over.
+var hostileShapes = []struct {
+	name     string
+	detached bool
+	play     func(r *hostileRun)
+}{
+	{"GET with a Content-Length body holding a request", false, func(r *hostileRun) {
+		body := r.smuggled(http.MethodHead)
+		r.write(r.request(http.MethodGet, "", fmt.Sprintf("Content-Length: %d\r\n", len(body))) + body)
+		r.parked(1)
+		r.publish("e1")
+		r.read()
+	}},
+	{"GET with a chunked body holding a POST", false, func(r *hostileRun) {
+		body := r.smuggled(http.MethodPost)
+		r.write(r.request(http.MethodGet, "", "Transfer-Encoding: chunked\r\n") +
+			fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(body), body))
+		r.parked(1)
+		r.publish("e1")
+		r.read()
+		if info, ok := r.hub.Inspect(r.route() + "/SMUGGLED"); ok {
+			r.t.Errorf("%s: the smuggled POST reached the hub: %+v", r.path, info)
+		}
+	}},
+	{"GET with a body cut short, then gone", false, func(r *hostileRun) {
+		r.write(r.request(http.MethodGet, "", "Content-Length: 100\r\n") + "only ten b")
+		r.parked(1)
+		r.conn.Close()
+		r.parked(0) // at expiration: nothing reads the body, as in net/http
+	}},
+	{"request cut short, then gone", false, func(r *hostileRun) {
+		r.write(fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\n", r.path, r.addr))
+		r.conn.Close()
+		time.Sleep(50 * time.Millisecond)
+		if _, ok := r.hub.Inspect(r.path); ok {
+			r.t.Errorf("%s: a request cut short subscribed", r.path)
+		}
+	}},
+	{"pipelined before parking", true, func(r *hostileRun) {
+		r.write(r.request(http.MethodGet, "", "") + r.request(http.MethodHead, "", ""))
+		r.parked(1)
+		r.publish("e1")
+		r.read()
+	}},
+	{"pipelined while parked", true, func(r *hostileRun) {
+		r.write(r.request(http.MethodGet, "", ""))
+		r.parked(1)
+		r.write(r.request(http.MethodHead, "", ""))
+		time.Sleep(50 * time.Millisecond)
+		r.publish("e1")
+		r.read()
+	}},
+	{"next request after the answer", true, func(r *hostileRun) {
+		r.write(r.request(http.MethodGet, "", ""))
+		r.parked(1)
+		r.publish("e1")
+		r.read()
+		r.write(r.request(http.MethodHead, "", ""))
+		r.read()
+	}},
+	{"half-close while parked", true, func(r *hostileRun) {
+		r.write(r.request(http.MethodGet, "", ""))
+		r.parked(1)
+		_ = r.conn.CloseWrite()
+		r.parked(0)
+		r.publish("e1")
+		r.read()
+	}},
+	{"half-close right behind pipelined requests", false, func(r *hostileRun) {
+		r.write(r.request(http.MethodGet, "", "") + r.request(http.MethodHead, "", ""))
+		_ = r.conn.CloseWrite()
+		time.Sleep(100 * time.Millisecond)
+		r.publish("e1")
+		r.read()
+	}},
+	{"half-close after a request sent while parked", true, func(r *hostileRun) {
+		r.write(r.request(http.MethodGet, "", ""))
+		r.parked(1)
+		r.write(r.request(http.MethodHead, "", ""))
+		time.Sleep(50 * time.Millisecond)
+		_ = r.conn.CloseWrite()
+		time.Sleep(50 * time.Millisecond)
+		r.publish("e1")
+		r.read()
+	}},
+	{"expiry", true, func(r *hostileRun) {
+		r.write(r.request(http.MethodGet, "", ""))
+		r.parked(1)
+		r.read() // nothing yet
+		time.Sleep(400 * time.Millisecond)
+		r.read()
+	}},
+	{"expiry racing a publish", true, func(r *hostileRun) {
+		r.write(r.request(http.MethodGet, "", ""))
+		r.parked(1)
+		time.Sleep(595 * time.Millisecond)
+		r.publish("e1")
+		// Whichever won, the event is not lost: it is the answer, or the
+		// next poll, with the expiry's cursor, gets it at once.
+		_ = r.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(r.br, nil)
+		if err != nil {
+			r.t.Fatalf("%s: %v", r.path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		r.methods = r.methods[1:]
+		if resp.StatusCode == http.StatusNoContent {
+			r.write(r.request(http.MethodGet, "", "Last-Event-ID: "+resp.Header.Get(HeaderCursor)+"\r\n"))
+			resp, err = http.ReadResponse(r.br, nil)
+			if err != nil {
+				r.t.Fatalf("%s: %v", r.path, err)
+			}
+			body, _ = io.ReadAll(resp.Body)
+			r.methods = r.methods[1:]
+		}
+		r.answers = append(r.answers, "event: "+describeAnswer(http.MethodGet, resp, body))
+		r.read()
+	}},
+	{"reload while parked, with a request pipelined", true, func(r *hostileRun) {
+		r.write(r.request(http.MethodGet, "", ""))
+		r.parked(1)
+		r.write(r.request(http.MethodHead, "", ""))
+		r.reload()
+		r.publish("e1")
+		r.read()
+	}},
+}
+
+// TestHostileInputGetsTheSameAnswersOnEveryPath plays every hostile shape
+// on the route that takes parked long polls over and on the one that does
+// not, and requires the same answers, in the same order, from both.
+func TestHostileInputGetsTheSameAnswersOnEveryPath(t *testing.T) {
+	s := startCaddy(t, "", hostileSite)
+	hub := s.hub(DefaultHubName)
+	addr := strings.TrimPrefix(s.base, "http://")
+	for i, shape := range hostileShapes {
+		t.Run(shape.name, func(t *testing.T) {
+			got := map[string][]string{}
+			for _, route := range []string{"/on", "/off"} {
+				conn, err := net.Dial("tcp", addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				r := &hostileRun{
+					t: t, s: s, hub: hub, addr: addr,
+					path: fmt.Sprintf("%s/shape%d", route, i),
+					conn: conn.(*net.TCPConn), br: bufio.NewReader(conn),
+					detached: route == "/on" && shape.detached,
+				}
+				shape.play(r)
+				got[route] = r.answers
+				t.Logf("%s: %q", route, r.answers)
+			}
+			if on, off := strings.Join(got["/on"], "\n"), strings.Join(got["/off"], "\n"); on != off {
+				t.Errorf("detach on answered:\n%s\ndetach off answered:\n%s", on, off)
+			}
+		})
+	}
+	waitFor(t, "every subscriber to be freed", func() bool { return hub.SubscriberCount() == 0 })
+}
+
+// TestAuthOnWritesKeepsSubscribersDetached pins the way README's Security
+// section gives to restrict publishing on a route: an auth handler with a
+// method matcher. Writes without credentials are refused, and subscribers,
+// which the auth handler does not touch, are still taken over.
+func TestAuthOnWritesKeepsSubscribersDetached(t *testing.T) {
+	hash, err := bcrypt.GenerateFromPassword([]byte("secret"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startCaddy(t, "", `@writes method POST DELETE
+	basic_auth @writes {
+		publisher `+string(hash)+`
+	}
+	comet /c`)
+	addr := strings.TrimPrefix(s.base, "http://")
+	r := &hostileRun{t: t, s: s, hub: s.hub(DefaultHubName), addr: addr, path: "/c", detached: true}
+	poll := dialPoll(t, addr)
+	poll.send("/c", "")
+	r.parked(1)
+
+	if resp, _ := s.do(http.MethodPost, "/c", "forged"); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("POST without credentials: %s, want 401", resp.Status)
+	}
+	if resp, _ := s.do(http.MethodDelete, "/c", ""); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("DELETE without credentials: %s, want 401", resp.Status)
+	}
+	req, _ := http.NewRequest(http.MethodPost, s.base+"/c", strings.NewReader("signed"))
+	req.SetBasicAuth("publisher", "secret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST with credentials: %s", resp.Status)
+	}
+	if resp, body := poll.answer(); resp.StatusCode != http.StatusOK || body != "signed" {
+		t.Errorf("the detached poll got %s %q, want the signed event", resp.Status, body)
+	}
+}
