@@ -27,6 +27,10 @@ type Broker interface {
 	// epoch if it does not exist.
 	Load(ctx context.Context, key string) (BrokerState, error)
 
+	// Position returns the cursor of the context's last event without
+	// creating the context, and false if it does not exist.
+	Position(ctx context.Context, key string) (Cursor, bool, error)
+
 	// Delete removes the context everywhere and reports whether it
 	// existed; every node is told through Follow.
 	Delete(ctx context.Context, key string) (bool, error)

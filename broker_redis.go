@@ -231,6 +231,18 @@ func (b *redisBroker) Load(ctx context.Context, key string) (BrokerState, error)
 	return st, nil
 }
 
+func (b *redisBroker) Position(ctx context.Context, key string) (Cursor, bool, error) {
+	vals, err := b.client.HMGet(ctx, b.keys(key)[0], "epoch", "last").Result()
+	if err != nil {
+		return Cursor{}, false, fmt.Errorf("%w: reading from redis: %v", ErrBrokerUnavailable, err)
+	}
+	if vals[0] == nil {
+		return Cursor{}, false, nil
+	}
+	epoch, id, err := epochAndID(vals)
+	return Cursor{Epoch: epoch, ID: id}, err == nil, err
+}
+
 func (b *redisBroker) Delete(ctx context.Context, key string) (bool, error) {
 	n, err := deleteScript.Run(ctx, b.client, b.keys(key), b.channel, key).Int()
 	if err != nil {

@@ -188,7 +188,7 @@ func TestTwoNodesActAsOneHub(t *testing.T) {
 		}
 		cur = resp.Header.Get(HeaderCursor)
 	}
-	if !strings.HasPrefix(cur, strings.SplitN(start, ":", 2)[0]+":") {
-		t.Errorf("the epoch changed across the restart: %s then %s", start, cur)
+	if !strings.HasPrefix(cur, strings.SplitN(last, ":", 2)[0]+":") {
+		t.Errorf("the epoch changed across the restart: %s then %s", last, cur)
 	}
 }

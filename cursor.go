@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Cursor is a client's position in one context: the id of the last event it
@@ -43,6 +44,34 @@ func ParseCursor(s string) (Cursor, error) {
 		return Cursor{}, errBadCursor
 	}
 	return Cursor{Epoch: epoch, ID: n}, nil
+}
+
+// An absent cursor is the position of a context that does not exist: the
+// epoch is "0" followed by the time it was given, in base-36 milliseconds,
+// and the id is 0. Epochs of contexts never start with "0" (see
+// newEpoch), so the two cannot be confused. A subscriber that comes back
+// with one gets every event of the context created since (see
+// Subscriber.Resume), so asking where a context stands never has to
+// create it.
+const absentEpochPrefix = "0"
+
+// absentCursor returns the position of a context that does not exist at
+// time now.
+func absentCursor(now time.Time) Cursor {
+	return Cursor{Epoch: absentEpochPrefix + strconv.FormatInt(now.UnixMilli(), 36)}
+}
+
+// absentSince reports when an absent cursor was given, and false if cur
+// is not one.
+func absentSince(cur Cursor) (time.Time, bool) {
+	if cur.ID != 0 || len(cur.Epoch) < 2 || !strings.HasPrefix(cur.Epoch, absentEpochPrefix) {
+		return time.Time{}, false
+	}
+	ms, err := strconv.ParseInt(cur.Epoch[len(absentEpochPrefix):], 36, 64)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return time.UnixMilli(ms), true
 }
 
 func validEpoch(s string) bool {

@@ -142,9 +142,9 @@ func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request, key string, 
 	}
 	m.subscribers.Inc()
 	if !hasCursor {
-		after = sub.Start()
+		return sub, sub.Start(), nil
 	}
-	return sub, after, nil
+	return sub, sub.Resume(after), nil
 }
 
 func (h *Handler) unsubscribe(sub *Subscriber, m *transportMetrics) {
@@ -161,7 +161,9 @@ func (h *Handler) expiring(ctx context.Context) (context.Context, context.Cancel
 }
 
 // servePosition answers HEAD at once with the context's current cursor, so
-// a page can show the current state before its first long poll returns.
+// a page can show the current state before its first long poll returns. It
+// does not create the context: HEAD needs no permission, and must not be a
+// way to fill max_contexts.
 func (h *Handler) servePosition(w http.ResponseWriter, repl *caddy.Replacer, key string) error {
 	info, err := h.hub.Position(key)
 	if err != nil {

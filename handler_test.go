@@ -342,6 +342,56 @@ func TestBadRequests(t *testing.T) {
 	})
 }
 
+// TestHeadDoesNotCreateContexts asks where many contexts that do not
+// exist stand, on a hub that holds three: HEAD needs no permission, so it
+// must not create them (a way to fill max_contexts for free), and the
+// cursor it gives must still bring its client every event published after
+// it, without a gap notice, once the context exists.
+func TestHeadDoesNotCreateContexts(t *testing.T) {
+	s := startCaddy(t, "comet {\n\t\tmax_contexts 3\n\t}", `comet`)
+	hub := s.hub(DefaultHubName)
+	for i := range 50 {
+		s.position(fmt.Sprintf("/nobody/%d", i))
+	}
+	if n := hub.ContextCount(); n != 0 {
+		t.Fatalf("HEAD created %d contexts", n)
+	}
+
+	cursor := s.position("/later")
+	first, second := s.publish("/later", "first"), s.publish("/later", "second")
+	resp, body := s.do(http.MethodGet, "/later", "", "Last-Event-ID", cursor)
+	if resp.StatusCode != http.StatusOK || body != "first" || resp.Header.Get(HeaderMissed) != "" ||
+		resp.Header.Get(HeaderCursor) != first.Cursor {
+		t.Fatalf("poll from HEAD's cursor %s: %s %q at %s, missed %q; want %q at %s with nothing missed",
+			cursor, resp.Status, body, resp.Header.Get(HeaderCursor), resp.Header.Get(HeaderMissed), "first", first.Cursor)
+	}
+	resp, body = s.do(http.MethodGet, "/later", "", "Last-Event-ID", resp.Header.Get(HeaderCursor))
+	if body != "second" || resp.Header.Get(HeaderCursor) != second.Cursor {
+		t.Errorf("next poll: %q at %s", body, resp.Header.Get(HeaderCursor))
+	}
+
+	// A stream opened from HEAD's cursor before the context exists waits
+	// for its first event.
+	cursor = s.position("/stream")
+	_, stream := s.openSSE("/stream", "Last-Event-ID", cursor)
+	waitFor(t, "the stream to attach", func() bool { return hub.SubscriberCount() == 1 })
+	s.publish("/stream", "one")
+	if ev := nextWithin(t, stream, 5*time.Second); ev.Type != "message" || ev.Data != "one" {
+		t.Errorf("stream from HEAD's cursor got %s %q", ev.Type, ev.Data)
+	}
+
+	// Once the hub loses events, an absent cursor given before no longer
+	// proves that nothing was missed.
+	cursor = s.position("/deleted")
+	s.publish("/deleted", "gone")
+	s.do(http.MethodDelete, "/deleted", "")
+	s.publish("/deleted", "anew")
+	resp, body = s.do(http.MethodGet, "/deleted", "", "Last-Event-ID", cursor)
+	if resp.Header.Get(HeaderMissed) != "unknown" {
+		t.Errorf("poll from before a deletion: %s %q, missed %q; want missed unknown", resp.Status, body, resp.Header.Get(HeaderMissed))
+	}
+}
+
 func TestLimitsAnswer503WithRetryAfter(t *testing.T) {
 	s := startCaddy(t, "comet {\n\t\tmax_subscribers 2\n\t\tmax_contexts 3\n\t}", `comet`)
 	a, b := s.startPoll("/a"), s.startPoll("/a")

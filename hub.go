@@ -121,6 +121,12 @@ type Hub struct {
 
 	subscribers atomic.Int64
 
+	// lostSince is the last time, in Unix milliseconds, that this hub may
+	// have lost contexts' events without each subscriber being told: its
+	// creation, a deletion, a resynchronisation with the broker. An absent
+	// cursor given before it no longer proves that nothing was missed.
+	lostSince atomic.Int64
+
 	closeOnce sync.Once
 	closed    chan struct{}
 
@@ -153,6 +159,9 @@ func NewHub(name string, cfg HubConfig) (*Hub, error) {
 		generation: hubGenerations.Add(1),
 	}
 	h.configure(cfg)
+	// Whatever an earlier lifetime held is lost; absent cursors given from
+	// now on hold.
+	h.lostSince.Store(h.now().UnixMilli() - 1)
 	if cfg.Broker != nil && cfg.Broker.Redis != nil {
 		b, err := newRedisBroker(*cfg.Broker.Redis, name, h.config, h.logger)
 		if err != nil {
@@ -318,11 +327,15 @@ func (f follower) Event(key, epoch string, ev *Event) {
 	}
 }
 
-func (f follower) Deleted(key string) { f.h.deleteLocal(key) }
+func (f follower) Deleted(key string) {
+	f.h.markLoss() // even if this node does not mirror it
+	f.h.deleteLocal(key)
+}
 
 // Resync brings every mirror up to date after the connection to the broker
 // was lost, when announcements may have been missed.
 func (f follower) Resync() {
+	f.h.markLoss()
 	for _, c := range f.h.contextList() {
 		f.h.sync(c)
 	}
@@ -366,18 +379,41 @@ type ContextInfo struct {
 	History int
 }
 
-// Position describes the context named key, creating it if needed, so that
-// a client can learn the cursor to subscribe from before any event.
+// Position describes the context named key, so that a client can learn
+// the cursor to subscribe from before any event, without creating the
+// context: one that does not exist stands at an absent cursor, from which
+// a subscriber gets every event of the context once it is created.
 func (h *Hub) Position(key string) (ContextInfo, error) {
 	if h.isClosed() {
 		return ContextInfo{}, ErrHubClosed
 	}
-	var info ContextInfo
-	err := h.withContext(key, func(c *hubContext) error {
-		info = c.info()
-		return nil
-	})
-	return info, err
+	if len(key) > MaxKeyLength {
+		return ContextInfo{}, ErrKeyTooLong
+	}
+	if info, ok := h.Inspect(key); ok {
+		return info, nil
+	}
+	if h.broker != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
+		cur, ok, err := h.broker.Position(ctx, key)
+		cancel()
+		if err != nil || ok {
+			return ContextInfo{Key: key, Cursor: cur}, err
+		}
+	}
+	return ContextInfo{Key: key, Cursor: absentCursor(h.now())}, nil
+}
+
+// markLoss records that events may have been lost to subscribers from now.
+func (h *Hub) markLoss() { h.lostSince.Store(h.now().UnixMilli()) }
+
+// absentHolds reports whether an absent cursor given at since still
+// proves that nothing was missed: no context's events were lost since
+// then, and none was collected with events in its history, which takes
+// longer than the history's max age.
+func (h *Hub) absentHolds(since time.Time) bool {
+	return since.UnixMilli() > h.lostSince.Load() &&
+		h.now().Sub(since) < time.Duration(h.config().HistoryMaxAge)
 }
 
 // Inspect describes the context named key, if it exists.
@@ -450,6 +486,7 @@ func (h *Hub) Delete(key string) (ContextInfo, bool, error) {
 }
 
 func (h *Hub) deleteLocal(key string) (ContextInfo, bool) {
+	h.markLoss()
 	h.mu.Lock()
 	c, ok := h.contexts[key]
 	if ok {
@@ -471,6 +508,7 @@ func (h *Hub) Subscribe(key string) (*Subscriber, error) {
 	}
 	if h.subscribers.Add(1) > int64(h.config().MaxSubscribers) {
 		h.subscribers.Add(-1)
+		h.metrics.refused(limitSubscribers)
 		return nil, ErrTooManySubscribers
 	}
 	var s *Subscriber
@@ -507,6 +545,7 @@ func (h *Hub) withContext(key string, fn func(*hubContext) error) error {
 	c, ok := h.contexts[key]
 	if !ok {
 		if len(h.contexts) >= h.config().MaxContexts {
+			h.metrics.refused(limitContexts)
 			return ErrTooManyContexts
 		}
 		c = newHubContext(key)
@@ -532,6 +571,7 @@ func (h *Hub) withSharedContext(key string, fn func(*hubContext) error) error {
 	if !ok {
 		if len(h.contexts) >= h.config().MaxContexts {
 			h.mu.Unlock()
+			h.metrics.refused(limitContexts)
 			return ErrTooManyContexts
 		}
 		c = &hubContext{key: key, wake: make(chan struct{})}
@@ -620,10 +660,11 @@ func newHubContext(key string) *hubContext {
 	return &hubContext{key: key, epoch: newEpoch(), wake: make(chan struct{})}
 }
 
-// newEpoch returns a short random name for a new id sequence.
+// newEpoch returns a short random name for a new id sequence. It never
+// starts with "0", which marks absent cursors.
 func newEpoch() string {
 	const tenBase36Digits = 3656158440062976 // 36^10
-	return strconv.FormatUint(rand.Uint64N(tenBase36Digits), 36)
+	return strconv.FormatUint(1+rand.Uint64N(tenBase36Digits-1), 36)
 }
 
 func (c *hubContext) publish(ev *Event, cfg *HubConfig, now time.Time) Receipt {
@@ -784,6 +825,33 @@ type Subscriber struct {
 // Start returns the context's cursor when the subscriber attached: a
 // client without a cursor waits for the first event after it.
 func (s *Subscriber) Start() Cursor { return s.start }
+
+// Resume returns the cursor to serve the subscriber from when its client
+// sent cursor after back: after itself, or, for an absent cursor that
+// still holds (see Position), the start of the context's current epoch.
+//
+// With a broker, a cursor that this node's mirror does not know yet (of
+// another epoch, or past its last id) is first checked against the broker:
+// another node may have told the client of an epoch or events this node
+// has not heard of yet, and judging the cursor by a stale mirror would move
+// the client back to where it already was.
+func (s *Subscriber) Resume(after Cursor) Cursor {
+	h, c := s.hub, s.c
+	if h.broker != nil && !c.knows(after) {
+		h.sync(c)
+	}
+	if since, ok := absentSince(after); ok && h.absentHolds(since) {
+		return Cursor{Epoch: c.position().Epoch}
+	}
+	return after
+}
+
+// knows reports whether cur is a position the context has reached.
+func (c *hubContext) knows(cur Cursor) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return cur.Epoch == c.epoch && cur.ID <= c.lastID
+}
 
 // Context returns the key of the subscriber's context.
 func (s *Subscriber) Context() string { return s.c.key }

@@ -19,6 +19,7 @@ var metrics = struct {
 	expiries      *prometheus.CounterVec
 	dropped       *prometheus.CounterVec
 	publishErrors *prometheus.CounterVec
+	refusals      *prometheus.CounterVec
 }{
 	subscribers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "comet", Name: "subscribers",
@@ -48,13 +49,17 @@ var metrics = struct {
 		Namespace: "caddy", Subsystem: "comet", Name: "publish_errors_total",
 		Help: "Publishes refused: too_large, invalid, limit, closed, broker (unreachable).",
 	}, []string{"hub", "reason"}),
+	refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "comet", Name: "limit_refusals_total",
+		Help: "Requests of any kind (subscribe, publish, over HTTP, the admin API or Go) refused because a limit was reached: max_contexts or max_subscribers.",
+	}, []string{"hub", "limit"}),
 }
 
 // registerMetrics adds comet's collectors to a config's registry.
 func registerMetrics(reg prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{
 		metrics.subscribers, metrics.contexts, metrics.published, metrics.deliveries,
-		metrics.expiries, metrics.dropped, metrics.publishErrors,
+		metrics.expiries, metrics.dropped, metrics.publishErrors, metrics.refusals,
 	} {
 		if err := reg.Register(c); err != nil {
 			if already, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok && already.ExistingCollector == c {
@@ -71,14 +76,32 @@ func registerMetrics(reg prometheus.Registerer) error {
 type hubMetrics struct {
 	contexts  prometheus.Gauge
 	published prometheus.Counter
+	refusals  [limitCount]prometheus.Counter
 }
 
 func newHubMetrics(hub string) hubMetrics {
-	return hubMetrics{
+	m := hubMetrics{
 		contexts:  metrics.contexts.WithLabelValues(hub),
 		published: metrics.published.WithLabelValues(hub),
 	}
+	for l, name := range limitNames {
+		m.refusals[l] = metrics.refusals.WithLabelValues(hub, name)
+	}
+	return m
 }
+
+// A limit of the hub, as named in caddy_comet_limit_refusals_total.
+type limit int
+
+const (
+	limitContexts limit = iota
+	limitSubscribers
+	limitCount
+)
+
+var limitNames = [limitCount]string{"max_contexts", "max_subscribers"}
+
+func (m *hubMetrics) refused(l limit) { m.refusals[l].Inc() }
 
 // transportMetrics are a route's series for one transport, looked up once
 // so that the request path only adds.

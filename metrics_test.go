@@ -97,6 +97,39 @@ func TestMetricsCountAndSurviveAReload(t *testing.T) {
 	waitDelta(`caddy_comet_deliveries_total{hub="default",transport="sse"}`, 3)
 }
 
+// TestEveryRefusalAtALimitIsCounted reaches both limits by every way a
+// request can create a context or a subscriber, and checks that each
+// refusal is counted, whatever the method.
+func TestEveryRefusalAtALimitIsCounted(t *testing.T) {
+	s := startCaddy(t, "comet {\n\t\tmax_subscribers 1\n\t\tmax_contexts 1\n\t}", `comet`)
+	before := scrape(t, s)
+	p := s.startPoll("/a")
+	waitFor(t, "the poll to park", func() bool { return s.hub(DefaultHubName).SubscriberCount() == 1 })
+	for _, req := range []struct{ method, path string }{
+		{http.MethodGet, "/a"},  // max_subscribers
+		{http.MethodGet, "/b"},  // max_subscribers first
+		{http.MethodPost, "/b"}, // max_contexts
+	} {
+		if resp, _ := s.do(req.method, req.path, "x"); resp.StatusCode != http.StatusServiceUnavailable {
+			t.Errorf("%s %s: %s, want 503", req.method, req.path, resp.Status)
+		}
+	}
+	if _, _, err := s.hub(DefaultHubName).Delete("/nothing"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.hub(DefaultHubName).Publish("/c", Event{}); err == nil {
+		t.Error("publishing from Go past max_contexts succeeded")
+	}
+	after := scrape(t, s)
+	for limit, want := range map[string]float64{"max_subscribers": 2, "max_contexts": 2} {
+		series := `caddy_comet_limit_refusals_total{hub="default",limit="` + limit + `"}`
+		if got := after[series] - before[series]; got != want {
+			t.Errorf("%s went up by %v, want %v", series, got, want)
+		}
+	}
+	p.cancel()
+}
+
 // TestLogsStayQuiet runs a busy hub with comet's log at info and checks
 // that requests write nothing, and that a flood of refusals at a limit is
 // logged at warn with its context, a few lines a second at most.

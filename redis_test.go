@@ -66,6 +66,20 @@ func (r *redisServer) kill() {
 	r.cmd = nil
 }
 
+// restartEmpty restarts the server without its data, as a Redis without
+// persistence comes back from a crash.
+func (r *redisServer) restartEmpty() {
+	r.t.Helper()
+	r.kill()
+	if err := os.RemoveAll(r.dir); err != nil {
+		r.t.Fatal(err)
+	}
+	if err := os.MkdirAll(r.dir, 0o700); err != nil {
+		r.t.Fatal(err)
+	}
+	r.start()
+}
+
 // answers reports whether PING gets PONG.
 func (r *redisServer) answers() bool {
 	conn, err := net.DialTimeout("tcp", r.addr, time.Second)
@@ -153,6 +167,66 @@ func TestRedisOutage(t *testing.T) {
 	}
 	if second.Cursor.ID != 2 {
 		t.Errorf("the id after the outage is %d, want 2: ids must continue", second.Cursor.ID)
+	}
+}
+
+// TestCursorsNeverMoveBackAfterRedisLosesItsData restarts Redis without
+// its data, which starts every context over in a new epoch, and brings a
+// client that one node told of the new epoch to another node whose mirror
+// still holds the old one: that node must check the cursor against Redis
+// rather than serve the dead epoch's events again and move the client's
+// cursor back.
+func TestCursorsNeverMoveBackAfterRedisLosesItsData(t *testing.T) {
+	r := startRedis(t)
+	cfg := HubConfig{Broker: &BrokerConfig{Redis: &RedisConfig{URL: r.url()}}}
+	a, err := NewHub(DefaultHubName, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := NewHub(DefaultHubName, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+
+	held, err := a.Subscribe("/c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	publishN(t, b, "/c", 14)
+	waitFor(t, "node A to mirror the 14 events", func() bool { return held.Position().ID == 14 })
+	dead := held.Position()
+	// Node A hears no more announcements, as between Redis going away and
+	// A's subscription coming back: its mirror stays in the dead epoch.
+	a.stopFollowing()
+
+	r.restartEmpty()
+	var told Receipt
+	waitFor(t, "node B to publish again", func() bool {
+		told, err = b.Publish("/c", Event{Data: []byte("new epoch")})
+		return err == nil
+	})
+	if told.Cursor.Epoch == dead.Epoch || told.Cursor.ID != 1 {
+		t.Fatalf("after Redis lost its data, B published at %s; want id 1 of a new epoch (the old was %s)", told.Cursor, dead)
+	}
+
+	sub, err := a.Subscribe("/c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	from := sub.Resume(told.Cursor)
+	if d, ready, err := sub.poll(from); err != nil || ready {
+		t.Fatalf("node A served the cursor %s from B with %+v (event %v), %v; want nothing: the client is up to date", told.Cursor, d, d.Event, err)
+	}
+	if from != told.Cursor {
+		t.Errorf("node A resumes %s from %s", told.Cursor, from)
+	}
+	// The subscriber A held in the dead epoch is told of the gap.
+	if d, ready, err := held.poll(dead); err != nil || !ready || d.Missed != MissedUnknown || d.Cursor != told.Cursor {
+		t.Errorf("the subscriber at %s got %+v, ready %v, %v; want the new epoch's event with missed unknown", dead, d, ready, err)
 	}
 }
 
