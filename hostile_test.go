@@ -366,3 +366,55 @@ func TestAuthOnWritesKeepsSubscribersDetached(t *testing.T) {
 		t.Errorf("the detached poll got %s %q, want the signed event", resp.Status, body)
 	}
 }
+
+// TestBodiesAreNotSmuggledThroughAProxy sends GETs whose bodies hold
+// requests through a reverse proxy, which forwards them on its kept-alive
+// connections to the comet backend: the backend must never read a body as
+// a request, and so never put an answer on the proxy's connection that
+// the next client through the proxy would get.
+func TestBodiesAreNotSmuggledThroughAProxy(t *testing.T) {
+	backend := freeAddr(t)
+	s := startCaddy(t, "", "reverse_proxy "+backend+"\n}\nhttp://"+backend+" {\n\tcomet /ev/*")
+	addr := strings.TrimPrefix(s.base, "http://")
+	for _, framing := range []string{"length", "chunked"} {
+		t.Run(framing, func(t *testing.T) {
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			victimPath := "/ev/victim-" + framing
+			smuggled := fmt.Sprintf("DELETE %s HTTP/1.1\r\nHost: %s\r\n\r\n", victimPath, backend)
+			path := "/ev/" + framing
+			req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\n", path, addr)
+			if framing == "length" {
+				req += fmt.Sprintf("Content-Length: %d\r\n\r\n%s", len(smuggled), smuggled)
+			} else {
+				req += fmt.Sprintf("Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n", len(smuggled), smuggled)
+			}
+			victim := s.publish(victimPath, "kept")
+			io.WriteString(conn, req)
+			waitFor(t, "the poll to park", func() bool {
+				info, ok := s.hub(DefaultHubName).Inspect(path)
+				return ok && info.Subscribers == 1
+			})
+			s.publish(path, "e1")
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != http.StatusOK || string(body) != "e1" {
+				t.Fatalf("the poll got %s %q", resp.Status, body)
+			}
+			// Other clients through the proxy get their own answers, and
+			// the smuggled DELETE never ran.
+			for range 5 {
+				resp, body := s.do(http.MethodGet, victimPath, "", "Last-Event-ID", strings.Split(victim.Cursor, ":")[0]+":0")
+				if resp.StatusCode != http.StatusOK || body != "kept" || resp.Header.Get(HeaderCursor) != victim.Cursor {
+					t.Fatalf("a later client through the proxy got %s %q at %s; want its own answer", resp.Status, body, resp.Header.Get(HeaderCursor))
+				}
+			}
+		})
+	}
+}
