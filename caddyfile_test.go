@@ -182,6 +182,10 @@ func TestValidateJSON(t *testing.T) {
 		{`{"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"comet","transports":["smoke"]}]}]}}}}}`,
 			`unknown transport "smoke"`},
 		{`{"apps":{"comet":{"hubs":{"default":{"max_subscribers":-1}}}}}`, "max_subscribers must not be negative"},
+		// Bad bounds fail before the hub is made and its Redis dialled:
+		// nothing listens on port 1.
+		{`{"apps":{"comet":{"hubs":{"default":{"history":-1,"broker":{"redis":{"url":"redis://127.0.0.1:1"}}}}}}}`,
+			"history must not be negative"},
 	} {
 		var cfg caddy.Config
 		if err := json.Unmarshal([]byte(tc.config), &cfg); err != nil {

@@ -63,9 +63,15 @@ func (App) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets up the app.
+// Provision sets up the app. Caddy validates a module after provisioning
+// it, but a hub is made here, and with a broker that means dialling Redis:
+// the bounds are checked first, so that a config with bad ones fails
+// before anything is made.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	if err := a.Validate(); err != nil {
+		return err
+	}
 	a.acquired = make(map[string]acquiredHub)
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %v", err)
