@@ -194,7 +194,6 @@ func (d *detachedSocket) await(buf []byte, deadline time.Time) (n int, there boo
 type detachedStream struct {
 	detachedSocket // kicked: a write that must wait for room, or last words
 	sub            *Subscriber
-	f              wireFormat
 	h              *Handler // the route that opened the stream, for its settings
 	m              *transportMetrics
 	key            string
@@ -208,13 +207,12 @@ type detachedStream struct {
 
 	// mu is held by whoever writes to the socket: a publisher's goroutine
 	// only ever tries it, so none waits for another.
-	mu        sync.Mutex
-	after     Cursor
-	delivered bool
-	pending   []byte // what a write that could not wait left unwritten
-	last      []byte // last words; once set, the stream ends after them
-	broken    error  // a write failed: the client is gone or stopped reading
-	done      bool   // the stream ended: leave the socket alone
+	mu      sync.Mutex
+	st      streamState
+	pending []byte // what a write that could not wait left unwritten
+	last    []byte // last words; once set, the stream ends after them
+	broken  error  // a write failed: the client is gone or stopped reading
+	done    bool   // the stream ended: leave the socket alone
 }
 
 // detach takes the stream's connection over from net/http and returns
@@ -237,9 +235,9 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, 
 		return false
 	}
 	s := &detachedStream{
-		detachedSocket: detachedSocket{sock: sock, raw: raw}, sub: sub, f: f, h: h,
+		detachedSocket: detachedSocket{sock: sock, raw: raw}, sub: sub, h: h,
 		m: h.metrics[f.transport()], key: key,
-		after: after,
+		st: streamState{f: f, after: after},
 	}
 	if h.Expiration > 0 {
 		s.expires = time.Now().Add(time.Duration(h.Expiration))
@@ -316,8 +314,7 @@ func (s *detachedStream) onTimer(now time.Time) bool {
 		return s.endLocked()
 	}
 	if !s.expires.IsZero() && !now.Before(s.expires) {
-		s.m.expiries.Inc()
-		s.last = s.f.reconnect(nil, reasonExpired, s.after)
+		s.endWith(s.st.step(Delivery{}, false, errExpired))
 		return s.endLocked()
 	}
 	hb := time.Duration(s.h.Heartbeat)
@@ -326,7 +323,8 @@ func (s *detachedStream) onTimer(now time.Time) bool {
 		// An event is half written; finishing it is the heartbeat.
 		s.kicked.Store(true)
 	case hb > 0 && now.Sub(time.Unix(0, s.lastWrite.Load())) >= hb:
-		s.waitingWrites(func() { s.send(true, s.f.heartbeat()) })
+		step := s.st.step(Delivery{}, false, errTick)
+		s.waitingWrites(func() { s.send(true, step.frame) })
 	}
 	return s.ok()
 }
@@ -401,33 +399,28 @@ func (s *detachedStream) catchUp(wait bool) (handOver bool) {
 		return true
 	}
 	for {
-		d, ready, err := s.sub.poll(s.after)
+		d, ready, err := s.sub.poll(s.st.after)
+		step := s.st.step(d, ready, err)
 		switch {
-		case errors.Is(err, ErrHubClosed):
-			s.last = s.f.reconnect(nil, reasonShutdown, s.after)
+		case step.end:
+			s.endWith(step)
 			return true
-		case errors.Is(err, ErrContextDeleted):
-			s.last = s.f.deleted(nil)
-			return true
-		case !ready:
-			return false
-		case d.Missed != 0 && s.delivered:
-			// Fell behind the history while streaming: see serveStream.
-			countDropped(s.h.Hub, droppedBehind)
-			resume := resumeBefore(d)
-			s.last = s.f.reconnect(s.f.missed(nil, d.Missed, &resume), reasonBehind, resume)
-			return true
+		case step.frame == nil && step.notice == nil:
+			return false // up to date
 		}
-		notice, frame := deliveryParts(s.f, d)
-		s.after, s.delivered = d.Cursor, true
-		sent := s.send(wait, notice, frame)
-		if d.Event != nil && s.broken == nil {
-			s.m.deliveries.Inc()
-		}
+		sent := s.send(wait, step.notice, step.frame)
+		s.h.countStream(s.m, step, s.broken == nil)
 		if !sent {
 			return true
 		}
 	}
+}
+
+// endWith makes a step that ends the stream its last words. The caller
+// holds s.mu.
+func (s *detachedStream) endWith(step streamStep) {
+	s.h.countStream(s.m, step, false)
+	s.last = append(append([]byte(nil), step.notice...), step.frame...)
 }
 
 // send writes parts to the socket. Without wait, it stops where the socket

@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
 
@@ -163,7 +162,7 @@ func (p *detachedPoll) changed() (later func()) {
 			p.mu.Unlock()
 			return nil
 		}
-		answered := p.chooseAnswerLocked()
+		answered := p.chooseAnswerLocked(false)
 		if answered {
 			p.writeLocked(false)
 		}
@@ -202,7 +201,7 @@ func (p *detachedPoll) requestOver() {
 func (p *detachedPoll) expire() {
 	p.mu.Lock()
 	if !p.over {
-		p.expireLocked()
+		p.chooseAnswerLocked(true)
 	}
 	p.mu.Unlock()
 	p.settle()
@@ -239,7 +238,7 @@ func (p *detachedPoll) settleLocked() (end func()) {
 		p.endLocked()
 		return p.closeSocket
 	}
-	if !p.chooseAnswerLocked() {
+	if !p.chooseAnswerLocked(false) {
 		return nil
 	}
 	if t := time.Duration(p.h.WriteTimeout); t > 0 && p.written < len(p.answer) {
@@ -299,36 +298,36 @@ func (p *detachedPoll) endLocked() {
 	p.leaving.stop()
 }
 
-// chooseAnswerLocked renders the answer if the poll has one now, and
-// reports whether it has one. The caller holds p.mu.
-func (p *detachedPoll) chooseAnswerLocked() bool {
+// chooseAnswerLocked renders the answer if the poll has one now (with
+// expired, the route's expiration passed), and reports whether it has
+// one. The caller holds p.mu.
+func (p *detachedPoll) chooseAnswerLocked(expired bool) bool {
 	if p.answer != nil {
 		return true
 	}
 	d, ready, err := p.sub.poll(p.after)
-	if err == nil && !ready {
+	if expired && err == nil && !ready {
+		err = errExpired
+	}
+	a, ok := answerPoll(p.sub, d, ready, err)
+	if !ok {
 		return false
 	}
-	if err == nil && d.Event != nil {
-		p.keep = p.inj.open()
-		p.m.deliveries.Inc()
-		p.answer = p.sharedAnswer(d)
-		return true
+	p.m.countPoll(a)
+	p.keep = a.keepsConnection() && p.inj.open()
+	if a.event != nil {
+		p.answer = p.sharedAnswer(a)
+	} else {
+		p.answer = p.render(a)
 	}
-	rec := newAnswerRecorder(p.header)
-	switch {
-	case errors.Is(err, ErrHubClosed):
-		_ = writeShuttingDown(rec, caddy.NewEmptyReplacer(), p.sub.Position())
-		p.keep = false
-	case errors.Is(err, ErrContextDeleted):
-		_ = writeGone(rec)
-		p.keep = p.inj.open()
-	default: // events were missed and history holds nothing newer
-		_ = writeDelivery(rec, caddy.NewEmptyReplacer(), d, p.sub.ContextSubscribers())
-		p.keep = p.inj.open()
-	}
-	p.answer = rec.render(p.keep)
 	return true
+}
+
+// render writes the answer out as net/http would.
+func (p *detachedPoll) render(a pollAnswer) []byte {
+	rec := newAnswerRecorder(p.header)
+	_ = writePollAnswer(rec, a)
+	return rec.render(p.keep)
 }
 
 // cachedAnswer is a rendered answer to a long poll, and what it depends on.
@@ -340,41 +339,26 @@ type cachedAnswer struct {
 	bytes  []byte
 }
 
-func (c *cachedAnswer) fits(sig string, d Delivery, keep bool) bool {
-	return c.sig == sig && c.cursor == d.Cursor && c.missed == d.Missed && c.keep == keep
+func (c *cachedAnswer) fits(sig string, a pollAnswer, keep bool) bool {
+	return c.sig == sig && c.cursor == a.cursor && c.missed == a.missed && c.keep == keep
 }
 
 // sharedAnswer renders the answer delivering an event, or takes the one
 // made for the poll before if it is the same: with thousands of polls at
 // the same cursor with the same headers, the event is rendered once. Its
 // Date header is then the first poll's, within the fan-out's time.
-func (p *detachedPoll) sharedAnswer(d Delivery) []byte {
-	cache := d.Event.frames
+func (p *detachedPoll) sharedAnswer(a pollAnswer) []byte {
+	cache := a.event.frames
 	if cache != nil {
-		if c := cache.answer.Load(); c != nil && c.fits(p.sig, d, p.keep) {
+		if c := cache.answer.Load(); c != nil && c.fits(p.sig, a, p.keep) {
 			return c.bytes
 		}
 	}
-	rec := newAnswerRecorder(p.header)
-	_ = writeDelivery(rec, caddy.NewEmptyReplacer(), d, p.sub.ContextSubscribers())
-	c := &cachedAnswer{sig: p.sig, cursor: d.Cursor, missed: d.Missed, keep: p.keep, bytes: rec.render(p.keep)}
+	c := &cachedAnswer{sig: p.sig, cursor: a.cursor, missed: a.missed, keep: p.keep, bytes: p.render(a)}
 	if cache != nil {
 		cache.answer.Store(c)
 	}
 	return c.bytes
-}
-
-// expireLocked answers the poll whose expiration passed. The caller holds
-// p.mu.
-func (p *detachedPoll) expireLocked() {
-	if p.chooseAnswerLocked() {
-		return // answered just in time
-	}
-	p.m.expiries.Inc()
-	rec := newAnswerRecorder(p.header)
-	_ = writeExpired(rec, caddy.NewEmptyReplacer(), p.sub.Position(), p.sub.ContextSubscribers())
-	p.keep = p.inj.open()
-	p.answer = rec.render(p.keep)
 }
 
 // writeLocked writes what is left of the answer. The caller holds p.mu.
@@ -436,20 +420,17 @@ func (a *answerRecorder) Write(b []byte) (int, error) {
 	return a.body.Write(b)
 }
 
-// render writes the answer as HTTP/1.1, as net/http would.
+// render writes the answer as HTTP/1.1, byte for byte as net/http would:
+// the headers the handler set, sorted, then those net/http adds itself
+// (Date, a Content-Length it counted, Connection: close).
 func (a *answerRecorder) render(keepAlive bool) []byte {
 	if a.status == 0 {
 		a.status = http.StatusOK
 	}
 	h := a.header
-	h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
-	if a.status != http.StatusNoContent && a.status >= 200 {
-		h.Set("Content-Length", strconv.Itoa(a.body.Len()))
-	} else {
+	bodyAllowed := a.status >= 200 && a.status != http.StatusNoContent && a.status != http.StatusNotModified
+	if !bodyAllowed {
 		h.Del("Content-Length")
-	}
-	if !keepAlive {
-		h.Set("Connection", "close")
 	}
 	var b bytes.Buffer
 	b.WriteString("HTTP/1.1 ")
@@ -458,8 +439,17 @@ func (a *answerRecorder) render(keepAlive bool) []byte {
 	b.WriteString(http.StatusText(a.status))
 	b.WriteString("\r\n")
 	_ = h.Write(&b)
+	if h.Get("Date") == "" {
+		b.WriteString("Date: " + time.Now().UTC().Format(http.TimeFormat) + "\r\n")
+	}
+	if bodyAllowed && h.Get("Content-Length") == "" {
+		b.WriteString("Content-Length: " + strconv.Itoa(a.body.Len()) + "\r\n")
+	}
+	if !keepAlive && h.Get("Connection") == "" {
+		b.WriteString("Connection: close\r\n")
+	}
 	b.WriteString("\r\n")
-	if a.status != http.StatusNoContent {
+	if bodyAllowed {
 		b.Write(a.body.Bytes())
 	}
 	return b.Bytes()

@@ -93,21 +93,16 @@ func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *c
 	defer cancel()
 	d, err := sub.Next(wait, after)
 	switch {
-	case err == nil:
-		if d.Event != nil {
-			m.deliveries.Inc()
-		}
-		return writeDelivery(w, repl, d, sub.ContextSubscribers())
-	case errors.Is(err, ErrHubClosed):
-		return writeShuttingDown(w, repl, sub.Position())
-	case errors.Is(err, ErrContextDeleted):
-		return writeGone(w)
+	case err == nil, errors.Is(err, ErrHubClosed), errors.Is(err, ErrContextDeleted):
 	case r.Context().Err() != nil:
 		return abandon(w)
 	default:
-		m.expiries.Inc()
-		return writeExpired(w, repl, sub.Position(), sub.ContextSubscribers())
+		err = errExpired
 	}
+	a, _ := answerPoll(sub, d, err == nil, err)
+	m.countPoll(a)
+	setPollPlaceholders(repl, a)
+	return writePollAnswer(w, a)
 }
 
 // abandon ends a long poll whose client left, or closed its end of the
@@ -169,7 +164,8 @@ func (h *Handler) servePosition(w http.ResponseWriter, repl *caddy.Replacer, key
 	if err != nil {
 		return h.refuse(w, key, err)
 	}
-	setPosition(w.Header(), repl, info.Cursor)
+	setCursorHeaders(w.Header(), info.Cursor)
+	setCursorPlaceholders(repl, info.Cursor)
 	repl.Set("comet.subscribers", info.Subscribers)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
@@ -292,35 +288,63 @@ func (h *Handler) refuse(w http.ResponseWriter, key string, err error) error {
 	return werr
 }
 
-// setPosition writes the cursor headers every answer carries and sets the
-// matching placeholders, before anything is written, so that a deferred
-// header directive can use them.
-func setPosition(hdr http.Header, repl *caddy.Replacer, cur Cursor) {
+// setCursorHeaders writes the cursor headers every answer but 410 carries.
+func setCursorHeaders(hdr http.Header, cur Cursor) {
 	text := cur.String()
 	hdr.Set("Cache-Control", "no-store")
 	hdr.Set("ETag", `"`+text+`"`)
 	hdr.Set(HeaderCursor, text)
 	hdr.Set(HeaderEventID, strconv.FormatUint(cur.ID, 10))
-	if repl != nil {
-		repl.Set("comet.cursor", text)
-		repl.Set("comet.event.id", cur.ID)
+}
+
+// setCursorPlaceholders sets the placeholders of the cursor an answer
+// carries, before anything is written, so that a deferred header directive
+// can use them.
+func setCursorPlaceholders(repl *caddy.Replacer, cur Cursor) {
+	repl.Set("comet.cursor", cur.String())
+	repl.Set("comet.event.id", cur.ID)
+}
+
+// setPollPlaceholders sets the placeholders of a long poll's answer.
+func setPollPlaceholders(repl *caddy.Replacer, a pollAnswer) {
+	if a.status == http.StatusGone {
+		return
+	}
+	setCursorPlaceholders(repl, a.cursor)
+	if a.status != http.StatusServiceUnavailable {
+		repl.Set("comet.subscribers", a.subscribers)
+	}
+	if a.missed != 0 {
+		repl.Set("comet.missed", missedText(a.missed))
 	}
 }
 
-func writeDelivery(w http.ResponseWriter, repl *caddy.Replacer, d Delivery, subscribers int) error {
+// writePollAnswer writes a long poll's answer; whatever holds the poll's
+// connection writes it through this, to net/http or to a recorder.
+func writePollAnswer(w http.ResponseWriter, a pollAnswer) error {
 	hdr := w.Header()
-	setPosition(hdr, repl, d.Cursor)
-	repl.Set("comet.subscribers", subscribers)
-	if d.Missed != 0 {
-		missed := missedText(d.Missed)
-		hdr.Set(HeaderMissed, missed)
-		repl.Set("comet.missed", missed)
+	if a.status == http.StatusGone {
+		hdr.Set("Cache-Control", "no-store")
+		hdr.Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusGone)
+		_, err := io.WriteString(w, "410 Gone: the context was deleted\n")
+		return err
 	}
-	if d.Event == nil {
-		w.WriteHeader(http.StatusNoContent)
+	setCursorHeaders(hdr, a.cursor)
+	if a.missed != 0 {
+		hdr.Set(HeaderMissed, missedText(a.missed))
+	}
+	switch a.status {
+	case http.StatusServiceUnavailable:
+		// The server is exiting: the client comes back with its cursor.
+		hdr.Set("Retry-After", retryAfterSeconds)
+		w.WriteHeader(a.status)
+		return nil
+	case http.StatusNoContent:
+		w.WriteHeader(a.status)
 		return nil
 	}
-	ev := d.Event
+	ev := a.event
 	if ev.Type != "" {
 		hdr.Set(HeaderEventType, ev.Type)
 	}
@@ -347,35 +371,6 @@ func missedText(missed int64) string {
 		return "unknown"
 	}
 	return strconv.FormatInt(missed, 10)
-}
-
-// writeExpired answers a long poll whose expiration delay passed.
-func writeExpired(w http.ResponseWriter, repl *caddy.Replacer, cur Cursor, subscribers int) error {
-	setPosition(w.Header(), repl, cur)
-	repl.Set("comet.subscribers", subscribers)
-	w.WriteHeader(http.StatusNoContent)
-	return nil
-}
-
-// writeShuttingDown answers a long poll when the server exits, telling the
-// client to come back with its cursor. The server's shutdown already closes
-// the connection after the answer.
-func writeShuttingDown(w http.ResponseWriter, repl *caddy.Replacer, cur Cursor) error {
-	hdr := w.Header()
-	setPosition(hdr, repl, cur)
-	hdr.Set("Retry-After", retryAfterSeconds)
-	w.WriteHeader(http.StatusServiceUnavailable)
-	return nil
-}
-
-// writeGone answers a long poll whose context was deleted.
-func writeGone(w http.ResponseWriter) error {
-	hdr := w.Header()
-	hdr.Set("Cache-Control", "no-store")
-	hdr.Set("Content-Type", "text/plain; charset=utf-8")
-	w.WriteHeader(http.StatusGone)
-	_, err := io.WriteString(w, "410 Gone: the context was deleted\n")
-	return err
 }
 
 // contextJSON describes a context in admin and DELETE answers.
@@ -408,8 +403,9 @@ type receipt struct {
 // subscribers it woke.
 func writeReceipt(w http.ResponseWriter, repl *caddy.Replacer, rcpt Receipt) error {
 	hdr := w.Header()
-	setPosition(hdr, repl, rcpt.Cursor)
+	setCursorHeaders(hdr, rcpt.Cursor)
 	if repl != nil {
+		setCursorPlaceholders(repl, rcpt.Cursor)
 		repl.Set("comet.subscribers", rcpt.Woken)
 	}
 	hdr.Set("Content-Type", "application/json")

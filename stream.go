@@ -239,40 +239,21 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *cadd
 		tick = heartbeat.C
 	}
 
-	// A gap before the first delivery is the client's own (its cursor was
-	// old) and is reported on the way; a gap after it means this reader
-	// fell behind while streaming.
-	delivered := false
+	st := streamState{f: f, after: after}
 	for {
-		d, err := sub.next(ctx, after, tick)
+		d, err := sub.next(ctx, st.after, tick)
 		switch {
-		case errors.Is(err, errTick):
-			err = out.write(f.heartbeat())
-		case errors.Is(err, ErrHubClosed):
-			_ = out.write(f.reconnect(nil, reasonShutdown, after))
-			return nil
-		case errors.Is(err, ErrContextDeleted):
-			_ = out.write(f.deleted(nil))
-			return nil
+		case err == nil, errors.Is(err, ErrHubClosed), errors.Is(err, ErrContextDeleted), errors.Is(err, errTick):
 		case r.Context().Err() != nil:
 			return nil // the client left
-		case err != nil:
-			m.expiries.Inc()
-			_ = out.write(f.reconnect(nil, reasonExpired, after))
-			return nil
-		case d.Missed != 0 && delivered:
-			// The reader fell behind the history while the stream ran: it
-			// will not catch up, so tell it where to resume and end.
-			countDropped(h.Hub, droppedBehind)
-			resume := resumeBefore(d)
-			_ = out.write(f.missed(nil, d.Missed, &resume), f.reconnect(nil, reasonBehind, resume))
-			return nil
 		default:
-			err = out.writeDelivery(f, d)
-			after, delivered = d.Cursor, true
-			if err == nil && d.Event != nil {
-				m.deliveries.Inc()
-			}
+			err = errExpired
+		}
+		step := st.step(d, err == nil, err)
+		err = out.write(step.notice, step.frame)
+		h.countStream(m, step, err == nil)
+		if step.end {
+			return nil
 		}
 		if err != nil {
 			// The reader is gone, or stopped reading and let a write time out.
@@ -304,12 +285,6 @@ type streamWriter struct {
 	w       http.ResponseWriter
 	rc      *http.ResponseController
 	timeout time.Duration
-}
-
-// writeDelivery writes an event, with the notice of missed events before
-// it when there is one. The event's frame is shared by every subscriber.
-func (s *streamWriter) writeDelivery(f wireFormat, d Delivery) error {
-	return s.write(deliveryParts(f, d))
 }
 
 // deliveryParts returns what a stream writes for a delivery: the notice of
