@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/takeover"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
@@ -74,11 +75,11 @@ func (h *Handler) detachableSocket(w http.ResponseWriter, r *http.Request) net.C
 // or Unix socket, if the route detaches subscribers and the platform can,
 // or nil.
 func (h *Handler) plainSocket(r *http.Request) net.Conn {
-	if !h.detaches() || !socketsDetach || r.ProtoMajor != 1 || r.TLS != nil {
+	if !h.detaches() || !takeover.Supported || r.ProtoMajor != 1 || r.TLS != nil {
 		return nil
 	}
 	conn, _ := r.Context().Value(socketKey{}).(net.Conn)
-	if pc, ok := conn.(*prefixedConn); ok {
+	if pc, ok := conn.(*takeover.PrefixedConn); ok {
 		// A connection a detached long poll handed back: the socket is
 		// under it, and what is left of its prefix is in unreadPrefix.
 		conn = pc.Conn
@@ -433,7 +434,7 @@ func (s *detachedStream) send(wait bool, parts ...[]byte) bool {
 		if len(p) == 0 {
 			continue
 		}
-		n, err := writeSocket(s.raw, p, wait)
+		n, err := takeover.Write(s.raw, p, wait)
 		if n > 0 {
 			s.lastWrite.Store(time.Now().UnixNano())
 		}

@@ -3,15 +3,14 @@ package comet
 import (
 	"bytes"
 	"context"
-	"errors"
 	"net"
 	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/takeover"
 	"go.uber.org/zap"
 )
 
@@ -30,7 +29,7 @@ import (
 //
 // While parked, a detached poll has no goroutine at all: a timer expires
 // it, and on Linux one goroutine for the whole process waits in epoll for
-// the hang-ups of parked polls' clients (see leaveWatcher), so a client
+// the hang-ups of parked polls' clients (see takeover.WatchHangUp), so a client
 // that leaves frees its poll at once. Nothing reads the socket meanwhile:
 // the client's next request, sent the moment the answer arrives, wakes
 // nothing and waits in the socket for the server. Other platforms keep
@@ -56,12 +55,12 @@ var pollWriters = map[string]bool{
 // body (as much of it as net/http does) before the connection is used
 // again: taken over, its unread body would be handed back to the server
 // and read as the client's next request.
-func (h *Handler) detachablePoll(w http.ResponseWriter, r *http.Request) (net.Conn, *injector) {
-	if !pollsDetach || !r.ProtoAtLeast(1, 1) || r.Close || r.ContentLength != 0 {
+func (h *Handler) detachablePoll(w http.ResponseWriter, r *http.Request) (net.Conn, *takeover.Injector) {
+	if !r.ProtoAtLeast(1, 1) || r.Close || r.ContentLength != 0 {
 		return nil, nil
 	}
-	if _, err := startLeaveWatcher(); err != nil {
-		return nil, nil
+	if takeover.HangUpsWatched() != nil {
+		return nil, nil // a parked poll would not learn that its client left
 	}
 	srv, _ := r.Context().Value(http.ServerContextKey).(*http.Server)
 	conn := h.plainSocket(r)
@@ -71,7 +70,10 @@ func (h *Handler) detachablePoll(w http.ResponseWriter, r *http.Request) (net.Co
 	if !onlyWrappers(w, func(name string, _ http.ResponseWriter) bool { return pollWriters[name] }) {
 		return nil, nil
 	}
-	inj := injectorFor(srv, h.logger)
+	inj := takeover.InjectorFor(srv, func(err error) {
+		// Then long polls close their connections after answering.
+		h.logger.Warn("the server stopped taking back the connections of answered long polls", zap.Error(err))
+	})
 	if inj == nil {
 		return nil, nil
 	}
@@ -80,13 +82,13 @@ func (h *Handler) detachablePoll(w http.ResponseWriter, r *http.Request) (net.Co
 
 // detachedPoll is a parked long poll whose connection the handler took
 // over. It has no goroutine while parked: publishers write its answer,
-// a timer expires it, and the leave watcher (see leaveWatcher) reports its
+// a timer expires it, and the hang-up watcher (takeover.WatchHangUp) reports its
 // client leaving. It is answered once, then its connection goes back to
 // the server.
 type detachedPoll struct {
-	sock   net.Conn        // the accepted connection
-	raw    syscall.RawConn // the same socket, for writes that need not wait
-	inj    *injector       // hands the connection back to its server
+	sock   net.Conn           // the accepted connection
+	raw    syscall.RawConn    // the same socket, for writes that need not wait
+	inj    *takeover.Injector // hands the connection back to its server
 	sub    *Subscriber
 	h      *Handler
 	m      *transportMetrics
@@ -101,17 +103,17 @@ type detachedPoll struct {
 	keep        bool   // whether the connection outlives the answer
 	written     int
 	broken      error
-	early       []byte      // what the server read of the client's next request
-	requestDone bool        // Caddy is done with the request: the connection is the poll's alone
-	gone        bool        // the client left before the request was over
-	expiry      *time.Timer // nil: never
-	leaving     leaveWatch  // reports the client leaving
-	over        bool        // the connection was handed back or closed: hands off
+	early       []byte         // what the server read of the client's next request
+	requestDone bool           // Caddy is done with the request: the connection is the poll's alone
+	gone        bool           // the client left before the request was over
+	expiry      *time.Timer    // nil: never
+	leaving     takeover.Watch // reports the client leaving
+	over        bool           // the connection was handed back or closed: hands off
 }
 
 // detachPoll takes a parked long poll's connection over and returns true,
 // or returns false, having changed nothing, when it cannot.
-func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, sock net.Conn, inj *injector, sub *Subscriber, after Cursor) bool {
+func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, sock net.Conn, inj *takeover.Injector, sub *Subscriber, after Cursor) bool {
 	raw, err := rawSocket(sock)
 	if err != nil {
 		return false
@@ -120,14 +122,14 @@ func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, sock net.Co
 		sock: sock, raw: raw, inj: inj, sub: sub, h: h,
 		m: h.metrics[transportLongPoll], after: after,
 	}
-	leaving, ok := watchLeaving(raw, p.left)
+	leaving, ok := takeover.WatchHangUp(raw, p.left)
 	if !ok {
 		return false
 	}
 	p.header = w.Header().Clone()
 	_, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		leaving.stop()
+		leaving.Stop()
 		return false
 	}
 	var sig bytes.Buffer
@@ -252,7 +254,7 @@ func (p *detachedPoll) settleLocked() (end func()) {
 	return p.handBack
 }
 
-// left runs on the leave watcher's goroutine when the client closed its
+// left runs on the hang-up watcher's goroutine when the client closed its
 // end of the connection. Until the request is over, the poll is not set
 // up yet and the connection not its own: settle ends it then.
 func (p *detachedPoll) left() {
@@ -285,7 +287,7 @@ func (p *detachedPoll) left() {
 // connection is closed without an answer (see abandon). HTTP/1.1 cannot
 // tell a half-close from a client that is gone. The caller holds p.mu.
 func (p *detachedPoll) hungUpLocked() bool {
-	return !socketHasData(p.raw)
+	return !takeover.HasUnread(p.raw)
 }
 
 // endLocked marks the poll over and stops its timer and leave watch. The
@@ -295,7 +297,7 @@ func (p *detachedPoll) endLocked() {
 	if p.expiry != nil {
 		p.expiry.Stop()
 	}
-	p.leaving.stop()
+	p.leaving.Stop()
 }
 
 // chooseAnswerLocked renders the answer if the poll has one now (with
@@ -314,7 +316,7 @@ func (p *detachedPoll) chooseAnswerLocked(expired bool) bool {
 		return false
 	}
 	p.m.countPoll(a)
-	p.keep = a.keepsConnection() && p.inj.open()
+	p.keep = a.keepsConnection() && p.inj.Open()
 	if a.event != nil {
 		p.answer = p.sharedAnswer(a)
 	} else {
@@ -325,9 +327,9 @@ func (p *detachedPoll) chooseAnswerLocked(expired bool) bool {
 
 // render writes the answer out as net/http would.
 func (p *detachedPoll) render(a pollAnswer) []byte {
-	rec := newAnswerRecorder(p.header)
+	rec := takeover.NewResponse(p.header)
 	_ = writePollAnswer(rec, a)
-	return rec.render(p.keep)
+	return rec.Render(p.keep)
 }
 
 // cachedAnswer is a rendered answer to a long poll, and what it depends on.
@@ -366,7 +368,7 @@ func (p *detachedPoll) writeLocked(wait bool) {
 	if p.broken != nil || p.written == len(p.answer) {
 		return
 	}
-	n, err := writeSocket(p.raw, p.answer[p.written:], wait)
+	n, err := takeover.Write(p.raw, p.answer[p.written:], wait)
 	p.written += n
 	if !(!wait && writeTimedOut(err)) {
 		p.broken = err
@@ -381,9 +383,9 @@ func (p *detachedPoll) handBack() {
 	_ = p.sock.SetDeadline(time.Time{})
 	var conn net.Conn = p.sock
 	if len(p.early) > 0 {
-		conn = &prefixedConn{Conn: p.sock, prefix: p.early}
+		conn = &takeover.PrefixedConn{Conn: p.sock, Prefix: p.early}
 	}
-	if !p.inj.inject(conn) {
+	if !p.inj.Inject(conn) {
 		_ = conn.Close()
 	}
 }
@@ -395,192 +397,12 @@ func (p *detachedPoll) closeSocket() {
 	_ = p.sock.Close()
 }
 
-// answerRecorder collects what the ordinary path would write, so that a
-// detached answer has the same status, headers and body.
-type answerRecorder struct {
-	header http.Header
-	status int
-	body   bytes.Buffer
-}
-
-func newAnswerRecorder(header http.Header) *answerRecorder {
-	return &answerRecorder{header: header.Clone()}
-}
-
-func (a *answerRecorder) Header() http.Header { return a.header }
-
-func (a *answerRecorder) WriteHeader(status int) {
-	if a.status == 0 {
-		a.status = status
-	}
-}
-
-func (a *answerRecorder) Write(b []byte) (int, error) {
-	a.WriteHeader(http.StatusOK)
-	return a.body.Write(b)
-}
-
-// render writes the answer as HTTP/1.1, byte for byte as net/http would:
-// the headers the handler set, sorted, then those net/http adds itself
-// (Date, a Content-Length it counted, Connection: close).
-func (a *answerRecorder) render(keepAlive bool) []byte {
-	if a.status == 0 {
-		a.status = http.StatusOK
-	}
-	h := a.header
-	bodyAllowed := a.status >= 200 && a.status != http.StatusNoContent && a.status != http.StatusNotModified
-	if !bodyAllowed {
-		h.Del("Content-Length")
-	}
-	var b bytes.Buffer
-	b.WriteString("HTTP/1.1 ")
-	b.WriteString(strconv.Itoa(a.status))
-	b.WriteByte(' ')
-	b.WriteString(http.StatusText(a.status))
-	b.WriteString("\r\n")
-	_ = h.Write(&b)
-	if h.Get("Date") == "" {
-		b.WriteString("Date: " + time.Now().UTC().Format(http.TimeFormat) + "\r\n")
-	}
-	if bodyAllowed && h.Get("Content-Length") == "" {
-		b.WriteString("Content-Length: " + strconv.Itoa(a.body.Len()) + "\r\n")
-	}
-	if !keepAlive && h.Get("Connection") == "" {
-		b.WriteString("Connection: close\r\n")
-	}
-	b.WriteString("\r\n")
-	if bodyAllowed {
-		b.Write(a.body.Bytes())
-	}
-	return b.Bytes()
-}
-
-// prefixedConn is a connection whose first reads return bytes already read
-// from it.
-type prefixedConn struct {
-	net.Conn
-	prefix []byte
-}
-
 // unreadPrefix returns what the server has not read yet of the prefix of
 // the request's connection, if a detached long poll handed it back with
 // one. Once the connection is hijacked, nothing else reads it.
 func unreadPrefix(r *http.Request) []byte {
-	if pc, ok := r.Context().Value(socketKey{}).(*prefixedConn); ok {
-		return pc.prefix
+	if pc, ok := r.Context().Value(socketKey{}).(*takeover.PrefixedConn); ok {
+		return pc.Prefix
 	}
 	return nil
 }
-
-func (c *prefixedConn) Read(b []byte) (int, error) {
-	if len(c.prefix) > 0 {
-		n := copy(b, c.prefix)
-		c.prefix = c.prefix[n:]
-		return n, nil
-	}
-	return c.Conn.Read(b)
-}
-
-// An injector hands connections back to a server: it is a listener the
-// server serves beside its own, whose connections come from answered long
-// polls. The server closes it when it shuts down (a reload, or exit), and
-// the long polls answered after that say Connection: close and close
-// their connections, as net/http answers while it shuts down.
-type injector struct {
-	conns     chan net.Conn
-	closed    chan struct{}
-	closeOnce sync.Once
-	// ready is closed at the first Accept: from then on the server tracks
-	// the injector, and its shutdown closes it. dead is closed when the
-	// server stops serving it.
-	ready, dead chan struct{}
-	readyOnce   sync.Once
-	addr        net.Addr
-}
-
-var injectors sync.Map // *http.Server → *injector
-
-// injectorFor returns the server's injector once the server serves it,
-// starting it the first time, or nil if the server no longer serves new
-// listeners (it is shutting down). A poll keeps the injector it got, so
-// that it learns of the shutdown of its own server even after the server
-// forgot the injector.
-func injectorFor(srv *http.Server, logger *zap.Logger) *injector {
-	inj := loadInjector(srv, logger)
-	select {
-	case <-inj.ready:
-		return inj
-	case <-inj.dead:
-		return nil
-	}
-}
-
-func loadInjector(srv *http.Server, logger *zap.Logger) *injector {
-	if inj, ok := injectors.Load(srv); ok {
-		return inj.(*injector)
-	}
-	inj := &injector{
-		conns:  make(chan net.Conn),
-		closed: make(chan struct{}),
-		ready:  make(chan struct{}),
-		dead:   make(chan struct{}),
-		addr:   injectorAddr{},
-	}
-	if actual, loaded := injectors.LoadOrStore(srv, inj); loaded {
-		return actual.(*injector)
-	}
-	go func() {
-		// Serve returns when the server shuts down, having closed inj, or
-		// at once if it already was.
-		if err := srv.Serve(inj); !errors.Is(err, http.ErrServerClosed) {
-			logger.Warn("the server stopped taking back the connections of answered long polls", zap.Error(err))
-		}
-		_ = inj.Close()
-		close(inj.dead)
-		injectors.CompareAndDelete(srv, inj)
-	}()
-	return inj
-}
-
-// inject hands a connection to the server, and reports false if the
-// server has shut down.
-func (inj *injector) inject(c net.Conn) bool {
-	select {
-	case inj.conns <- c:
-		return true
-	case <-inj.closed:
-		return false
-	}
-}
-
-// open reports whether the server still takes connections back.
-func (inj *injector) open() bool {
-	select {
-	case <-inj.closed:
-		return false
-	default:
-		return true
-	}
-}
-
-func (inj *injector) Accept() (net.Conn, error) {
-	inj.readyOnce.Do(func() { close(inj.ready) })
-	select {
-	case c := <-inj.conns:
-		return c, nil
-	case <-inj.closed:
-		return nil, net.ErrClosed
-	}
-}
-
-func (inj *injector) Close() error {
-	inj.closeOnce.Do(func() { close(inj.closed) })
-	return nil
-}
-
-func (inj *injector) Addr() net.Addr { return inj.addr }
-
-type injectorAddr struct{}
-
-func (injectorAddr) Network() string { return "comet" }
-func (injectorAddr) String() string  { return "answered long polls" }

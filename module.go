@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/takeover"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -323,8 +324,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		})
 		if h.detaches() {
 			srv.RegisterConnContext(rememberSocket)
-			if pollsDetach && h.transports&transportLongPoll != 0 {
-				if _, err := startLeaveWatcher(); err != nil {
+			if h.transports&transportLongPoll != 0 {
+				if err := takeover.HangUpsWatched(); err != nil {
 					h.logger.Warn("long polls will stay on the ordinary path", zap.Error(err))
 				}
 			}

@@ -1,19 +1,20 @@
 //go:build unix
 
-package comet
+package takeover
 
 import (
 	"io"
 	"syscall"
 )
 
-// socketsDetach says whether streams can be detached on this platform.
-const socketsDetach = true
+// Supported says whether connections can be written to without waiting on
+// this platform, which taking them over needs.
+const Supported = true
 
-// writeSocket writes p to the socket and returns how much it wrote.
-// Without wait it returns as soon as the socket would block; with wait it
-// waits for room until the socket's write deadline.
-func writeSocket(raw syscall.RawConn, p []byte, wait bool) (written int, err error) {
+// Write writes p to the socket and returns how much it wrote. Without wait
+// it returns as soon as the socket would block, with no error; with wait
+// it waits for room until the socket's write deadline.
+func Write(raw syscall.RawConn, p []byte, wait bool) (written int, err error) {
 	var werr error
 	err = raw.Write(func(fd uintptr) bool {
 		for written < len(p) {

@@ -1,0 +1,113 @@
+package takeover
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+	"syscall"
+)
+
+// The hang-up watcher reports clients that close their connection while
+// nothing reads it, so that what waits on the connection is freed at once.
+// One goroutine waits in epoll for every watched socket, in place of one
+// goroutine reading each: a watched connection then costs no goroutine,
+// and data the client sends wakes nothing (only a hang-up is watched).
+type hangUpWatcher struct {
+	epfd    int
+	nextID  atomic.Uint64
+	watched sync.Map // id → func(), what to call when the client hangs up
+}
+
+var (
+	watcherOnce sync.Once
+	theWatcher  *hangUpWatcher
+	watcherErr  error
+)
+
+// Watch is one socket's registration with the hang-up watcher.
+type Watch struct {
+	raw syscall.RawConn
+	id  uint64
+}
+
+// HangUpsWatched starts the process's hang-up watcher the first time it
+// is needed, and reports whether hang-ups can be watched on this platform.
+// The watcher lives as long as the process: one goroutine, mostly in a
+// system call, and nothing else.
+func HangUpsWatched() error {
+	watcherOnce.Do(func() {
+		epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+		if err != nil {
+			watcherErr = errors.Join(errors.New("creating an epoll instance"), err)
+			return
+		}
+		theWatcher = &hangUpWatcher{epfd: epfd}
+		go theWatcher.run()
+	})
+	return watcherErr
+}
+
+// WatchHangUp arranges for hungUp to be called, once, on the watcher's
+// goroutine, when the client closes its end of the socket (a half-close
+// too). It reports false if the socket cannot be watched.
+func WatchHangUp(raw syscall.RawConn, hungUp func()) (Watch, bool) {
+	if HangUpsWatched() != nil {
+		return Watch{}, false
+	}
+	w := theWatcher
+	id := w.nextID.Add(1)
+	w.watched.Store(id, hungUp)
+	ev := syscall.EpollEvent{Events: syscall.EPOLLRDHUP | syscall.EPOLLONESHOT, Fd: int32(id), Pad: int32(id >> 32)}
+	var cerr error
+	err := raw.Control(func(fd uintptr) {
+		cerr = syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
+	})
+	if err != nil || cerr != nil {
+		w.watched.Delete(id)
+		return Watch{}, false
+	}
+	return Watch{raw: raw, id: id}, true
+}
+
+// Stop ends the watch, before the socket is closed or given to another
+// owner. It is safe on a zero Watch and more than once.
+func (lw Watch) Stop() {
+	if lw.raw == nil {
+		return
+	}
+	w := theWatcher
+	w.watched.Delete(lw.id)
+	_ = lw.raw.Control(func(fd uintptr) {
+		_ = syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil)
+	})
+}
+
+func (w *hangUpWatcher) run() {
+	events := make([]syscall.EpollEvent, 128)
+	for {
+		n, err := syscall.EpollWait(w.epfd, events, -1)
+		if err != nil {
+			continue // EINTR; nothing else can fail on a valid epoll instance
+		}
+		for _, ev := range events[:n] {
+			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+			// A watch stopped after epoll reported it is gone from the
+			// map: its socket may already belong to someone else.
+			if hungUp, ok := w.watched.LoadAndDelete(id); ok {
+				hungUp.(func())()
+			}
+		}
+	}
+}
+
+// HasUnread reports whether the client sent bytes that nobody has read
+// yet, without reading them.
+func HasUnread(raw syscall.RawConn) bool {
+	var buf [1]byte
+	n := 0
+	_ = raw.Read(func(fd uintptr) bool {
+		n, _, _ = syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return true // never wait for data
+	})
+	return n > 0
+}

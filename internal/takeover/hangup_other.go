@@ -1,0 +1,25 @@
+//go:build !linux
+
+package takeover
+
+import (
+	"errors"
+	"syscall"
+)
+
+// Watch is one socket's registration with the hang-up watcher.
+type Watch struct{}
+
+// HangUpsWatched reports that hang-ups cannot be watched without a
+// goroutine per connection here: the watcher needs epoll, which only Linux
+// has.
+func HangUpsWatched() error { return errors.ErrUnsupported }
+
+// WatchHangUp is not supported on this platform.
+func WatchHangUp(syscall.RawConn, func()) (Watch, bool) { return Watch{}, false }
+
+// Stop does nothing.
+func (Watch) Stop() {}
+
+// HasUnread is not supported on this platform.
+func HasUnread(syscall.RawConn) bool { return false }

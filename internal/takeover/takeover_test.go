@@ -1,0 +1,157 @@
+package takeover
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a loopback TCP connection, with a small
+// send buffer on the server's end.
+func tcpPair(t *testing.T) (server, client *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-accepted
+	if s == nil {
+		t.Fatal("accept failed")
+	}
+	server, client = s.(*net.TCPConn), c.(*net.TCPConn)
+	server.SetWriteBuffer(64 << 10)
+	t.Cleanup(func() { server.Close(); client.Close() })
+	return server, client
+}
+
+func rawOf(t *testing.T, c *net.TCPConn) syscall.RawConn {
+	t.Helper()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// TestWriteStopsWhereTheSocketWouldBlock writes more than the socket
+// takes: without waiting, Write returns what went out and no error; with
+// waiting, it times out at the socket's deadline, and finishes once the
+// reader reads.
+func TestWriteStopsWhereTheSocketWouldBlock(t *testing.T) {
+	if !Supported {
+		t.Skip("writes that never wait need Unix")
+	}
+	server, client := tcpPair(t)
+	raw := rawOf(t, server)
+	big := make([]byte, 4<<20) // more than the kernel buffers of both ends hold
+	n, err := Write(raw, big, false)
+	if err != nil || n == 0 || n >= len(big) {
+		t.Fatalf("a write that must not wait wrote %d of %d bytes, %v; want part of it and no error", n, len(big), err)
+	}
+
+	server.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	m, err := Write(raw, big[n:], true)
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a waiting write to a full socket: %d bytes, %v; want the deadline", m, err)
+	}
+	n += m
+
+	server.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	read := make(chan int64)
+	go func() {
+		got, _ := io.CopyN(io.Discard, client, int64(len(big)))
+		read <- got
+	}()
+	m, err = Write(raw, big[n:], true)
+	if err != nil || n+m != len(big) {
+		t.Fatalf("once the reader reads, the waiting write wrote %d, %v; want the rest, %d", m, err, len(big)-n)
+	}
+	if got := <-read; got != int64(len(big)) {
+		t.Errorf("the reader got %d bytes, want %d", got, len(big))
+	}
+}
+
+// TestHangUpsAreReported watches sockets whose clients close their end,
+// with and without sending something first, and one whose watch stopped.
+func TestHangUpsAreReported(t *testing.T) {
+	if HangUpsWatched() != nil {
+		t.Skip("hang-ups are watched with epoll, on Linux")
+	}
+	server, client := tcpPair(t)
+	hungUp := make(chan struct{}, 1)
+	if _, ok := WatchHangUp(rawOf(t, server), func() { hungUp <- struct{}{} }); !ok {
+		t.Fatal("cannot watch a TCP socket")
+	}
+	if HasUnread(rawOf(t, server)) {
+		t.Error("unread bytes on a socket nobody wrote to")
+	}
+	client.CloseWrite() // a half-close is a hang-up too
+	select {
+	case <-hungUp:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a client's hang-up was not reported")
+	}
+	if HasUnread(rawOf(t, server)) {
+		t.Error("a hang-up counted as unread bytes")
+	}
+
+	// A request pipelined before the hang-up is unread, and stays so.
+	server, client = tcpPair(t)
+	io.WriteString(client, "GET / HTTP/1.1\r\n\r\n")
+	client.CloseWrite()
+	waitUntil(t, func() bool { return HasUnread(rawOf(t, server)) })
+	buf := make([]byte, 64)
+	if n, _ := server.Read(buf); string(buf[:n]) != "GET / HTTP/1.1\r\n\r\n" {
+		t.Errorf("HasUnread consumed bytes: read %q", buf[:n])
+	}
+
+	// A stopped watch reports nothing.
+	server, client = tcpPair(t)
+	w, _ := WatchHangUp(rawOf(t, server), func() { hungUp <- struct{}{} })
+	w.Stop()
+	w.Stop()
+	client.Close()
+	select {
+	case <-hungUp:
+		t.Error("a stopped watch reported a hang-up")
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestPrefixedConnReadsItsPrefixFirst hands a connection on with bytes
+// already read from it: a pipelined request and the start of another.
+func TestPrefixedConnReadsItsPrefixFirst(t *testing.T) {
+	server, client := tcpPair(t)
+	c := &PrefixedConn{Conn: server, Prefix: []byte("GET /a HTTP/1.1\r\n\r\nGET /b")}
+	io.WriteString(client, " HTTP/1.1\r\n\r\n")
+	client.CloseWrite()
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+}
