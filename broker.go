@@ -3,6 +3,7 @@ package comet
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // ErrBrokerUnavailable wraps what a broker returns when it cannot be
@@ -20,12 +21,14 @@ var ErrBrokerUnavailable = errors.New("broker unavailable")
 type Broker interface {
 	// Publish assigns ev the next id of the context named key (creating
 	// the context in a new epoch if it does not exist), stores it in the
-	// context's history and announces it to every node through Follow.
-	Publish(ctx context.Context, key string, ev *Event) (Cursor, error)
+	// context's history, keeping what keep says, and announces it to every
+	// node through Follow.
+	Publish(ctx context.Context, key string, ev *Event, keep Retention) (Cursor, error)
 
-	// Load returns the context's state, creating the context in a new
-	// epoch if it does not exist.
-	Load(ctx context.Context, key string) (BrokerState, error)
+	// Load returns the context's state, with at most what keep says of
+	// its history, creating the context in a new epoch if it does not
+	// exist.
+	Load(ctx context.Context, key string, keep Retention) (BrokerState, error)
 
 	// Position returns the cursor of the context's last event without
 	// creating the context, and false if it does not exist.
@@ -42,6 +45,13 @@ type Broker interface {
 
 	// Close releases the broker's connections.
 	Close() error
+}
+
+// Retention is how much of a context's history is kept: at most Events
+// events, none older than MaxAge.
+type Retention struct {
+	Events int
+	MaxAge time.Duration
 }
 
 // BrokerState is a context as the broker holds it.

@@ -29,10 +29,6 @@ func (redisLogger) Printf(_ context.Context, format string, v ...any) {
 // DefaultRedisKeyPrefix starts every key and channel comet uses in Redis.
 const DefaultRedisKeyPrefix = "comet:"
 
-// brokerTimeout bounds one call to the broker, so that a Redis that hangs
-// turns into a clear 503 rather than a hung request.
-const brokerTimeout = 3 * time.Second
-
 // RedisConfig connects a hub to Redis: a single server, a Redis Cluster, or
 // a Sentinel-managed set, through go-redis' universal client.
 type RedisConfig struct {
@@ -107,11 +103,13 @@ type redisBroker struct {
 	prefix  string
 	hub     string
 	channel string
-	limits  func() *HubConfig
 	logger  *zap.Logger
 }
 
-func newRedisBroker(cfg RedisConfig, hub string, limits func() *HubConfig, logger *zap.Logger) (*redisBroker, error) {
+// NewRedisBroker connects to Redis as cfg says, for the hub named hub, and
+// fails if Redis does not answer. Hubs of that name on every node that use
+// the same Redis and key prefix act as one.
+func NewRedisBroker(cfg RedisConfig, hub string, logger *zap.Logger) (Broker, error) {
 	opts, err := cfg.universalOptions()
 	if err != nil {
 		return nil, err
@@ -132,7 +130,6 @@ func newRedisBroker(cfg RedisConfig, hub string, limits func() *HubConfig, logge
 		prefix:  prefix,
 		hub:     hub,
 		channel: prefix + hub + ":events",
-		limits:  limits,
 		logger:  logger,
 	}, nil
 }
@@ -179,11 +176,10 @@ redis.call('PUBLISH', ARGV[1], 'd ' .. #ARGV[2] .. '\n' .. ARGV[2])
 return n
 `)
 
-func (b *redisBroker) Publish(ctx context.Context, key string, ev *Event) (Cursor, error) {
-	limits := b.limits()
+func (b *redisBroker) Publish(ctx context.Context, key string, ev *Event, keep Retention) (Cursor, error) {
 	published := strconv.FormatInt(ev.Published.UnixMilli(), 10)
 	res, err := publishScript.Run(ctx, b.client, b.keys(key),
-		newEpoch(), limits.History, time.Duration(limits.HistoryMaxAge).Milliseconds(), b.channel,
+		newEpoch(), keep.Events, keep.MaxAge.Milliseconds(), b.channel,
 		ev.Type, ev.ContentType, published, ev.Data, key).Slice()
 	if err != nil {
 		return Cursor{}, fmt.Errorf("%w: publishing to redis: %v", ErrBrokerUnavailable, err)
@@ -196,10 +192,9 @@ func (b *redisBroker) Publish(ctx context.Context, key string, ev *Event) (Curso
 	return Cursor{Epoch: epoch, ID: id}, nil
 }
 
-func (b *redisBroker) Load(ctx context.Context, key string) (BrokerState, error) {
-	limits := b.limits()
+func (b *redisBroker) Load(ctx context.Context, key string, keep Retention) (BrokerState, error) {
 	res, err := loadScript.Run(ctx, b.client, b.keys(key),
-		newEpoch(), time.Duration(limits.HistoryMaxAge).Milliseconds(), limits.History).Slice()
+		newEpoch(), keep.MaxAge.Milliseconds(), keep.Events).Slice()
 	if err != nil {
 		return BrokerState{}, fmt.Errorf("%w: loading from redis: %v", ErrBrokerUnavailable, err)
 	}
@@ -209,7 +204,7 @@ func (b *redisBroker) Load(ctx context.Context, key string) (BrokerState, error)
 	}
 	entries, _ := res[2].([]any)
 	st := BrokerState{Epoch: epoch, LastID: last}
-	cutoff := time.Now().Add(-time.Duration(limits.HistoryMaxAge))
+	cutoff := time.Now().Add(-keep.MaxAge)
 	for i := len(entries) - 1; i >= 0; i-- { // XREVRANGE: newest first
 		ev, err := eventFromStreamEntry(entries[i])
 		if err != nil {
@@ -322,7 +317,6 @@ func dispatch(payload string, f BrokerFollower) error {
 			ContentType: body[keyLen+typeLen : keyLen+typeLen+ctLen],
 			Data:        []byte(body[keyLen+typeLen+ctLen:]),
 			Published:   time.UnixMilli(int64(nums[1])),
-			frames:      new(frameCache),
 		}
 		f.Event(body[:keyLen], fields[1], ev)
 		return nil
@@ -364,7 +358,7 @@ func eventFromStreamEntry(entry any) (*Event, error) {
 		return nil, fmt.Errorf("unexpected stream entry id %q", streamID)
 	}
 	fields, _ := parts[1].([]any)
-	ev := &Event{ID: id, frames: new(frameCache)}
+	ev := &Event{ID: id}
 	for i := 0; i+1 < len(fields); i += 2 {
 		name, _ := fields[i].(string)
 		value, _ := fields[i+1].(string)

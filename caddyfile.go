@@ -117,7 +117,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //
 // The option may be given once per hub name.
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
-	app := App{Hubs: make(map[string]*HubConfig)}
+	app := App{Hubs: make(map[string]*HubOptions)}
 	if prev, ok := existing.(httpcaddyfile.App); ok {
 		if err := json.Unmarshal(prev.Value, &app); err != nil {
 			return nil, err
@@ -134,7 +134,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 	if _, dup := app.Hubs[name]; dup {
 		return nil, d.Errf("comet hub %q is configured twice", name)
 	}
-	cfg := new(HubConfig)
+	cfg := new(HubOptions)
 	if err := cfg.UnmarshalCaddyfile(d); err != nil {
 		return nil, err
 	}
@@ -143,7 +143,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 }
 
 // UnmarshalCaddyfile reads the block of the global comet option.
-func (c *HubConfig) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+func (c *HubOptions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		var err error
 		switch d.Val() {
@@ -332,5 +332,5 @@ func parseCount(d *caddyfile.Dispenser) (int, error) {
 // Interface guards
 var (
 	_ caddyfile.Unmarshaler = (*Handler)(nil)
-	_ caddyfile.Unmarshaler = (*HubConfig)(nil)
+	_ caddyfile.Unmarshaler = (*HubOptions)(nil)
 )

@@ -350,16 +350,11 @@ func (c *cachedAnswer) fits(sig string, a pollAnswer, keep bool) bool {
 // the same cursor with the same headers, the event is rendered once. Its
 // Date header is then the first poll's, within the fan-out's time.
 func (p *detachedPoll) sharedAnswer(a pollAnswer) []byte {
-	cache := a.event.frames
-	if cache != nil {
-		if c := cache.answer.Load(); c != nil && c.fits(p.sig, a, p.keep) {
-			return c.bytes
-		}
+	if c, ok := a.event.lastDerived(memoPollAnswer).(*cachedAnswer); ok && c.fits(p.sig, a, p.keep) {
+		return c.bytes
 	}
 	c := &cachedAnswer{sig: p.sig, cursor: a.cursor, missed: a.missed, keep: p.keep, bytes: p.render(a)}
-	if cache != nil {
-		cache.answer.Store(c)
-	}
+	a.event.keepDerived(memoPollAnswer, c)
 	return c.bytes
 }
 

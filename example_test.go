@@ -11,10 +11,7 @@ import (
 // A hub of one's own, for a program that embeds the hub without Caddy's
 // HTTP side: subscribe, publish, and read by cursor.
 func ExampleNewHub() {
-	hub, err := comet.NewHub("example", comet.HubConfig{History: 10})
-	if err != nil {
-		panic(err) // only a hub with a broker can fail to start
-	}
+	hub := comet.NewHub("example", comet.HubConfig{History: 10}, nil) // nil: no broker, in-process
 	defer hub.Close()
 
 	sub, err := hub.Subscribe("/news")

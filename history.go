@@ -19,35 +19,62 @@ type Event struct {
 	// Published is when the hub accepted the event.
 	Published time.Time
 
-	// frames holds the event's wire encodings, made once and shared by
-	// every subscriber that writes it. Publish sets it.
-	frames *frameCache
+	// memo holds what the code that delivers the event derives from it
+	// (its wire encodings), made once and shared by every subscriber. The
+	// hub gives every event it holds one, and knows nothing of what is in
+	// it.
+	memo *eventMemo
 }
 
-// frameCache holds an event's encoding in each wire format. Two
-// subscribers may encode at the same time; both make the same bytes and
-// one copy is kept.
-type frameCache struct {
-	streams [wireFormatCount]atomic.Pointer[[]byte]
-	// answer is the last detached long-poll answer made for the event,
-	// shared by every poll whose answer is the same (see detach_poll.go).
-	answer atomic.Pointer[cachedAnswer]
+// A memo slot is where one value derived from an event is kept.
+type memoSlot int
+
+// memoSlots is how many derived values an event can carry.
+const memoSlots = 4
+
+type eventMemo [memoSlots]atomic.Pointer[any]
+
+// withMemo gives the event a memo if it has none.
+func (e *Event) withMemo() *Event {
+	if e.memo == nil {
+		e.memo = new(eventMemo)
+	}
+	return e
 }
 
-// frame returns the event's encoding in format f, at cursor cur (the same
-// for every subscriber), making it on first use. An event that did not
-// come through Publish has no cache and is encoded each time.
-func (e *Event) frame(f wireFormat, cur Cursor) []byte {
-	if e.frames == nil {
-		return f.encode(nil, e, cur)
+// derived returns the value kept in the event's slot, making it with make
+// on first use. Two callers may make it at the same time; one value is
+// kept. An event that no hub holds has no memo, and make runs every time.
+func (e *Event) derived(slot memoSlot, make func() any) any {
+	if e.memo == nil {
+		return make()
 	}
-	p := &e.frames.streams[f]
-	if b := p.Load(); b != nil {
-		return *b
+	p := &e.memo[slot]
+	if v := p.Load(); v != nil {
+		return *v
 	}
-	b := f.encode(nil, e, cur)
-	p.CompareAndSwap(nil, &b)
+	v := make()
+	p.CompareAndSwap(nil, &v)
 	return *p.Load()
+}
+
+// lastDerived returns the value last kept in the slot by keepDerived, or
+// nil.
+func (e *Event) lastDerived(slot memoSlot) any {
+	if e.memo == nil {
+		return nil
+	}
+	if v := e.memo[slot].Load(); v != nil {
+		return *v
+	}
+	return nil
+}
+
+// keepDerived keeps v in the slot, in place of what it held.
+func (e *Event) keepDerived(slot memoSlot, v any) {
+	if e.memo != nil {
+		e.memo[slot].Store(&v)
+	}
 }
 
 // history holds the most recent events of one context, oldest first. Ids in

@@ -65,9 +65,6 @@ type HubConfig struct {
 	// The most subscribers attached to the hub at once, over all its
 	// contexts. One more is refused with 503. Default: 100000.
 	MaxSubscribers int `json:"max_subscribers,omitempty"`
-
-	// Shares the hub between Caddy nodes. Default: none, in-process.
-	Broker *BrokerConfig `json:"broker,omitempty"`
 }
 
 // withDefaults returns the config with zero values replaced by defaults.
@@ -97,13 +94,18 @@ func (c HubConfig) validate() error {
 		return errors.New("max_contexts must not be negative")
 	case c.MaxSubscribers < 0:
 		return errors.New("max_subscribers must not be negative")
-	case c.Broker != nil && c.Broker.Redis == nil:
-		return errors.New("broker needs a kind: redis")
-	case c.Broker != nil:
-		return c.Broker.Redis.validate()
 	}
 	return nil
 }
+
+// retention is how much history the config keeps.
+func (c *HubConfig) retention() Retention {
+	return Retention{Events: c.History, MaxAge: time.Duration(c.HistoryMaxAge)}
+}
+
+// brokerTimeout bounds one call to the broker, so that a broker that hangs
+// turns into a clear 503 rather than a hung request.
+const brokerTimeout = 3 * time.Second
 
 // Hub is the set of contexts one hub name stands for (the seed's
 // CometEngine). It knows nothing about HTTP. It lives across config reloads;
@@ -138,42 +140,35 @@ type Hub struct {
 	logger        *zap.Logger
 
 	metrics hubMetrics
-	// generation orders hubs of the same name while a reload runs two.
-	generation uint64
 }
-
-var hubGenerations atomic.Uint64
 
 // NewHub makes a hub of its own, outside any Caddy config, for programs
 // that embed the hub; Caddy's handlers use LookupHub's instead. With a
-// broker in cfg it connects to it first, and fails if it cannot. It runs a
-// janitor goroutine, and one following the broker, until Close.
-func NewHub(name string, cfg HubConfig) (*Hub, error) {
+// broker (nil: none, in-process), the hub's contexts are mirrors of the
+// broker's, shared with the hubs of other nodes that use it, and Close
+// closes the broker. It runs a janitor goroutine, and one following the
+// broker, until Close.
+func NewHub(name string, cfg HubConfig, broker Broker) *Hub {
 	h := &Hub{
-		name:       name,
-		now:        time.Now,
-		contexts:   make(map[string]*hubContext),
-		closed:     make(chan struct{}),
-		logger:     caddy.Log().Named("comet"),
-		metrics:    newHubMetrics(name),
-		generation: hubGenerations.Add(1),
+		name:     name,
+		now:      time.Now,
+		contexts: make(map[string]*hubContext),
+		closed:   make(chan struct{}),
+		logger:   caddy.Log().Named("comet"),
+		metrics:  newHubMetrics(name),
 	}
 	h.configure(cfg)
 	// Whatever an earlier lifetime held is lost; absent cursors given from
 	// now on hold.
 	h.lostSince.Store(h.now().UnixMilli() - 1)
-	if cfg.Broker != nil && cfg.Broker.Redis != nil {
-		b, err := newRedisBroker(*cfg.Broker.Redis, name, h.config, h.logger)
-		if err != nil {
-			return nil, err
-		}
-		h.broker = b
+	if broker != nil {
+		h.broker = broker
 		ctx, cancel := context.WithCancel(context.Background())
 		h.stopFollowing = cancel
-		go b.Follow(ctx, follower{h})
+		go broker.Follow(ctx, follower{h})
 	}
 	go h.janitor()
-	return h, nil
+	return h
 }
 
 // Name returns the hub's name.
@@ -203,12 +198,6 @@ func (h *Hub) Close() {
 	})
 }
 
-// Destruct closes the hub when the last config using it is cleaned up.
-func (h *Hub) Destruct() error {
-	h.Close()
-	return nil
-}
-
 func (h *Hub) isClosed() bool {
 	select {
 	case <-h.closed:
@@ -216,22 +205,6 @@ func (h *Hub) isClosed() bool {
 	default:
 		return false
 	}
-}
-
-// LookupHub returns the hub that Caddy runs under that name, if a running
-// config uses it. Other modules and embedders publish and subscribe through
-// it; the hub outlives config reloads.
-func LookupHub(name string) (*Hub, bool) {
-	var found *Hub
-	hubs.Range(func(_, value any) bool {
-		// A reload that changes a hub's broker runs the old and the new hub
-		// side by side for a moment: the newer one is the current one.
-		if h := value.(*Hub); h.name == name && (found == nil || h.generation > found.generation) {
-			found = h
-		}
-		return true
-	})
-	return found, found != nil
 }
 
 // SubscriberCount returns how many subscribers are attached to the hub.
@@ -270,7 +243,7 @@ func (h *Hub) Publish(key string, ev Event) (Receipt, error) {
 	if len(key) > MaxKeyLength {
 		return Receipt{}, ErrKeyTooLong
 	}
-	ev.frames = new(frameCache)
+	ev.withMemo()
 	if h.broker != nil {
 		return h.publishShared(key, &ev)
 	}
@@ -291,7 +264,7 @@ func (h *Hub) Publish(key string, ev Event) (Receipt, error) {
 func (h *Hub) publishShared(key string, ev *Event) (Receipt, error) {
 	ev.Published = h.now()
 	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
-	cur, err := h.broker.Publish(ctx, key, ev)
+	cur, err := h.broker.Publish(ctx, key, ev, h.config().retention())
 	cancel()
 	if err != nil {
 		return Receipt{}, err
@@ -358,7 +331,7 @@ func (h *Hub) contextList() []*hubContext {
 func (h *Hub) sync(c *hubContext) {
 	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
 	defer cancel()
-	st, err := h.broker.Load(ctx, c.key)
+	st, err := h.broker.Load(ctx, c.key, h.config().retention())
 	if err != nil {
 		h.logger.Warn("could not bring a context up to date", zap.String("hub", h.name), zap.String("context", c.key), zap.Error(err))
 		return
@@ -561,7 +534,7 @@ func (h *Hub) withContext(key string, fn func(*hubContext) error) error {
 // was announced between the load and the mirror's creation.
 func (h *Hub) withSharedContext(key string, fn func(*hubContext) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
-	st, err := h.broker.Load(ctx, key)
+	st, err := h.broker.Load(ctx, key, h.config().retention())
 	cancel()
 	if err != nil {
 		return err
@@ -713,7 +686,7 @@ func (c *hubContext) apply(epoch string, ev *Event, cfg *HubConfig) (woken int, 
 		return 0, true
 	}
 	woken = c.woken()
-	wake := c.appendLocked(ev, cfg)
+	wake := c.appendLocked(ev.withMemo(), cfg)
 	c.mu.Unlock()
 	c.broadcast(wake)
 	return woken, true
@@ -729,6 +702,9 @@ func (c *hubContext) replace(st BrokerState) {
 		return
 	}
 	c.epoch, c.lastID = st.Epoch, st.LastID
+	for _, ev := range st.History {
+		ev.withMemo()
+	}
 	c.history = history{events: st.History}
 	wake := c.takeWakeLocked()
 	c.mu.Unlock()
@@ -930,6 +906,3 @@ func (s *Subscriber) Close() {
 	s.c.subscribers.Add(-1)
 	s.hub.subscribers.Add(-1)
 }
-
-// Interface guard: the hub is a caddy.UsagePool value.
-var _ caddy.Destructor = (*Hub)(nil)

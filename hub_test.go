@@ -13,10 +13,7 @@ import (
 
 func testHub(t testing.TB, cfg HubConfig) *Hub {
 	t.Helper()
-	h, err := NewHub("test", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := NewHub("test", cfg, nil)
 	t.Cleanup(h.Close)
 	return h
 }

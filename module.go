@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddy-comet/comet/internal/takeover"
@@ -39,15 +40,80 @@ const (
 // uses it is cleaned up.
 var hubs = caddy.NewUsagePool()
 
+// pooledHub is a hub in the pool.
+type pooledHub struct {
+	*Hub
+	// generation orders hubs of the same name while a reload that changes
+	// the broker runs two.
+	generation uint64
+}
+
+var hubGenerations atomic.Uint64
+
+// Destruct closes the hub when the last config using it is cleaned up.
+func (p pooledHub) Destruct() error {
+	p.Close()
+	return nil
+}
+
+// LookupHub returns the hub that Caddy runs under that name, if a running
+// config uses it. Other modules and embedders publish and subscribe through
+// it; the hub outlives config reloads.
+func LookupHub(name string) (*Hub, bool) {
+	var found pooledHub
+	hubs.Range(func(_, value any) bool {
+		// A reload that changes a hub's broker runs the old and the new hub
+		// side by side for a moment: the newer one is the current one.
+		if p := value.(pooledHub); p.name == name && (found.Hub == nil || p.generation > found.generation) {
+			found = p
+		}
+		return true
+	})
+	return found.Hub, found.Hub != nil
+}
+
 // App is the comet app. It configures hubs; the Caddyfile's global comet
 // option fills it in, and handlers load it to find their hub.
 type App struct {
 	// Hubs configures hubs by name. The hub named "default" exists even
 	// when it is not listed; any other name a handler uses must be.
-	Hubs map[string]*HubConfig `json:"hubs,omitempty"`
+	Hubs map[string]*HubOptions `json:"hubs,omitempty"`
 
 	acquired map[string]acquiredHub
 	logger   *zap.Logger
+}
+
+// HubOptions configure one of the app's hubs: its bounds, and the broker
+// that shares it with other nodes.
+type HubOptions struct {
+	HubConfig
+
+	// Shares the hub between Caddy nodes. Default: none, in-process.
+	Broker *BrokerConfig `json:"broker,omitempty"`
+}
+
+func (o HubOptions) validate() error {
+	switch {
+	case o.Broker != nil && o.Broker.Redis == nil:
+		return errors.New("broker needs a kind: redis")
+	case o.Broker != nil:
+		if err := o.Broker.Redis.validate(); err != nil {
+			return err
+		}
+	}
+	return o.HubConfig.validate()
+}
+
+// newHub makes the hub the options describe, connecting to its broker.
+func (o HubOptions) newHub(name string, logger *zap.Logger) (*Hub, error) {
+	var broker Broker
+	if o.Broker != nil {
+		var err error
+		if broker, err = NewRedisBroker(*o.Broker.Redis, name, logger); err != nil {
+			return nil, err
+		}
+	}
+	return NewHub(name, o.HubConfig, broker), nil
 }
 
 // acquiredHub is a hub this config holds, with its key in the pool.
@@ -112,20 +178,20 @@ func (a *App) hub(name string) (*Hub, error) {
 	if _, ok := a.Hubs[name]; !ok && name != DefaultHubName {
 		return nil, fmt.Errorf("hub %q is not configured: add it to the global comet option", name)
 	}
-	cfg := a.config(name)
-	poolKey := hubPoolKey(name, cfg)
+	opts := a.options(name)
+	poolKey := hubPoolKey(name, opts)
 	val, loaded, err := hubs.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
-		h, err := NewHub(name, cfg)
+		h, err := opts.newHub(name, a.logger)
 		if err != nil {
 			return nil, fmt.Errorf("hub %q: %w", name, err)
 		}
-		return h, nil
+		return pooledHub{Hub: h, generation: hubGenerations.Add(1)}, nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	a.logger.Debug("hub acquired", zap.String("hub", name), zap.Bool("existing", loaded))
-	h := val.(*Hub)
+	h := val.(pooledHub).Hub
 	a.acquired[name] = acquiredHub{hub: h, poolKey: poolKey}
 	return h, nil
 }
@@ -133,19 +199,19 @@ func (a *App) hub(name string) (*Hub, error) {
 // hubPoolKey names a hub in the pool by its name and its broker: a reload
 // that keeps both keeps the hub, one that changes the broker starts a new
 // hub, since subscribers cannot be carried from one broker to another.
-func hubPoolKey(name string, cfg HubConfig) string {
-	if cfg.Broker == nil {
+func hubPoolKey(name string, opts HubOptions) string {
+	if opts.Broker == nil {
 		return name
 	}
-	broker, _ := json.Marshal(cfg.Broker)
+	broker, _ := json.Marshal(opts.Broker)
 	return name + "\x00" + string(broker)
 }
 
-func (a *App) config(name string) HubConfig {
-	if cfg := a.Hubs[name]; cfg != nil {
-		return *cfg
+func (a *App) options(name string) HubOptions {
+	if opts := a.Hubs[name]; opts != nil {
+		return *opts
 	}
-	return HubConfig{}
+	return HubOptions{}
 }
 
 // Start applies this config's bounds to the hubs it uses. Only a config
@@ -153,7 +219,7 @@ func (a *App) config(name string) HubConfig {
 // running config's bounds in place.
 func (a *App) Start() error {
 	for name, acq := range a.acquired {
-		acq.hub.configure(a.config(name))
+		acq.hub.configure(a.options(name).HubConfig)
 	}
 	return nil
 }

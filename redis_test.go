@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 )
 
 // redisServer is a real redis-server on a loopback port, with append-only
@@ -93,6 +94,17 @@ func (r *redisServer) answers() bool {
 	return err == nil && strings.HasPrefix(line, "+PONG")
 }
 
+// redisHub makes a hub of the default name on the server, as another node
+// would have.
+func redisHub(t testing.TB, r *redisServer, cfg HubConfig) *Hub {
+	t.Helper()
+	broker, err := NewRedisBroker(RedisConfig{URL: r.url()}, DefaultHubName, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NewHub(DefaultHubName, cfg, broker)
+}
+
 func brokerOption(r *redisServer, extra string) string {
 	return "comet {\n\t\thistory 500\n\t\tbroker redis " + r.url() + "\n" + extra + "\t}"
 }
@@ -119,10 +131,7 @@ func TestRedisOutage(t *testing.T) {
 	first := s.publish("/c", "before")
 	// A second node, through the Go API: events it publishes reach this
 	// node only through Redis.
-	other, err := NewHub(DefaultHubName, HubConfig{History: 500, Broker: &BrokerConfig{Redis: &RedisConfig{URL: r.url()}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	other := redisHub(t, r, HubConfig{History: 500})
 	defer other.Close()
 
 	poll := s.startPoll("/c", "Last-Event-ID", first.Cursor)
@@ -144,6 +153,7 @@ func TestRedisOutage(t *testing.T) {
 
 	r.start()
 	var second Receipt
+	var err error
 	waitFor(t, "the other node to publish again", func() bool {
 		second, err = other.Publish("/c", Event{Data: []byte("after")})
 		return err == nil
@@ -178,16 +188,9 @@ func TestRedisOutage(t *testing.T) {
 // cursor back.
 func TestCursorsNeverMoveBackAfterRedisLosesItsData(t *testing.T) {
 	r := startRedis(t)
-	cfg := HubConfig{Broker: &BrokerConfig{Redis: &RedisConfig{URL: r.url()}}}
-	a, err := NewHub(DefaultHubName, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := redisHub(t, r, HubConfig{})
 	defer a.Close()
-	b, err := NewHub(DefaultHubName, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := redisHub(t, r, HubConfig{})
 	defer b.Close()
 
 	held, err := a.Subscribe("/c")

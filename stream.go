@@ -67,6 +67,20 @@ func (f wireFormat) encode(b []byte, ev *Event, cur Cursor) []byte {
 	return appendJSONLine(b, line)
 }
 
+// An event's memo (see Event.derived) keeps the event's frame in each wire
+// format in the slot numbered as the format, and the last long-poll answer
+// rendered for it in memoPollAnswer.
+const memoPollAnswer = memoSlot(wireFormatCount)
+
+// The memo has room for them: a negative length would not compile.
+var _ [memoSlots - 1 - memoPollAnswer]struct{}
+
+// frame returns the event's encoding in format f, at cursor cur (the same
+// for every subscriber), made once per event and shared.
+func (e *Event) frame(f wireFormat, cur Cursor) []byte {
+	return e.derived(memoSlot(f), func() any { return f.encode(nil, e, cur) }).([]byte)
+}
+
 // open appends what starts a stream: the cursor it starts from, so that a
 // client that reconnects before any event misses nothing, and for SSE the
 // reconnection delay.
