@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"runtime"
 	"strconv"
@@ -13,38 +12,6 @@ import (
 	"testing"
 	"time"
 )
-
-// rawStream is an SSE stream read over a bare connection, so that the test
-// process runs no client goroutine for it and the server's goroutines can
-// be counted.
-type rawStream struct {
-	conn net.Conn
-	resp *http.Response
-	sse  *sseParser
-}
-
-func openRawSSE(t *testing.T, addr, path string) *rawStream {
-	return openRaw(t, addr, path, "text/event-stream")
-}
-
-func openRaw(t *testing.T, addr, path, accept string) *rawStream {
-	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: %s\r\n\r\n", path, addr, accept)
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s", path, resp.Status)
-	}
-	return &rawStream{conn: conn, resp: resp, sse: newSSEParser(resp.Body)}
-}
 
 // TestDetachedStreamsHoldOneGoroutineEach opens plaintext HTTP/1.1 streams
 // on a route that detaches them and on one that does not, with an access
@@ -165,51 +132,6 @@ func TestDetachingStaysOutOfTheWayOfEncode(t *testing.T) {
 	if !scanWithin(t, lines, 5*time.Second) || !strings.Contains(lines.Text(), "through encode") {
 		t.Errorf("NDJSON got %q", lines.Text())
 	}
-}
-
-// rawPoll is a long-polling client on one bare keep-alive connection.
-type rawPoll struct {
-	t    *testing.T
-	addr string
-	conn net.Conn
-	br   *bufio.Reader
-}
-
-func dialPoll(t *testing.T, addr string) *rawPoll {
-	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &rawPoll{t: t, addr: addr, conn: conn, br: bufio.NewReader(conn)}
-}
-
-// send writes a GET for path, with the cursor if there is one.
-func (p *rawPoll) send(path, cursor string) {
-	p.t.Helper()
-	req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\n", path, p.addr)
-	if cursor != "" {
-		req += "Last-Event-ID: " + cursor + "\r\n"
-	}
-	if _, err := io.WriteString(p.conn, req+"\r\n"); err != nil {
-		p.t.Fatal(err)
-	}
-}
-
-// answer reads the next answer on the connection, with its body.
-func (p *rawPoll) answer() (*http.Response, string) {
-	p.t.Helper()
-	p.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	resp, err := http.ReadResponse(p.br, nil)
-	if err != nil {
-		p.t.Fatalf("reading an answer: %v", err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	return resp, string(body)
 }
 
 // TestDetachedLongPollsAreAnsweredAndKeptAlive parks long polls on bare

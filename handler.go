@@ -7,30 +7,178 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/takeover"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
-// Headers of the comet protocol.
+// Defaults of Handler.
 const (
-	// HeaderCursor carries the cursor a client sends back to resume.
-	HeaderCursor = "Comet-Cursor"
-	// HeaderEventID carries the plain event id.
-	HeaderEventID = "Comet-Event-Id"
-	// HeaderEventType carries the event type a publisher chose.
-	HeaderEventType = "Comet-Event-Type"
-	// HeaderMissed says how many events a client will never see, or
-	// "unknown" when its cursor came from an earlier epoch.
-	HeaderMissed = "Comet-Missed"
+	DefaultContext        = "{http.request.uri.path}"
+	DefaultExpiration     = 30 * time.Second
+	DefaultMaxMessageSize = 64 << 10
+	DefaultHeartbeat      = 15 * time.Second
+	DefaultWriteTimeout   = 10 * time.Second
 )
 
-// retryAfterSeconds is what 503 answers ask clients to wait: long enough
-// for a burst to pass, short enough that a page does not look dead.
-const retryAfterSeconds = "5"
+// Handler serves comet contexts over HTTP. A GET subscribes: it is
+// suspended until the next event (long polling) or kept open for every
+// event (SSE or NDJSON, by Accept); a POST publishes its body as an event;
+// DELETE ends the context; HEAD answers at once with its current position.
+type Handler struct {
+	// The hub whose contexts this route serves. Default: "default".
+	Hub string `json:"hub,omitempty"`
+
+	// The context key, a template with placeholders evaluated per request.
+	// Requests with the same key share events. Default:
+	// "{http.request.uri.path}".
+	Context string `json:"context,omitempty"`
+
+	// How long a GET stays suspended without an event before it is answered
+	// with 204 No Content (the seed's expiration delay). Negative: never.
+	// Default: 30s.
+	Expiration caddy.Duration `json:"expiration,omitempty"`
+
+	// Whether POST (publish) and DELETE (end the context) are allowed on
+	// this route; without them, publishing is left to the admin API or Go.
+	// Default: true.
+	Publish *bool `json:"publish,omitempty"`
+
+	// The largest POST body accepted, in bytes; larger ones get 413.
+	// Default: 65536.
+	MaxMessageSize int64 `json:"max_message_size,omitempty"`
+
+	// How long a stream may stay idle before it gets a keep-alive (an SSE
+	// comment or an empty NDJSON line), so that proxies and browsers keep
+	// the connection. Negative: never. Default: 15s.
+	Heartbeat caddy.Duration `json:"heartbeat,omitempty"`
+
+	// The ways of subscribing the route accepts: "longpoll", "sse" (GET
+	// with Accept: text/event-stream) and "stream" (GET with Accept:
+	// application/x-ndjson). Others get 406. Default: all three.
+	Transports []string `json:"transports,omitempty"`
+
+	// How long one write to a stream may block before the stream is
+	// abandoned, so that a reader that stops reading frees its place.
+	// Default: 10s.
+	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
+
+	// Whether subscribers over plaintext HTTP/1.x are taken over from the
+	// server where nothing else needs them: streams once their headers
+	// are out, and long polls that must wait where nothing in the chain
+	// sees the answer. It cuts what each one holds by about three
+	// quarters and lets publishers write to them directly. The access log
+	// then logs such a stream when it is taken over rather than when it
+	// ends. Default: true.
+	Detach *bool `json:"detach,omitempty"`
+
+	hub        *Hub
+	allow      string
+	transports transport
+	metrics    map[transport]*transportMetrics
+	logger     *zap.Logger
+	// limitLog logs refusals at warn, a few a second at most, so that a
+	// hub at its limit does not write a line per refused request.
+	limitLog *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.comet",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision fills in defaults, finds the hub and makes sure process exit
+// answers the hub's subscribers.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	h.limitLog = h.logger.WithOptions(zap.WrapCore(func(core zapcore.Core) zapcore.Core {
+		return zapcore.NewSamplerWithOptions(core, time.Second, 5, 0)
+	}))
+	if h.Hub == "" {
+		h.Hub = DefaultHubName
+	}
+	if h.Context == "" {
+		h.Context = DefaultContext
+	}
+	if h.Expiration == 0 {
+		h.Expiration = caddy.Duration(DefaultExpiration)
+	}
+	if h.MaxMessageSize == 0 {
+		h.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if h.Heartbeat == 0 {
+		h.Heartbeat = caddy.Duration(DefaultHeartbeat)
+	}
+	if h.WriteTimeout == 0 {
+		h.WriteTimeout = caddy.Duration(DefaultWriteTimeout)
+	}
+	var err error
+	if h.transports, err = parseTransports(h.Transports); err != nil {
+		return err
+	}
+	h.allow = "GET, HEAD"
+	if h.publishes() {
+		h.allow = "GET, HEAD, POST, DELETE"
+	}
+	h.metrics = make(map[transport]*transportMetrics)
+	for _, tn := range transportNames {
+		h.metrics[tn.t] = newTransportMetrics(h.Hub, tn.t)
+	}
+
+	appIface, err := ctx.App("comet")
+	if err != nil {
+		return fmt.Errorf("loading comet app: %v", err)
+	}
+	h.hub, err = appIface.(*App).hub(h.Hub)
+	if err != nil {
+		return err
+	}
+
+	// On exit, the http app waits for in-flight requests before any module
+	// is cleaned up, and with the default eternal grace period it would
+	// wait for parked requests forever. Closing the hub when the server
+	// starts shutting down answers them at once. A reload shuts the old
+	// server down too, but its parked requests must stay parked.
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		hub := h.hub
+		srv.RegisterOnShutdown(func() {
+			if caddy.Exiting() {
+				hub.Close()
+			}
+		})
+		if h.detaches() {
+			srv.RegisterConnContext(rememberSocket)
+			if h.transports&transportLongPoll != 0 {
+				if err := takeover.HangUpsWatched(); err != nil {
+					h.logger.Warn("long polls will stay on the ordinary path", zap.Error(err))
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (h *Handler) publishes() bool { return h.Publish == nil || *h.Publish }
+
+func (h *Handler) detaches() bool { return h.Detach == nil || *h.Detach }
+
+// Validate rejects impossible values.
+func (h *Handler) Validate() error {
+	if h.MaxMessageSize < 0 {
+		return errors.New("max_message_size must not be negative")
+	}
+	if h.WriteTimeout < 0 {
+		return errors.New("write_timeout must not be negative")
+	}
+	return nil
+}
 
 // ServeHTTP serves one request on a comet context. The handler is terminal:
 // it never calls next.
@@ -288,126 +436,9 @@ func (h *Handler) refuse(w http.ResponseWriter, key string, err error) error {
 	return werr
 }
 
-// setCursorHeaders writes the cursor headers every answer but 410 carries.
-func setCursorHeaders(hdr http.Header, cur Cursor) {
-	text := cur.String()
-	hdr.Set("Cache-Control", "no-store")
-	hdr.Set("ETag", `"`+text+`"`)
-	hdr.Set(HeaderCursor, text)
-	hdr.Set(HeaderEventID, strconv.FormatUint(cur.ID, 10))
-}
-
-// setCursorPlaceholders sets the placeholders of the cursor an answer
-// carries, before anything is written, so that a deferred header directive
-// can use them.
-func setCursorPlaceholders(repl *caddy.Replacer, cur Cursor) {
-	repl.Set("comet.cursor", cur.String())
-	repl.Set("comet.event.id", cur.ID)
-}
-
-// setPollPlaceholders sets the placeholders of a long poll's answer.
-func setPollPlaceholders(repl *caddy.Replacer, a pollAnswer) {
-	if a.status == http.StatusGone {
-		return
-	}
-	setCursorPlaceholders(repl, a.cursor)
-	if a.status != http.StatusServiceUnavailable {
-		repl.Set("comet.subscribers", a.subscribers)
-	}
-	if a.missed != 0 {
-		repl.Set("comet.missed", missedText(a.missed))
-	}
-}
-
-// writePollAnswer writes a long poll's answer; whatever holds the poll's
-// connection writes it through this, to net/http or to a recorder.
-func writePollAnswer(w http.ResponseWriter, a pollAnswer) error {
-	hdr := w.Header()
-	if a.status == http.StatusGone {
-		hdr.Set("Cache-Control", "no-store")
-		hdr.Set("Content-Type", "text/plain; charset=utf-8")
-		w.WriteHeader(http.StatusGone)
-		_, err := io.WriteString(w, "410 Gone: the context was deleted\n")
-		return err
-	}
-	setCursorHeaders(hdr, a.cursor)
-	if a.missed != 0 {
-		hdr.Set(HeaderMissed, missedText(a.missed))
-	}
-	switch a.status {
-	case http.StatusServiceUnavailable:
-		// The server is exiting: the client comes back with its cursor.
-		hdr.Set("Retry-After", retryAfterSeconds)
-		w.WriteHeader(a.status)
-		return nil
-	case http.StatusNoContent:
-		w.WriteHeader(a.status)
-		return nil
-	}
-	ev := a.event
-	if ev.Type != "" {
-		hdr.Set(HeaderEventType, ev.Type)
-	}
-	switch {
-	case ev.ContentType != "":
-		hdr.Set("Content-Type", ev.ContentType)
-	case len(ev.Data) > 0:
-		hdr.Set("Content-Type", "application/octet-stream")
-	}
-	// Anyone allowed to publish chooses the payload and its type; keep a
-	// browser that opens the URL directly from running it on this origin.
-	hdr.Set("X-Content-Type-Options", "nosniff")
-	hdr.Set("Content-Security-Policy", "sandbox")
-	hdr.Set("Content-Length", strconv.Itoa(len(ev.Data)))
-	w.WriteHeader(http.StatusOK)
-	_, err := w.Write(ev.Data)
-	return err
-}
-
-// missedText is how the protocol says how many events were missed: a count,
-// or "unknown" for a cursor from an earlier epoch.
-func missedText(missed int64) string {
-	if missed == MissedUnknown {
-		return "unknown"
-	}
-	return strconv.FormatInt(missed, 10)
-}
-
-// contextJSON describes a context in admin and DELETE answers.
-type contextJSON struct {
-	Context     string `json:"context"`
-	Cursor      string `json:"cursor"`
-	LastEventID uint64 `json:"last_event_id"`
-	Subscribers int    `json:"subscribers"`
-	History     int    `json:"history"`
-}
-
-func contextJSONFrom(info ContextInfo) contextJSON {
-	return contextJSON{
-		Context:     info.Key,
-		Cursor:      info.Cursor.String(),
-		LastEventID: info.Cursor.ID,
-		Subscribers: info.Subscribers,
-		History:     info.History,
-	}
-}
-
-// receipt is the JSON body of a publish answer.
-type receipt struct {
-	ID     uint64 `json:"id"`
-	Cursor string `json:"cursor"`
-	Woken  int    `json:"woken"`
-}
-
-// writeReceipt answers a publish with the new event's id and the number of
-// subscribers it woke.
-func writeReceipt(w http.ResponseWriter, repl *caddy.Replacer, rcpt Receipt) error {
-	hdr := w.Header()
-	setCursorHeaders(hdr, rcpt.Cursor)
-	if repl != nil {
-		setCursorPlaceholders(repl, rcpt.Cursor)
-		repl.Set("comet.subscribers", rcpt.Woken)
-	}
-	hdr.Set("Content-Type", "application/json")
-	return json.NewEncoder(w).Encode(receipt{ID: rcpt.Cursor.ID, Cursor: rcpt.Cursor.String(), Woken: rcpt.Woken})
-}
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,113 +1,13 @@
 package comet
 
 import (
-	"bufio"
-	"fmt"
-	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"go.uber.org/zap"
 )
-
-// redisServer is a real redis-server on a loopback port, with append-only
-// persistence so that a restart keeps its data, as a production Redis
-// would.
-type redisServer struct {
-	t    testing.TB
-	bin  string
-	addr string
-	dir  string
-	cmd  *exec.Cmd
-}
-
-// startRedis starts a redis-server for the test. Without the binary the
-// test fails where COMET_REQUIRE_REDIS is set (.ci/run sets it) and is
-// skipped elsewhere.
-func startRedis(t testing.TB) *redisServer {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("COMET_REQUIRE_REDIS") != "" {
-			t.Fatal("redis-server is not installed, and COMET_REQUIRE_REDIS says these tests must run")
-		}
-		t.Skip("redis-server is not installed (apt-get install redis-server); skipping the cluster-mode tests")
-	}
-	r := &redisServer{t: t, bin: bin, addr: freeAddr(t), dir: t.TempDir()}
-	r.start()
-	t.Cleanup(r.kill)
-	return r
-}
-
-func (r *redisServer) url() string { return "redis://" + r.addr + "/0" }
-
-func (r *redisServer) start() {
-	r.t.Helper()
-	host, port, _ := net.SplitHostPort(r.addr)
-	r.cmd = exec.Command(r.bin, "--bind", host, "--port", port, "--dir", r.dir,
-		"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no")
-	if err := r.cmd.Start(); err != nil {
-		r.t.Fatal(err)
-	}
-	waitFor(r.t, "redis-server to answer", r.answers)
-}
-
-// kill stops the server at once, as a crash would.
-func (r *redisServer) kill() {
-	if r.cmd == nil {
-		return
-	}
-	r.cmd.Process.Kill()
-	r.cmd.Wait()
-	r.cmd = nil
-}
-
-// restartEmpty restarts the server without its data, as a Redis without
-// persistence comes back from a crash.
-func (r *redisServer) restartEmpty() {
-	r.t.Helper()
-	r.kill()
-	if err := os.RemoveAll(r.dir); err != nil {
-		r.t.Fatal(err)
-	}
-	if err := os.MkdirAll(r.dir, 0o700); err != nil {
-		r.t.Fatal(err)
-	}
-	r.start()
-}
-
-// answers reports whether PING gets PONG.
-func (r *redisServer) answers() bool {
-	conn, err := net.DialTimeout("tcp", r.addr, time.Second)
-	if err != nil {
-		return false
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(time.Second))
-	fmt.Fprint(conn, "PING\r\n")
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	return err == nil && strings.HasPrefix(line, "+PONG")
-}
-
-// redisHub makes a hub of the default name on the server, as another node
-// would have.
-func redisHub(t testing.TB, r *redisServer, cfg HubConfig) *Hub {
-	t.Helper()
-	broker, err := NewRedisBroker(RedisConfig{URL: r.url()}, DefaultHubName, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return NewHub(DefaultHubName, cfg, broker)
-}
-
-func brokerOption(r *redisServer, extra string) string {
-	return "comet {\n\t\thistory 500\n\t\tbroker redis " + r.url() + "\n" + extra + "\t}"
-}
 
 func TestRedisDownAtStartFailsTheConfig(t *testing.T) {
 	addr := freeAddr(t) // nothing listens there

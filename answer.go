@@ -1,0 +1,151 @@
+package comet
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// Headers of the comet protocol.
+const (
+	// HeaderCursor carries the cursor a client sends back to resume.
+	HeaderCursor = "Comet-Cursor"
+	// HeaderEventID carries the plain event id.
+	HeaderEventID = "Comet-Event-Id"
+	// HeaderEventType carries the event type a publisher chose.
+	HeaderEventType = "Comet-Event-Type"
+	// HeaderMissed says how many events a client will never see, or
+	// "unknown" when its cursor came from an earlier epoch.
+	HeaderMissed = "Comet-Missed"
+)
+
+// retryAfterSeconds is what 503 answers ask clients to wait: long enough
+// for a burst to pass, short enough that a page does not look dead.
+const retryAfterSeconds = "5"
+
+// setCursorHeaders writes the cursor headers every answer but 410 carries.
+func setCursorHeaders(hdr http.Header, cur Cursor) {
+	text := cur.String()
+	hdr.Set("Cache-Control", "no-store")
+	hdr.Set("ETag", `"`+text+`"`)
+	hdr.Set(HeaderCursor, text)
+	hdr.Set(HeaderEventID, strconv.FormatUint(cur.ID, 10))
+}
+
+// setCursorPlaceholders sets the placeholders of the cursor an answer
+// carries, before anything is written, so that a deferred header directive
+// can use them.
+func setCursorPlaceholders(repl *caddy.Replacer, cur Cursor) {
+	repl.Set("comet.cursor", cur.String())
+	repl.Set("comet.event.id", cur.ID)
+}
+
+// setPollPlaceholders sets the placeholders of a long poll's answer.
+func setPollPlaceholders(repl *caddy.Replacer, a pollAnswer) {
+	if a.status == http.StatusGone {
+		return
+	}
+	setCursorPlaceholders(repl, a.cursor)
+	if a.status != http.StatusServiceUnavailable {
+		repl.Set("comet.subscribers", a.subscribers)
+	}
+	if a.missed != 0 {
+		repl.Set("comet.missed", missedText(a.missed))
+	}
+}
+
+// writePollAnswer writes a long poll's answer; whatever holds the poll's
+// connection writes it through this, to net/http or to a recorder.
+func writePollAnswer(w http.ResponseWriter, a pollAnswer) error {
+	hdr := w.Header()
+	if a.status == http.StatusGone {
+		hdr.Set("Cache-Control", "no-store")
+		hdr.Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusGone)
+		_, err := io.WriteString(w, "410 Gone: the context was deleted\n")
+		return err
+	}
+	setCursorHeaders(hdr, a.cursor)
+	if a.missed != 0 {
+		hdr.Set(HeaderMissed, missedText(a.missed))
+	}
+	switch a.status {
+	case http.StatusServiceUnavailable:
+		// The server is exiting: the client comes back with its cursor.
+		hdr.Set("Retry-After", retryAfterSeconds)
+		w.WriteHeader(a.status)
+		return nil
+	case http.StatusNoContent:
+		w.WriteHeader(a.status)
+		return nil
+	}
+	ev := a.event
+	if ev.Type != "" {
+		hdr.Set(HeaderEventType, ev.Type)
+	}
+	switch {
+	case ev.ContentType != "":
+		hdr.Set("Content-Type", ev.ContentType)
+	case len(ev.Data) > 0:
+		hdr.Set("Content-Type", "application/octet-stream")
+	}
+	// Anyone allowed to publish chooses the payload and its type; keep a
+	// browser that opens the URL directly from running it on this origin.
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	hdr.Set("Content-Security-Policy", "sandbox")
+	hdr.Set("Content-Length", strconv.Itoa(len(ev.Data)))
+	w.WriteHeader(http.StatusOK)
+	_, err := w.Write(ev.Data)
+	return err
+}
+
+// missedText is how the protocol says how many events were missed: a count,
+// or "unknown" for a cursor from an earlier epoch.
+func missedText(missed int64) string {
+	if missed == MissedUnknown {
+		return "unknown"
+	}
+	return strconv.FormatInt(missed, 10)
+}
+
+// contextJSON describes a context in admin and DELETE answers.
+type contextJSON struct {
+	Context     string `json:"context"`
+	Cursor      string `json:"cursor"`
+	LastEventID uint64 `json:"last_event_id"`
+	Subscribers int    `json:"subscribers"`
+	History     int    `json:"history"`
+}
+
+func contextJSONFrom(info ContextInfo) contextJSON {
+	return contextJSON{
+		Context:     info.Key,
+		Cursor:      info.Cursor.String(),
+		LastEventID: info.Cursor.ID,
+		Subscribers: info.Subscribers,
+		History:     info.History,
+	}
+}
+
+// receipt is the JSON body of a publish answer.
+type receipt struct {
+	ID     uint64 `json:"id"`
+	Cursor string `json:"cursor"`
+	Woken  int    `json:"woken"`
+}
+
+// writeReceipt answers a publish with the new event's id and the number of
+// subscribers it woke.
+func writeReceipt(w http.ResponseWriter, repl *caddy.Replacer, rcpt Receipt) error {
+	hdr := w.Header()
+	setCursorHeaders(hdr, rcpt.Cursor)
+	if repl != nil {
+		setCursorPlaceholders(repl, rcpt.Cursor)
+		repl.Set("comet.subscribers", rcpt.Woken)
+	}
+	hdr.Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(receipt{ID: rcpt.Cursor.ID, Cursor: rcpt.Cursor.String(), Woken: rcpt.Woken})
+}

@@ -1,0 +1,115 @@
+package comet
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Subscriber is one client attached to a context (the seed's suspended
+// CometHandler). It is used by one goroutine.
+type Subscriber struct {
+	hub    *Hub
+	c      *hubContext
+	start  Cursor
+	closed bool
+
+	changed    watcherFunc // set while the subscriber is a watcher
+	watchIndex int         // its place in c.watchers
+}
+
+// Start returns the context's cursor when the subscriber attached: a
+// client without a cursor waits for the first event after it.
+func (s *Subscriber) Start() Cursor { return s.start }
+
+// Resume returns the cursor to serve the subscriber from when its client
+// sent cursor after back: after itself, or, for an absent cursor that
+// still holds (see Position), the start of the context's current epoch.
+//
+// With a broker, a cursor that this node's mirror does not know yet (of
+// another epoch, or past its last id) is first checked against the broker:
+// another node may have told the client of an epoch or events this node
+// has not heard of yet, and judging the cursor by a stale mirror would move
+// the client back to where it already was.
+func (s *Subscriber) Resume(after Cursor) Cursor {
+	h, c := s.hub, s.c
+	if h.broker != nil && !c.knows(after) {
+		h.sync(c)
+	}
+	if since, ok := absentSince(after); ok && h.absentHolds(since) {
+		return Cursor{Epoch: c.position().Epoch}
+	}
+	return after
+}
+
+// Context returns the key of the subscriber's context.
+func (s *Subscriber) Context() string { return s.c.key }
+
+// Position returns the context's current cursor.
+func (s *Subscriber) Position() Cursor { return s.c.position() }
+
+// ContextSubscribers returns how many subscribers the context has,
+// this one included.
+func (s *Subscriber) ContextSubscribers() int { return int(s.c.subscribers.Load()) }
+
+// Next returns the first event after cursor after, waiting until one is
+// published, ctx is done (ctx.Err() is returned), the hub closes
+// (ErrHubClosed) or the context is deleted (ErrContextDeleted). It returns at once if the event is already in history, or
+// if events after the cursor were lost, with Delivery.Missed saying so.
+func (s *Subscriber) Next(ctx context.Context, after Cursor) (Delivery, error) {
+	return s.next(ctx, after, nil)
+}
+
+// errTick is what next returns when its tick channel fires first.
+var errTick = errors.New("tick")
+
+// next is Next that also returns errTick when tick fires, so that a stream
+// can write heartbeats from its own goroutine without another one.
+func (s *Subscriber) next(ctx context.Context, after Cursor, tick <-chan time.Time) (Delivery, error) {
+	c := s.c
+	for {
+		c.mu.RLock()
+		if c.deleted {
+			c.mu.RUnlock()
+			return Delivery{}, ErrContextDeleted
+		}
+		d, ready := c.deliveryAfter(after)
+		wake := c.wake
+		if !ready {
+			c.waiting.Add(1)
+		}
+		c.mu.RUnlock()
+		if ready {
+			return d, nil
+		}
+		var err error
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-s.hub.closed:
+			err = ErrHubClosed
+		case <-tick:
+			err = errTick
+		}
+		c.waiting.Add(-1)
+		if err != nil {
+			return Delivery{}, err
+		}
+	}
+}
+
+// Close detaches the subscriber. It is safe to call more than once.
+func (s *Subscriber) Close() {
+	if s.closed {
+		return
+	}
+	s.closed = true
+	if s.changed != nil {
+		s.c.mu.Lock()
+		s.c.unwatchLocked(s)
+		s.c.mu.Unlock()
+	}
+	s.c.subscribers.Add(-1)
+	s.hub.subscribers.Add(-1)
+}
