@@ -325,7 +325,9 @@ func (s *detachedStream) onTimer(now time.Time) bool {
 		s.kicked.Store(true)
 	case hb > 0 && now.Sub(time.Unix(0, s.lastWrite.Load())) >= hb:
 		step := s.st.step(Delivery{}, false, errTick)
-		s.waitingWrites(func() { s.send(true, step.frame) })
+		waiting := s.waitForRoom()
+		s.send(true, step.frame)
+		s.stopWaiting(waiting)
 	}
 	return s.ok()
 }
@@ -334,14 +336,14 @@ func (s *detachedStream) onTimer(now time.Time) bool {
 // room, then last words. It returns false when the stream is over.
 func (s *detachedStream) serve() bool {
 	s.mu.Lock()
-	s.waitingWrites(func() {
-		for {
-			s.dirty.Store(false)
-			if s.catchUp(true) || !s.dirty.Load() {
-				return
-			}
+	waiting := s.waitForRoom()
+	for {
+		s.dirty.Store(false)
+		if s.catchUp(true) || !s.dirty.Load() {
+			break
 		}
-	})
+	}
+	s.stopWaiting(waiting)
 	if s.last != nil || s.broken != nil {
 		defer s.mu.Unlock()
 		return s.endLocked()
@@ -356,15 +358,24 @@ func (s *detachedStream) serve() bool {
 	return true
 }
 
-// waitingWrites runs fn, whose writes wait for room for at most the
-// route's write timeout. The caller holds s.mu.
-func (s *detachedStream) waitingWrites(fn func()) {
-	if t := time.Duration(s.h.WriteTimeout); t > 0 {
+// waitForRoom lets the writes that follow wait for room for at most the
+// route's write timeout, until stopWaiting, and reports whether it set a
+// deadline. (No closure: this runs on the stream's goroutine, whose stack
+// every stream holds.) The caller holds s.mu.
+func (s *detachedStream) waitForRoom() bool {
+	t := time.Duration(s.h.WriteTimeout)
+	if t > 0 {
 		_ = s.sock.SetWriteDeadline(time.Now().Add(t))
-		// Writes that must not wait fail at once past a deadline.
-		defer func() { _ = s.sock.SetWriteDeadline(time.Time{}) }()
 	}
-	fn()
+	return t > 0
+}
+
+// stopWaiting clears the deadline waitForRoom set: writes that must not
+// wait fail at once past a deadline.
+func (s *detachedStream) stopWaiting(waiting bool) {
+	if waiting {
+		_ = s.sock.SetWriteDeadline(time.Time{})
+	}
 }
 
 // endLocked writes the last words, if the client still reads, and says
@@ -372,7 +383,9 @@ func (s *detachedStream) waitingWrites(fn func()) {
 // caller holds s.mu.
 func (s *detachedStream) endLocked() bool {
 	if s.broken == nil && s.last != nil {
-		s.waitingWrites(func() { s.send(true, s.pending, s.last) })
+		waiting := s.waitForRoom()
+		s.send(true, s.pending, s.last)
+		s.stopWaiting(waiting)
 	}
 	if writeTimedOut(s.broken) {
 		countDropped(s.h.Hub, droppedSlow)
