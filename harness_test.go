@@ -400,6 +400,20 @@ func followContext(t testing.TB, h *Hub, key string, n int, onDelivery func()) (
 	}
 }
 
+// watcherCount counts the subscribers of a context that are watchers: the
+// ones taken over from net/http.
+func watcherCount(h *Hub, key string) int {
+	h.mu.RLock()
+	c := h.contexts[key]
+	h.mu.RUnlock()
+	if c == nil {
+		return 0
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.watchers)
+}
+
 // waitFor polls cond until it holds, failing the test after five seconds.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()

@@ -80,21 +80,8 @@ func (r *hostileRun) parked(n int) {
 	r.t.Helper()
 	waitFor(r.t, r.path+": subscribers to attach", func() bool {
 		info, ok := r.hub.Inspect(r.path)
-		return ok && info.Subscribers == n && (!r.detached || r.watchers() == n)
+		return ok && info.Subscribers == n && (!r.detached || watcherCount(r.hub, r.path) == n)
 	})
-}
-
-// watchers counts the run's context's subscribers that were taken over.
-func (r *hostileRun) watchers() int {
-	r.hub.mu.RLock()
-	c := r.hub.contexts[r.path]
-	r.hub.mu.RUnlock()
-	if c == nil {
-		return 0
-	}
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return len(c.watchers)
 }
 
 func (r *hostileRun) publish(data string) { r.s.publish(r.path, data) }

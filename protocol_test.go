@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -93,7 +95,11 @@ func TestEveryDecisionIsTheSameOnEveryPath(t *testing.T) {
 		name, options string
 		header        []string // the subscribe request's
 		stream        bool
-		act           func(s *testServer, hub *Hub)
+		// A long poll that has its answer at once is never taken over:
+		// both routes answer it in net/http, with the same decision.
+		answeredAtOnce bool
+		published      int // events published before subscribing; history holds 3
+		act            func(s *testServer, hub *Hub)
 	}{
 		{name: "long poll: event", header: nil, act: func(s *testServer, _ *Hub) {
 			s.publish("/on", "the event")
@@ -105,12 +111,14 @@ func TestEveryDecisionIsTheSameOnEveryPath(t *testing.T) {
 		{name: "long poll: 503 at shutdown", act: func(_ *testServer, hub *Hub) {
 			hub.Close()
 		}},
+		{name: "long poll: missed, then an event", header: []string{"Last-Event-ID", "zz:7"}, answeredAtOnce: true, published: 5},
+		{name: "long poll: missed, none held", header: []string{"Last-Event-ID", "zz:7"}, answeredAtOnce: true},
 		{name: "stream: events, then expired", options: "expiration 500ms\n\t\theartbeat off", header: sse, stream: true,
 			act: func(s *testServer, _ *Hub) {
 				s.publish("/on", "one")
 				s.publish("/on", "two\nlines")
 			}},
-		{name: "stream: missed at opening", options: "expiration 300ms", header: append([]string{"Last-Event-ID", "zz:7"}, sse...), stream: true},
+		{name: "stream: missed at opening", options: "expiration 300ms", header: append([]string{"Last-Event-ID", "zz:7"}, sse...), stream: true, published: 5},
 		{name: "stream: heartbeat", options: "expiration 500ms\n\t\theartbeat 300ms", header: sse, stream: true},
 		{name: "stream: deleted", header: sse, stream: true, act: func(s *testServer, _ *Hub) {
 			s.publish("/on", "last")
@@ -130,22 +138,17 @@ func TestEveryDecisionIsTheSameOnEveryPath(t *testing.T) {
 			s := startCaddy(t, "comet {\n\t\thistory 3\n\t}", protocolSite(tc.options))
 			hub := s.hub(DefaultHubName)
 			addr := strings.TrimPrefix(s.base, "http://")
-			if strings.Contains(tc.name, "missed") {
-				publishN(t, hub, "/shared", 5) // history holds 3, 4 and 5
-			}
+			publishN(t, hub, "/shared", tc.published)
 			on, off := ask(t, addr, "/on", tc.header...), ask(t, addr, "/off", tc.header...)
-			waitFor(t, "both subscribers to attach", func() bool {
-				info, ok := hub.Inspect("/shared")
-				return ok && info.Subscribers == 2
-			})
-			waitFor(t, "the /on subscriber to be taken over", func() bool {
-				hub.mu.RLock()
-				c := hub.contexts["/shared"]
-				hub.mu.RUnlock()
-				c.mu.RLock()
-				defer c.mu.RUnlock()
-				return len(c.watchers) == 1
-			})
+			if !tc.answeredAtOnce {
+				waitFor(t, "both subscribers to attach", func() bool {
+					info, ok := hub.Inspect("/shared")
+					return ok && info.Subscribers == 2
+				})
+			}
+			if !tc.answeredAtOnce {
+				waitFor(t, "the /on subscriber to be taken over", func() bool { return watcherCount(hub, "/shared") == 1 })
+			}
 			if tc.act != nil {
 				tc.act(s, hub)
 			}
@@ -166,5 +169,81 @@ func TestEveryDecisionIsTheSameOnEveryPath(t *testing.T) {
 				t.Error("the stream wrote nothing")
 			}
 		})
+	}
+}
+
+// TestFallingBehindEndsTheSameOnEveryPath stops reading two streams, one
+// in net/http and one taken over, while more is published than the history
+// and the sockets hold. Where each one falls behind depends on its
+// buffers, so the bytes cannot match; what both must do is the same: every
+// event in order up to the gap, then comet-missed with the cursor to
+// resume from and comet-reconnect behind, and a resume from that cursor
+// that is told of no second gap.
+func TestFallingBehindEndsTheSameOnEveryPath(t *testing.T) {
+	const events, size = 150, 60_000
+	s := startCaddy(t, "comet {\n\t\thistory 5\n\t}", protocolSite("expiration off\n\t\theartbeat off"))
+	hub := s.hub(DefaultHubName)
+	addr := strings.TrimPrefix(s.base, "http://")
+	open := func(path string) (*http.Response, net.Conn) {
+		dialer := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+			return c.Control(func(fd uintptr) {
+				_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+			})
+		}}
+		conn, err := dialer.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n", path, addr)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp, conn
+	}
+	on, onConn := open("/on")
+	off, offConn := open("/off")
+	waitFor(t, "both streams to attach, one taken over", func() bool {
+		info, ok := hub.Inspect("/shared")
+		return ok && info.Subscribers == 2 && watcherCount(hub, "/shared") == 1
+	})
+	payload := strings.Repeat("x", size)
+	for i := range events {
+		s.publish("/on", fmt.Sprintf("%03d%s", i, payload))
+	}
+	for route, resp := range map[string]*http.Response{"/on": on, "/off": off} {
+		conn := map[string]net.Conn{"/on": onConn, "/off": offConn}[route]
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		p := newSSEParser(resp.Body)
+		var got []sseEvent
+		for {
+			ev, err := p.next()
+			if err != nil {
+				break
+			}
+			got = append(got, ev)
+		}
+		n := len(got)
+		if n < 3 || got[n-2].Type != "comet-missed" || got[n-2].ID == "" || got[n-1].Type != "comet-reconnect" || got[n-1].Data != "behind" {
+			t.Fatalf("%s: the stream ended with %v, want comet-missed with an id, then comet-reconnect behind", route, lastTypes(got))
+		}
+		seen := 0
+		for _, ev := range got[:n-2] {
+			if ev.Type != "message" {
+				continue
+			}
+			if want := fmt.Sprintf("%03d", seen); ev.Data[:3] != want {
+				t.Fatalf("%s: event %s where %s was next", route, ev.Data[:3], want)
+			}
+			seen++
+		}
+		missed, _ := strconv.Atoi(got[n-2].Data)
+		_, resume := s.openSSE(route, "Last-Event-ID", got[n-2].ID)
+		ev := nextWithin(t, resume, 5*time.Second)
+		if want := fmt.Sprintf("%03d", seen+missed); ev.Type != "message" || ev.Data[:3] != want {
+			t.Errorf("%s: after %d events and %d missed, the resume got %s %.3q, want event %s and no second gap", route, seen, missed, ev.Type, ev.Data, want)
+		}
+		t.Logf("%s: %d events, then %d missed", route, seen, missed)
 	}
 }
