@@ -6,6 +6,11 @@ import (
 	"go.uber.org/zap"
 )
 
+// With a broker, a hub's contexts are mirrors of the broker's: ids, epochs
+// and history are the broker's, and each node mirrors the contexts its
+// subscribers use, applying the events the broker announces in order and
+// reloading a context from the broker when it sees a gap.
+
 // publishShared publishes through the broker, then applies the event to
 // this node's mirror at once rather than waiting for the broker's
 // announcement, which then finds it already applied.

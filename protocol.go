@@ -48,7 +48,7 @@ func answerPoll(sub *Subscriber, d Delivery, ready bool, err error) (pollAnswer,
 // next request after the answer: not when the server is exiting.
 func (a pollAnswer) keepsConnection() bool { return a.status != http.StatusServiceUnavailable }
 
-// count adds the answer to the route's series.
+// countPoll adds the answer to the route's series.
 func (m *transportMetrics) countPoll(a pollAnswer) {
 	if a.event != nil {
 		m.deliveries.Inc()
