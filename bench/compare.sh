@@ -1,35 +1,67 @@
 #!/usr/bin/env bash
-# Runs the load tool against comet (Caddy with bench/bench.Caddyfile) and
-# Nchan (bench/nchan/run.sh), on loopback, each run on a freshly started
-# server: runs x subscriber counts x transports x servers. Usage:
-#   bench/compare.sh [runs] [subscribers...]     e.g. bench/compare.sh 3 10000 15000
-# Needs Debian's nginx and libnginx-mod-nchan. Results go to standard output.
+# Runs the load tool against comet (Caddy with bench/bench.Caddyfile, or
+# bench/tls.Caddyfile over HTTPS) and Nchan (bench/nchan/run.sh), on
+# loopback, each run on a freshly started server: runs x subscriber counts
+# x modes x transports x servers. Usage:
+#   [MODES="plain tls h2"] bench/compare.sh [runs] [subscribers...]
+#   e.g. bench/compare.sh 3 10000 15000; MODES="tls h2" bench/compare.sh 3 5000 10000
+# Modes: plain (HTTP/1.1), tls (HTTP/1.1 over TLS), h2 (HTTP/2 over TLS,
+# one connection per subscriber); default plain. The TLS modes use a
+# self-signed certificate made for the run. Needs Debian's nginx and
+# libnginx-mod-nchan, and openssl for the TLS modes. Results go to
+# standard output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
 shift || true
 counts=("${@:-10000}")
+read -r -a modes <<<"${MODES:-plain}"
 work=$(mktemp -d)
 trap 'pkill -f "nginx: master" 2>/dev/null || true; kill "${caddy_pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 go build -o "$work/caddy" ./cmd/caddy
 go build -o "$work/bench" ./bench
 
-for n in "${counts[@]}"; do
-	for transport in longpoll sse; do
-		for run in $(seq "$runs"); do
-			"$work/caddy" run --config bench/bench.Caddyfile >"$work/caddy.log" 2>&1 &
-			caddy_pid=$!
-			sleep 1.5
-			"$work/bench" -protocol comet -url http://127.0.0.1:9911/bench -subscribers "$n" \
-				-transport "$transport" -events 10 -interval 500ms -pid "$caddy_pid" -timeout 3m
-			kill "$caddy_pid"; wait "$caddy_pid" 2>/dev/null || true
+export BENCH_CERT=$work/cert.pem BENCH_KEY=$work/key.pem
+for mode in "${modes[@]}"; do
+	case $mode in
+	tls | h2)
+		[ -f "$BENCH_CERT" ] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+			-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+			-keyout "$BENCH_KEY" -out "$BENCH_CERT" 2>/dev/null
+		;;
+	plain) ;;
+	*) echo "unknown mode $mode: want plain, tls or h2" >&2; exit 2 ;;
+	esac
+done
 
-			bench/nchan/run.sh >"$work/nchan.log" 2>&1 &
-			sleep 1.5
-			"$work/bench" -protocol nchan -url http://127.0.0.1:9912/bench -subscribers "$n" \
-				-transport "$transport" -events 10 -interval 500ms -pid "$(pgrep -d, -f 'nginx: worker process')" -timeout 3m
-			pkill -f "nginx: master"; sleep 1
-			echo "--- run $run done"
+for n in "${counts[@]}"; do
+	for mode in "${modes[@]}"; do
+		caddyfile=bench/bench.Caddyfile comet_url=http://127.0.0.1:9911/bench
+		nchan_args=() nchan_url=http://127.0.0.1:9912/bench tls_args=()
+		if [ "$mode" != plain ]; then
+			caddyfile=bench/tls.Caddyfile comet_url=https://127.0.0.1:9921/bench
+			nchan_args=(tls "$BENCH_CERT" "$BENCH_KEY") nchan_url=https://127.0.0.1:9922/bench
+			tls_args=(-ca "$BENCH_CERT")
+			[ "$mode" = h2 ] && tls_args+=(-h2)
+		fi
+		for transport in longpoll sse; do
+			for run in $(seq "$runs"); do
+				echo "mode                 $mode"
+				"$work/caddy" run --config "$caddyfile" >"$work/caddy.log" 2>&1 &
+				caddy_pid=$!
+				sleep 1.5
+				"$work/bench" -protocol comet -url "$comet_url" "${tls_args[@]}" -subscribers "$n" \
+					-transport "$transport" -events 10 -interval 500ms -pid "$caddy_pid" -timeout 3m
+				kill "$caddy_pid"; wait "$caddy_pid" 2>/dev/null || true
+
+				echo "mode                 $mode"
+				bench/nchan/run.sh "${nchan_args[@]}" >"$work/nchan.log" 2>&1 &
+				sleep 1.5
+				"$work/bench" -protocol nchan -url "$nchan_url" "${tls_args[@]}" -subscribers "$n" \
+					-transport "$transport" -events 10 -interval 500ms -pid "$(pgrep -d, -f 'nginx: worker process')" -timeout 3m
+				pkill -f "nginx: master"; sleep 1
+				echo "--- run $run done"
+			done
 		done
 	done
 done

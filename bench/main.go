@@ -15,6 +15,10 @@
 //
 //	go run ./bench -soak 10m -url http://127.0.0.1:9911/soak -subscribers 1000 -interval 20ms -timeout 15m
 //
+// Over HTTPS (an https:// -url, trusting the certificate in -ca), it speaks
+// HTTP/1.1, or with -h2 HTTP/2 with one connection per subscriber, as
+// separate browsers would.
+//
 // It only ever targets loopback addresses, holds at most 20,000 connections,
 // and stops by itself after -timeout.
 package main
@@ -22,6 +26,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -51,6 +57,8 @@ type config struct {
 	pids        string
 	timeout     time.Duration
 	dialBatch   int
+	ca          string // PEM certificate to trust for an https:// url
+	h2          bool   // HTTP/2, one connection per subscriber
 
 	// A soak run (soak.go) instead of a fan-out measurement.
 	soak     time.Duration
@@ -72,6 +80,8 @@ func main() {
 	flag.StringVar(&c.pids, "pid", "", "server process ids, comma-separated (nginx: its workers), to report memory per subscriber")
 	flag.DurationVar(&c.timeout, "timeout", 3*time.Minute, "stop after this long, whatever happens")
 	flag.IntVar(&c.dialBatch, "dial-batch", 500, "subscribers connecting at once")
+	flag.StringVar(&c.ca, "ca", "", "https: the PEM certificate to trust (the server's own, self-signed)")
+	flag.BoolVar(&c.h2, "h2", false, "https: speak HTTP/2, with one connection per subscriber (default: HTTP/1.1)")
 	flag.DurationVar(&c.soak, "soak", 0, "run a soak for this long instead: -subscribers clients connect and leave without pause")
 	flag.StringVar(&c.admin, "admin", "http://127.0.0.1:2019", "soak: the server's admin API, to read its goroutines and heap")
 	flag.IntVar(&c.contexts, "contexts", 50, "soak: contexts under -url to visit and publish to (-url/0, -url/1...)")
@@ -120,8 +130,38 @@ func (c config) check() error {
 		return errors.New("protocol must be comet or nchan")
 	case c.events < 1 || c.payload < 32:
 		return errors.New("events must be at least 1 and payload at least 32 bytes")
+	case c.h2 && !strings.HasPrefix(c.url, "https://"):
+		return errors.New("-h2 needs an https:// url")
 	}
 	return nil
+}
+
+// httpTransport makes the HTTP transport of a client. Over HTTP/1.1 one
+// transport serves every subscriber, a connection each; over HTTP/2 each
+// subscriber gets its own, or all of them would share one connection.
+func (c config) httpTransport(conns int) (*http.Transport, error) {
+	t := &http.Transport{
+		MaxIdleConnsPerHost: conns,
+		DisableCompression:  true,
+		// HTTP/1.1 unless asked: a non-nil, empty map turns HTTP/2 off.
+		TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{},
+	}
+	if c.ca != "" {
+		pem, err := os.ReadFile(c.ca)
+		if err != nil {
+			return nil, err
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s holds no PEM certificate", c.ca)
+		}
+		t.TLSClientConfig = &tls.Config{RootCAs: roots}
+	}
+	if c.h2 {
+		t.TLSNextProto = nil
+		t.ForceAttemptHTTP2 = true
+	}
+	return t, nil
 }
 
 // result is what one run measured.
@@ -139,13 +179,13 @@ type result struct {
 
 // run connects the subscribers, publishes, and waits for the deliveries.
 func run(ctx context.Context, c config) (*result, error) {
-	client := &http.Client{Transport: &http.Transport{
-		MaxIdleConnsPerHost: c.subscribers + 10,
-		DisableCompression:  true,
-	}}
+	shared, err := c.httpTransport(c.subscribers + 10)
+	if err != nil {
+		return nil, err
+	}
+	client := &http.Client{Transport: shared}
 	var start string
 	if c.protocol == "comet" {
-		var err error
 		if start, err = currentCursor(ctx, client, c.url); err != nil {
 			return nil, err
 		}
@@ -167,9 +207,14 @@ func run(ctx context.Context, c config) (*result, error) {
 	began := time.Now()
 	for batch := 0; batch < c.subscribers; batch += c.dialBatch {
 		for s := batch; s < min(batch+c.dialBatch, c.subscribers); s++ {
+			subClient := client
+			if c.h2 {
+				own, _ := c.httpTransport(1)
+				subClient = &http.Client{Transport: own}
+			}
 			attached.Add(1)
 			done.Go(func() {
-				sub := subscriber{client: client, url: c.url, nchan: c.protocol == "nchan", cursor: start, got: received[s], errs: &errs}
+				sub := subscriber{client: subClient, url: c.url, nchan: c.protocol == "nchan", cursor: start, got: received[s], errs: &errs}
 				if c.transport == "sse" {
 					sub.stream(subCtx, &attached)
 				} else {
@@ -258,6 +303,10 @@ type subscriber struct {
 	errs                *atomic.Int64
 }
 
+// protocolSeen is the protocol of the subscribers' answers, as the
+// server chose it (HTTP/1.1 or HTTP/2.0), to report with the results.
+var protocolSeen atomic.Value // string
+
 // errorKinds keeps a count of each kind of client error, to say what went
 // wrong when something did.
 var errorKinds sync.Map // string → *atomic.Int64
@@ -296,6 +345,7 @@ func (s *subscriber) poll(ctx context.Context, attached *sync.WaitGroup) {
 			}
 			continue
 		}
+		protocolSeen.Store(resp.Proto)
 		body, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if err != nil || (resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNoContent) {
@@ -344,6 +394,7 @@ func (s *subscriber) stream(ctx context.Context, attached *sync.WaitGroup) {
 			}
 			continue
 		}
+		protocolSeen.Store(resp.Proto)
 		lines := bufio.NewScanner(resp.Body)
 		lines.Buffer(make([]byte, 4096), 1<<20)
 		for lines.Scan() {
@@ -434,6 +485,9 @@ func (r *result) print(w io.Writer, c config) {
 	}
 	fmt.Fprintf(w, "server               %s\n", c.protocol)
 	fmt.Fprintf(w, "transport            %s\n", c.transport)
+	if proto, ok := protocolSeen.Load().(string); ok {
+		fmt.Fprintf(w, "protocol             %s over %s\n", proto, strings.SplitN(c.url, ":", 2)[0])
+	}
 	fmt.Fprintf(w, "subscribers          %d\n", c.subscribers)
 	fmt.Fprintf(w, "connect time         %v\n", r.connect.Round(time.Millisecond))
 	if r.rssParked > 0 {
