@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -131,11 +132,19 @@ func TestPublishCostDoesNotGrowWithSubscribers(t *testing.T) {
 		h := testHub(t, HubConfig{})
 		defer followContext(t, h, "/c", waiting, nil)()
 		ev := Event{Data: []byte("x")}
-		return testing.AllocsPerRun(200, func() {
-			if _, err := h.Publish("/c", ev); err != nil {
-				t.Fatal(err)
-			}
-		})
+		// AllocsPerRun counts the whole process's mallocs, and a thousand
+		// goroutines woken at once sometimes make the runtime allocate
+		// (records for goroutines waiting on a channel) during a run.
+		// That only ever adds: the least of three measures is publish's.
+		least := math.Inf(1)
+		for range 3 {
+			least = min(least, testing.AllocsPerRun(200, func() {
+				if _, err := h.Publish("/c", ev); err != nil {
+					t.Fatal(err)
+				}
+			}))
+		}
+		return least
 	}
 	none, many := allocs(0), allocs(1000)
 	if many != none {
