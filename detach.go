@@ -2,6 +2,7 @@ package comet
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"net/http"
@@ -36,8 +37,14 @@ import (
 //
 // The body of a detached stream ends when the connection closes, as
 // HTTP/1.1 allows and as the SSE specification recommends, rather than
-// with chunked encoding. HTTP/2 and TLS connections stay on the ordinary
-// path: their framing and encryption belong to the server.
+// with chunked encoding. HTTP/2 connections stay on the ordinary path: their
+// framing belongs to the server.
+//
+// HTTP/1.1 over TLS is taken over with its *tls.Conn, which makes and
+// writes its records itself and waits for room to do so: a TLS write that
+// times out breaks the connection, so there the publisher never writes,
+// it wakes the stream's goroutine, which writes with write_timeout. The
+// stream still sheds net/http's buffers and goroutines.
 
 // detachedDrainTimeout bounds how long process exit waits for detached
 // streams to write their last words.
@@ -60,15 +67,39 @@ func rememberSocket(ctx context.Context, c net.Conn) context.Context {
 	return context.WithValue(ctx, socketKey{}, c)
 }
 
-// detachableSocket returns the socket under a stream the handler may take
-// over once its headers are out, or nil: the request must be plaintext
-// HTTP/1.x on a TCP or Unix socket, and its response must reach net/http
-// only through wrappers known to pass the body through unchanged.
-func (h *Handler) detachableSocket(w http.ResponseWriter, r *http.Request) net.Conn {
+// detachableSocket returns the connection under a stream the handler may
+// take over once its headers are out, or nil: the request must be HTTP/1.x,
+// plaintext or over TLS, on a TCP or Unix socket, and its response must
+// reach net/http only through wrappers known to pass the body through
+// unchanged. overTLS says that the connection is a *tls.Conn: crypto/tls
+// makes its records and writes them itself, waiting for room, so only the
+// stream's own goroutine writes to it.
+func (h *Handler) detachableSocket(w http.ResponseWriter, r *http.Request) (conn net.Conn, overTLS bool) {
 	if !passesBodyThrough(w, false) {
+		return nil, false
+	}
+	if conn := h.plainSocket(r); conn != nil {
+		return conn, false
+	}
+	return h.tlsSocket(r), true
+}
+
+// tlsSocket returns the TLS connection of an HTTP/1.x request over TLS on
+// a TCP or Unix socket, if the route detaches subscribers, or nil.
+func (h *Handler) tlsSocket(r *http.Request) net.Conn {
+	if !h.detaches() || r.ProtoMajor != 1 || r.TLS == nil {
 		return nil
 	}
-	return h.plainSocket(r)
+	conn, _ := r.Context().Value(socketKey{}).(*tls.Conn)
+	if conn == nil {
+		return nil
+	}
+	switch conn.NetConn().(type) {
+	case *net.TCPConn, *net.UnixConn:
+		return conn
+	default:
+		return nil // a listener wrapper's connection may change what is written
+	}
 }
 
 // plainSocket returns the socket of a plaintext HTTP/1.x request on a TCP
@@ -160,9 +191,23 @@ func writerTypeName(w http.ResponseWriter) string {
 // the goroutine from its read.
 type detachedSocket struct {
 	sock net.Conn        // the accepted connection
-	raw  syscall.RawConn // the same socket, for writes that need not wait
+	raw  syscall.RawConn // the same socket, for writes that need not wait; nil over TLS
 	// kicked says the goroutine has work that publishers handed over.
 	kicked atomic.Bool
+}
+
+// write writes p to the connection and returns how much it wrote. Without
+// wait it returns as soon as the socket would block; over TLS that is at
+// once, having written nothing, since crypto/tls waits for room itself and
+// a write of its that times out breaks the connection.
+func (d *detachedSocket) write(p []byte, wait bool) (int, error) {
+	if d.raw != nil {
+		return takeover.Write(d.raw, p, wait)
+	}
+	if !wait {
+		return 0, nil
+	}
+	return d.sock.Write(p)
 }
 
 // rawSocket returns the socket under a connection detachableSocket
@@ -219,13 +264,16 @@ type detachedStream struct {
 // detach takes the stream's connection over from net/http and returns
 // true, or returns false, having changed nothing, when it cannot. The
 // stream then belongs to its own goroutine, which closes the subscriber.
-func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, sub *Subscriber, after Cursor, f wireFormat, key string) bool {
+func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, overTLS bool, sub *Subscriber, after Cursor, f wireFormat, key string) bool {
 	if !passesBodyThrough(w, true) {
 		return false
 	}
-	raw, err := rawSocket(sock)
-	if err != nil {
-		return false
+	var raw syscall.RawConn
+	if !overTLS {
+		var err error
+		if raw, err = rawSocket(sock); err != nil {
+			return false
+		}
 	}
 	// Hijack flushes what is buffered; the connection it returns is sock,
 	// maybe wrapped by Caddy to count the bytes read, and the wrapper
@@ -257,6 +305,9 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, 
 // What it cannot finish is left to the stream's goroutine, woken later.
 func (s *detachedStream) changed() (later func()) {
 	s.dirty.Store(true)
+	if s.raw == nil {
+		return s.kick // over TLS, only the stream's goroutine writes
+	}
 	// Whoever holds the lock sees dirty once it is done; one that gave it
 	// up before this store finds the lock free and comes back here.
 	for s.dirty.Load() && s.mu.TryLock() {
@@ -447,7 +498,7 @@ func (s *detachedStream) send(wait bool, parts ...[]byte) bool {
 		if len(p) == 0 {
 			continue
 		}
-		n, err := takeover.Write(s.raw, p, wait)
+		n, err := s.write(p, wait)
 		if n > 0 {
 			s.lastWrite.Store(time.Now().UnixNano())
 		}

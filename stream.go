@@ -225,7 +225,7 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *cadd
 	repl.Set("comet.cursor", after.String())
 	repl.Set("comet.event.id", after.ID)
 	repl.Set("comet.subscribers", sub.ContextSubscribers())
-	sock := h.detachableSocket(w, r)
+	sock, overTLS := h.detachableSocket(w, r)
 	if sock != nil {
 		// The body will end when the connection closes (see detach.go).
 		hdr.Set("Transfer-Encoding", "identity")
@@ -237,7 +237,7 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *cadd
 		out.clearDeadline()
 		return nil
 	}
-	if sock != nil && h.detach(w, r, sock, sub, after, f, key) {
+	if sock != nil && h.detach(w, r, sock, overTLS, sub, after, f, key) {
 		detached = true
 		return nil
 	}
