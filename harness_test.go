@@ -4,10 +4,17 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -27,11 +34,11 @@ import (
 )
 
 // The tests' harness, shared by every test file: a Caddy running in this
-// process (testServer) or built and run as a subprocess (buildCaddy), a
-// real redis-server (redisServer), clients that poll and stream over real
-// HTTP or bare connections (poll, rawPoll, sseParser, rawStream), hubs of
-// the tests' own (testHub), and waiting for a condition without fixed
-// sleeps (waitFor).
+// process (testServer; over HTTPS, startTLSCaddy) or built and run as a
+// subprocess (buildCaddy), a real redis-server (redisServer), clients that
+// poll and stream over real HTTP or bare connections (poll, rawPoll,
+// sseParser, rawStream), hubs of the tests' own (testHub), and waiting for
+// a condition without fixed sleeps (waitFor).
 
 // testServer is a Caddy running in this process on loopback ports, with the
 // comet module and the standard modules. Caddy's config is global, so tests
@@ -48,12 +55,18 @@ func startCaddy(t testing.TB, globals, site string) *testServer {
 	t.Helper()
 	s := newTestServer(t)
 	s.load(globals, site)
+	stopAtCleanup(t)
+	return s
+}
+
+// stopAtCleanup stops the Caddy running in this process when the test
+// ends.
+func stopAtCleanup(t testing.TB) {
 	t.Cleanup(func() {
 		if err := caddy.Stop(); err != nil {
 			t.Errorf("stopping caddy: %v", err)
 		}
 	})
-	return s
 }
 
 // newTestServer picks loopback ports for a server. A port can be one an
@@ -803,4 +816,59 @@ func redisHub(t testing.TB, r *redisServer, cfg HubConfig) *Hub {
 
 func brokerOption(r *redisServer, extra string) string {
 	return "comet {\n\t\thistory 500\n\t\tbroker redis " + r.url() + "\n" + extra + "\t}"
+}
+
+// startTLSCaddy runs a site over HTTPS, HTTP/1.1 and HTTP/2, with a
+// certificate made for the test, and returns a client config that trusts
+// it.
+func startTLSCaddy(t *testing.T, site string) (*testServer, *tls.Config) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(cert)
+
+	s := newTestServer(t)
+	s.base = "https://" + strings.TrimPrefix(s.base, "http://")
+	s.load("servers {\n\t\tprotocols h1 h2\n\t}", fmt.Sprintf("tls %s %s\n\t%s", certFile, keyFile, site))
+	stopAtCleanup(t)
+	return s, &tls.Config{RootCAs: roots}
+}
+
+// tlsClient makes a client of its own, so that each subscriber has its
+// own connection: HTTP/1.1, or HTTP/2 with h2.
+func tlsClient(cfg *tls.Config, h2 bool) *http.Client {
+	t := &http.Transport{TLSClientConfig: cfg.Clone(), DisableCompression: true}
+	if h2 {
+		t.ForceAttemptHTTP2 = true
+	} else {
+		t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	}
+	return &http.Client{Transport: t}
 }

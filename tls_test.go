@@ -2,83 +2,12 @@ package comet
 
 import (
 	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2"
 )
-
-// startTLSCaddy runs a site over HTTPS, HTTP/1.1 and HTTP/2, with a
-// certificate made for the test, and returns a client config that trusts
-// it.
-func startTLSCaddy(t *testing.T, site string) (*testServer, *tls.Config) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(cert)
-
-	s := newTestServer(t)
-	s.base = "https://" + strings.TrimPrefix(s.base, "http://")
-	s.load("servers {\n\t\tprotocols h1 h2\n\t}", fmt.Sprintf("tls %s %s\n\t%s", certFile, keyFile, site))
-	t.Cleanup(func() {
-		if err := caddy.Stop(); err != nil {
-			t.Errorf("stopping caddy: %v", err)
-		}
-	})
-	return s, &tls.Config{RootCAs: roots}
-}
-
-// tlsClient makes a client of its own, so that each subscriber has its
-// own connection: HTTP/1.1, or HTTP/2 with h2.
-func tlsClient(cfg *tls.Config, h2 bool) *http.Client {
-	t := &http.Transport{TLSClientConfig: cfg.Clone(), DisableCompression: true}
-	if h2 {
-		t.ForceAttemptHTTP2 = true
-	} else {
-		t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
-	}
-	return &http.Client{Transport: t}
-}
 
 // TestStreamsOverTLSAreTakenOverOnHTTP1 opens SSE and NDJSON streams over
 // HTTPS: over HTTP/1.1 they are taken over with their TLS connection,
