@@ -66,7 +66,7 @@ func (n *node) start() {
 	if err := n.cmd.Start(); err != nil {
 		n.t.Fatal(err)
 	}
-	waitFor(n.t, "node "+n.name+" to serve", func() bool { return headSubscribers(n.base+"/c") >= 0 })
+	waitFor(n.t, "node "+n.name+" to serve", func() bool { return headSubscribers(http.DefaultClient, n.base+"/c") >= 0 })
 }
 
 func (n *node) stop() {
@@ -163,7 +163,7 @@ func TestTwoNodesActAsOneHub(t *testing.T) {
 		}
 	}
 	for _, n := range nodes {
-		waitFor(t, "node "+n.name+"'s clients to attach", func() bool { return headSubscribers(n.base+"/c") == 2*perKindPerNode })
+		waitFor(t, "node "+n.name+"'s clients to attach", func() bool { return headSubscribers(http.DefaultClient, n.base+"/c") == 2*perKindPerNode })
 	}
 	for i := range events {
 		nodes[i%2].publish(fmt.Sprintf("event-%d", i))

@@ -45,8 +45,12 @@ import (
 // that use one do not run in parallel.
 type testServer struct {
 	t     testing.TB
-	base  string // http://127.0.0.1:port
+	base  string // http://127.0.0.1:port, or https:// with startTLSCaddy
 	admin string // http://127.0.0.1:port of the admin API
+
+	client *http.Client // the site's client: http.DefaultClient unless over TLS
+	// Over TLS: the global options and site directives of every config.
+	tlsGlobals, tlsSite string
 }
 
 // startCaddy runs a Caddyfile with the given global options and site body
@@ -75,12 +79,12 @@ func stopAtCleanup(t testing.TB) {
 // is not retried on such a connection.
 func newTestServer(t testing.TB) *testServer {
 	http.DefaultClient.CloseIdleConnections()
-	return &testServer{t: t, base: "http://" + freeAddr(t), admin: "http://" + freeAddr(t)}
+	return &testServer{t: t, base: "http://" + freeAddr(t), admin: "http://" + freeAddr(t), client: http.DefaultClient}
 }
 
 func (s *testServer) caddyfile(globals, site string) string {
-	return fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\t%s\n}\n%s {\n%s\n}\n",
-		strings.TrimPrefix(s.admin, "http://"), globals, s.base, site)
+	return fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\t%s\n\t%s\n}\n%s {\n\t%s\n%s\n}\n",
+		strings.TrimPrefix(s.admin, "http://"), s.tlsGlobals, globals, s.base, s.tlsSite, site)
 }
 
 // load runs a config in process, replacing the running one.
@@ -106,7 +110,7 @@ func (s *testServer) reload(globals, site string) {
 	}
 	// The old server closes its idle keep-alive connections; a client that
 	// reused one for a POST would get EOF, since POSTs are not retried.
-	http.DefaultClient.CloseIdleConnections()
+	s.client.CloseIdleConnections()
 }
 
 func adaptCaddyfile(t testing.TB, text string) []byte {
@@ -137,10 +141,15 @@ func freeAddr(t testing.TB) string {
 // do sends a request and returns the response with its body read.
 func (s *testServer) do(method, path string, body string, header ...string) (*http.Response, string) {
 	s.t.Helper()
-	return doRequest(s.t, context.Background(), method, s.base+path, body, header...)
+	return sendRequest(s.t, s.client, context.Background(), method, s.base+path, body, header...)
 }
 
 func doRequest(t testing.TB, ctx context.Context, method, url, body string, header ...string) (*http.Response, string) {
+	t.Helper()
+	return sendRequest(t, http.DefaultClient, ctx, method, url, body, header...)
+}
+
+func sendRequest(t testing.TB, client *http.Client, ctx context.Context, method, url, body string, header ...string) (*http.Response, string) {
 	t.Helper()
 	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
 	if err != nil {
@@ -149,7 +158,7 @@ func doRequest(t testing.TB, ctx context.Context, method, url, body string, head
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Set(header[i], header[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
@@ -206,6 +215,10 @@ type poll struct {
 }
 
 func (s *testServer) startPoll(path string, header ...string) *poll {
+	return s.startPollWith(s.client, path, header...)
+}
+
+func (s *testServer) startPollWith(client *http.Client, path string, header ...string) *poll {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &poll{done: make(chan struct{}), cancel: cancel}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.base+path, nil)
@@ -217,7 +230,7 @@ func (s *testServer) startPoll(path string, header ...string) *poll {
 	}
 	go func() {
 		defer close(p.done)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := client.Do(req)
 		if err != nil {
 			p.err = err
 			return
@@ -262,8 +275,8 @@ func quietRaceEnv() []string {
 
 // headSubscribers returns the subscriber count a HEAD reports through the
 // X-Subscribers header, or -1 if the server does not answer.
-func headSubscribers(url string) int {
-	resp, err := http.Head(url)
+func headSubscribers(client *http.Client, url string) int {
+	resp, err := client.Head(url)
 	if err != nil {
 		return -1
 	}
@@ -533,7 +546,7 @@ func (s *testServer) openStream(client *http.Client, path, accept string, header
 		req.Header.Set(header[i], header[i+1])
 	}
 	if client == nil {
-		client = http.DefaultClient
+		client = s.client
 	}
 	resp, err := client.Do(req)
 	if err != nil {
@@ -820,8 +833,24 @@ func brokerOption(r *redisServer, extra string) string {
 
 // startTLSCaddy runs a site over HTTPS, HTTP/1.1 and HTTP/2, with a
 // certificate made for the test, and returns a client config that trusts
-// it.
-func startTLSCaddy(t *testing.T, site string) (*testServer, *tls.Config) {
+// it. The server's own client (do, publish, startPoll) speaks HTTP/1.1.
+func startTLSCaddy(t *testing.T, globals, site string) (*testServer, *tls.Config) {
+	t.Helper()
+	certFile, keyFile, cfg := testCertificate(t)
+	s := newTestServer(t)
+	s.base = "https://" + strings.TrimPrefix(s.base, "http://")
+	s.client = tlsClient(cfg, false)
+	s.tlsGlobals = "servers {\n\t\tprotocols h1 h2\n\t}"
+	s.tlsSite = fmt.Sprintf("tls %s %s", certFile, keyFile)
+	s.load(globals, site)
+	stopAtCleanup(t)
+	t.Cleanup(s.client.CloseIdleConnections)
+	return s, cfg
+}
+
+// testCertificate makes a certificate for 127.0.0.1, writes it and its
+// key to PEM files, and returns them with a client config that trusts it.
+func testCertificate(t testing.TB) (certFile, keyFile string, cfg *tls.Config) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -843,22 +872,23 @@ func startTLSCaddy(t *testing.T, site string) (*testServer, *tls.Config) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
 		t.Fatal(err)
 	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	for file, block := range map[string]*pem.Block{
+		certFile: {Type: "CERTIFICATE", Bytes: der},
+		keyFile:  {Type: "EC PRIVATE KEY", Bytes: keyDER},
+	} {
+		if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	roots := x509.NewCertPool()
 	roots.AddCert(cert)
-
-	s := newTestServer(t)
-	s.base = "https://" + strings.TrimPrefix(s.base, "http://")
-	s.load("servers {\n\t\tprotocols h1 h2\n\t}", fmt.Sprintf("tls %s %s\n\t%s", certFile, keyFile, site))
-	stopAtCleanup(t)
-	return s, &tls.Config{RootCAs: roots}
+	return certFile, keyFile, &tls.Config{RootCAs: roots}
 }
 
 // tlsClient makes a client of its own, so that each subscriber has its

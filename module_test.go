@@ -74,22 +74,33 @@ func TestStopAnswersEveryParkedClient(t *testing.T) {
 		t.Skip("builds and runs Caddy as a subprocess")
 	}
 	bin := buildCaddy(t)
+	certFile, keyFile, tlsConfig := testCertificate(t)
+	sigterm := func(cmd *exec.Cmd, _ string) error { return cmd.Process.Signal(syscall.SIGTERM) }
 	for _, tc := range []struct {
 		name           string
-		clients, polls int // polls of the clients are long polls, the rest SSE streams
+		clients, polls int  // polls of the clients are long polls, the rest SSE streams
+		overTLS        bool // half the clients over HTTP/1.1, half over HTTP/2
 		stop           func(cmd *exec.Cmd, admin string) error
 	}{
-		{"SIGTERM", 1000, 800, func(cmd *exec.Cmd, _ string) error { return cmd.Process.Signal(syscall.SIGTERM) }},
-		{"caddy stop", 100, 50, func(_ *exec.Cmd, admin string) error {
+		{"SIGTERM", 1000, 800, false, sigterm},
+		{"SIGTERM over HTTPS", 200, 100, true, sigterm},
+		{"caddy stop", 100, 50, false, func(_ *exec.Cmd, admin string) error {
 			stop := exec.Command(bin, "stop", "--address", admin)
 			stop.Env = quietRaceEnv()
 			return stop.Run()
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			admin, site := freeAddr(t), freeAddr(t)
+			admin, site := freeAddr(t), "http://"+freeAddr(t)
+			globals, tlsSite := "", ""
+			if tc.overTLS {
+				site = "https" + strings.TrimPrefix(site, "http")
+				globals = "\tservers {\n\t\tprotocols h1 h2\n\t}\n"
+				tlsSite = fmt.Sprintf("\ttls %s %s\n", certFile, keyFile)
+			}
 			cfgPath := filepath.Join(t.TempDir(), "Caddyfile")
-			cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n}\nhttp://%s {\n\theader /lp >X-Subscribers {comet.subscribers}\n\tcomet /lp\n}\n", admin, site)
+			cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n%s}\n%s {\n%s\theader /lp >X-Subscribers {comet.subscribers}\n\tcomet /lp\n}\n",
+				admin, globals, site, tlsSite)
 			if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 				t.Fatal(err)
 			}
@@ -109,23 +120,34 @@ func TestStopAnswersEveryParkedClient(t *testing.T) {
 			}()
 			defer cmd.Process.Kill()
 
-			url := "http://" + site + "/lp"
-			waitFor(t, "caddy to serve", func() bool { return headSubscribers(url) == 0 })
-
+			url := site + "/lp"
 			transport := &http.Transport{MaxIdleConnsPerHost: -1}
 			defer transport.CloseIdleConnections()
-			client := &http.Client{Transport: transport}
+			// Over HTTPS, each client has a connection of its own, as
+			// browsers do.
+			clientOf := func(i int) *http.Client {
+				if !tc.overTLS {
+					return &http.Client{Transport: transport}
+				}
+				c := tlsClient(tlsConfig, i%2 == 1)
+				t.Cleanup(c.CloseIdleConnections)
+				return c
+			}
+			head := clientOf(0)
+			waitFor(t, "caddy to serve", func() bool { return headSubscribers(head, url) == 0 })
+
 			// Each client reports what it got: a long poll its status, a
 			// stream the type and data of its last event.
 			results := make(chan string, tc.clients)
 			for i := range tc.clients {
+				client := clientOf(i)
 				if i < tc.polls {
 					go func() { results <- pollStatus(client, url) }()
 				} else {
 					go func() { results <- streamEnding(client, url) }()
 				}
 			}
-			waitFor(t, "clients to park", func() bool { return headSubscribers(url) == tc.clients })
+			waitFor(t, "clients to park", func() bool { return headSubscribers(head, url) == tc.clients })
 
 			start := time.Now()
 			if err := tc.stop(cmd, admin); err != nil {

@@ -2,6 +2,8 @@ package comet
 
 import (
 	"bufio"
+	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -14,7 +16,7 @@ import (
 // over HTTP/2 they stay in the server, and every one gets every event,
 // its heartbeat and its end.
 func TestStreamsOverTLSAreTakenOverOnHTTP1(t *testing.T) {
-	s, cfg := startTLSCaddy(t, `comet /s {
+	s, cfg := startTLSCaddy(t, "", `comet /s {
 		expiration 1500ms
 		heartbeat 300ms
 	}`)
@@ -83,7 +85,7 @@ func TestStreamsOverTLSAreTakenOverOnHTTP1(t *testing.T) {
 // streams taken over with their TLS connection: each gets its last words
 // at once, from its own goroutine, and is freed.
 func TestTLSStreamsEndAtShutdown(t *testing.T) {
-	s, cfg := startTLSCaddy(t, `comet /s {
+	s, cfg := startTLSCaddy(t, "", `comet /s {
 		expiration off
 		heartbeat off
 	}`)
@@ -118,4 +120,285 @@ func TestTLSStreamsEndAtShutdown(t *testing.T) {
 	if took := time.Since(began); took > 2*time.Second {
 		t.Errorf("streams took %v to end", took)
 	}
+}
+
+// followed is what a subscriber got: an event, a missed notice, a
+// heartbeat, or the end of its stream or poll, with its reason.
+type followed struct {
+	kind   string // event, missed, heartbeat or end
+	data   string // the event's data, the missed count, the end's reason
+	cursor string
+}
+
+// follow subscribes to a context from a cursor as a client of the given
+// transport does (for long poll, poll after poll, each from the cursor of
+// the last answer) and sends what it gets on the channel it returns. It
+// stops at the end of a stream or at a long poll answered without an
+// event, and when the test ends.
+func follow(t *testing.T, s *testServer, client *http.Client, transport, key, cursor string) <-chan followed {
+	t.Helper()
+	got := make(chan followed, 100)
+	if transport == "long poll" {
+		go func() {
+			defer close(got)
+			for {
+				p := s.startPollWith(client, key, "Last-Event-ID", cursor)
+				select {
+				case <-p.done:
+				case <-t.Context().Done():
+					p.cancel()
+					return
+				}
+				if p.err != nil {
+					got <- followed{kind: "end", data: p.err.Error()}
+					return
+				}
+				if n := p.resp.Header.Get(HeaderMissed); n != "" {
+					got <- followed{kind: "missed", data: n}
+				}
+				if p.resp.StatusCode != http.StatusOK {
+					got <- followed{kind: "end", data: p.resp.Status}
+					return
+				}
+				cursor = p.resp.Header.Get(HeaderCursor)
+				got <- followed{kind: "event", data: p.body, cursor: cursor}
+			}
+		}()
+		return got
+	}
+	accept := map[string]string{"SSE": "text/event-stream", "NDJSON": "application/x-ndjson"}[transport]
+	resp := s.openStream(client, key, accept, "Last-Event-ID", cursor)
+	t.Cleanup(func() { resp.Body.Close() }) // openStream's is the server's test's
+	go func() {
+		defer close(got)
+		lines := bufio.NewScanner(resp.Body)
+		var ev followed // the SSE event being read
+		for lines.Scan() {
+			line := lines.Text()
+			if transport == "NDJSON" {
+				got <- ndjsonFollowed(t, line)
+				continue
+			}
+			name, value, _ := strings.Cut(line, ": ")
+			switch {
+			case line == ": keep-alive":
+				got <- followed{kind: "heartbeat"}
+			case line == "" && ev.kind != "":
+				got <- ev
+				ev = followed{}
+			case name == "id":
+				ev.cursor = value
+			case name == "data":
+				ev.data = value
+				if ev.kind == "" {
+					ev.kind = "event"
+				}
+			case name == "event":
+				ev.kind = map[string]string{"comet-missed": "missed", "comet-reconnect": "end", "comet-deleted": "end"}[value]
+			}
+		}
+		got <- followed{kind: "end", data: "closed"}
+	}()
+	return got
+}
+
+func ndjsonFollowed(t *testing.T, line string) followed {
+	if line == "" {
+		return followed{kind: "heartbeat"}
+	}
+	var v struct {
+		Control, Missed, Reason, Cursor string
+		Data                            *string
+	}
+	if err := json.Unmarshal([]byte(line), &v); err != nil {
+		t.Errorf("NDJSON line %q: %v", line, err)
+	}
+	switch v.Control {
+	case "":
+		return followed{kind: "event", data: *v.Data, cursor: v.Cursor}
+	case "missed":
+		return followed{kind: "missed", data: v.Missed}
+	case "open":
+		return followed{kind: "open", cursor: v.Cursor}
+	default:
+		return followed{kind: "end", data: v.Reason}
+	}
+}
+
+// expect returns the next thing got that is not a heartbeat or a stream's
+// opening, failing the test if it is not want or none comes in time.
+func expect(t *testing.T, got <-chan followed, want followed) {
+	t.Helper()
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case f := <-got:
+			switch {
+			case f.kind == "heartbeat":
+				continue
+			case f.kind == "open":
+				continue
+			case want.cursor == "" && f.kind != "event":
+				f.cursor = "" // control lines may move the cursor
+			}
+			if f != want {
+				t.Fatalf("got %+v, want %+v", f, want)
+			}
+			return
+		case <-timeout:
+			t.Fatalf("no %+v within 5s", want)
+		}
+	}
+}
+
+// expectHeartbeat fails the test unless a stream's next line is a
+// heartbeat.
+func expectHeartbeat(t *testing.T, got <-chan followed) {
+	t.Helper()
+	select {
+	case f := <-got:
+		if f.kind != "heartbeat" {
+			t.Fatalf("got %+v, want a heartbeat", f)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no heartbeat within 5s")
+	}
+}
+
+// TestEveryTransportKeepsItsGuaranteesOverHTTPS follows a context with
+// each transport over HTTPS, HTTP/1.1 and HTTP/2, and checks what the
+// transport promises on plaintext: resuming from a cursor without a gap
+// or a duplicate, a missed notice where history is gone, heartbeats on
+// streams, and a reload that keeps the subscriber. Each asserts the path
+// it is on: streams over HTTP/1.1 are taken over with their TLS
+// connection; long polls over TLS, and everything over HTTP/2, stay in
+// the server.
+func TestEveryTransportKeepsItsGuaranteesOverHTTPS(t *testing.T) {
+	const globals = "comet {\n\t\thistory 4\n\t}"
+	site := func(version int) string {
+		return fmt.Sprintf(`comet /c/* {
+		heartbeat 200ms
+	}
+	respond /version "%d"`, version)
+	}
+	s, cfg := startTLSCaddy(t, globals, site(1))
+	hub := s.hub(DefaultHubName)
+	version := 1
+	for _, transport := range []string{"long poll", "SSE", "NDJSON"} {
+		for _, h2 := range []bool{false, true} {
+			name := transport + map[bool]string{false: " over HTTP/1.1", true: " over HTTP/2"}[h2]
+			t.Run(name, func(t *testing.T) {
+				key := "/c/" + strings.ReplaceAll(name, " ", "-")
+				waitFor(t, "the last subscribers to leave", func() bool { return hub.SubscriberCount() == 0 })
+				client := tlsClient(cfg, h2)
+				defer client.CloseIdleConnections()
+				var r []receipt
+				for i := range 3 {
+					r = append(r, s.publish(key, fmt.Sprint("e", i)))
+				}
+
+				// Resuming from the first event's cursor.
+				got := follow(t, s, client, transport, key, r[0].Cursor)
+				expect(t, got, followed{"event", "e1", r[1].Cursor})
+				expect(t, got, followed{"event", "e2", r[2].Cursor})
+				waitFor(t, "the subscriber to wait", func() bool { return hub.SubscriberCount() == 1 })
+				detached := transport != "long poll" && !h2
+				if want := map[bool]int{false: 0, true: 1}[detached]; watcherCount(hub, key) != want {
+					t.Fatalf("%d subscribers taken over, want %d", watcherCount(hub, key), want)
+				}
+				if transport != "long poll" {
+					expectHeartbeat(t, got)
+				}
+
+				// A reload keeps it.
+				version++
+				s.reload(globals, site(version))
+				waitFor(t, "the new config", func() bool {
+					_, body := s.do(http.MethodGet, "/version", "")
+					return body == fmt.Sprint(version)
+				})
+				r = append(r, s.publish(key, "e3"))
+				expect(t, got, followed{"event", "e3", r[3].Cursor})
+
+				// A cursor whose events history no longer holds: told so.
+				for i := 4; i < 8; i++ {
+					r = append(r, s.publish(key, fmt.Sprint("e", i)))
+				}
+				late := follow(t, s, client, transport, key, r[1].Cursor)
+				expect(t, late, followed{"missed", "2", ""})
+				expect(t, late, followed{"event", "e4", r[4].Cursor})
+				for i := 4; i < 8; i++ {
+					expect(t, got, followed{"event", fmt.Sprint("e", i), r[i].Cursor})
+				}
+			})
+		}
+	}
+}
+
+// TestStalledReadersAreDroppedOverHTTPS publishes large events to a
+// stream whose reader stopped reading, beside one that reads, over
+// HTTP/1.1 on TLS (the stopped reader's socket buffer fills) and HTTP/2
+// (its flow-control window closes): the publisher never waits, the
+// reader gets every event, and the stopped one is dropped after
+// write_timeout.
+func TestStalledReadersAreDroppedOverHTTPS(t *testing.T) {
+	// More than a socket's send buffer grows to (4 MiB on Linux).
+	const events, size = 100, 60_000
+	s, cfg := startTLSCaddy(t, "comet {\n\t\thistory 100\n\t}", `comet /c/* {
+		heartbeat off
+		expiration off
+		write_timeout 1s
+	}`)
+	hub := s.hub(DefaultHubName)
+	for _, h2 := range []bool{false, true} {
+		name := map[bool]string{false: "HTTP/1.1", true: "HTTP/2"}[h2]
+		t.Run(name, func(t *testing.T) {
+			key := "/c/" + name
+			waitFor(t, "the last subscribers to leave", func() bool { return hub.SubscriberCount() == 0 })
+			stalled := s.openStream(stallingClient(cfg, h2), key, "text/event-stream")
+			t.Cleanup(func() { stalled.Body.Close() })
+			reader := tlsClient(cfg, h2)
+			defer reader.CloseIdleConnections()
+			got := follow(t, s, reader, "SSE", key, "")
+			waitFor(t, "both streams to wait", func() bool { return hub.SubscriberCount() == 2 })
+			if want := map[bool]int{false: 2, true: 0}[h2]; watcherCount(hub, key) != want {
+				t.Fatalf("%d streams taken over, want %d", watcherCount(hub, key), want)
+			}
+
+			var slowest time.Duration
+			for i := range events {
+				start := time.Now()
+				s.publish(key, fmt.Sprintf("%03d%s", i, strings.Repeat("x", size)))
+				slowest = max(slowest, time.Since(start))
+			}
+			if slowest > 500*time.Millisecond {
+				t.Errorf("a publish took %v: the stalled reader held up the publisher", slowest)
+			}
+			for i := range events {
+				select {
+				case f := <-got:
+					if f.kind != "event" || f.data[:3] != fmt.Sprintf("%03d", i) {
+						t.Fatalf("the reader got %s %.10q, want event %d", f.kind, f.data, i)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatalf("the reader got %d of %d events", i, events)
+				}
+			}
+			waitFor(t, "the stalled reader to be dropped", func() bool { return hub.SubscriberCount() == 1 })
+		})
+	}
+}
+
+// stallingClient is a client whose streams the caller stops reading: over
+// HTTP/1.1 its socket's receive buffer is small, over HTTP/2 its
+// flow-control windows are the smallest allowed.
+func stallingClient(cfg *tls.Config, h2 bool) *http.Client {
+	c := tlsClient(cfg, h2)
+	tr := c.Transport.(*http.Transport)
+	if h2 {
+		tr.HTTP2 = &http.HTTP2Config{MaxReceiveBufferPerStream: 16 << 10, MaxReceiveBufferPerConnection: 64 << 10}
+	} else {
+		tr.DialContext = smallBufferClient().Transport.(*http.Transport).DialContext
+	}
+	return c
 }
