@@ -30,6 +30,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/quic-go/quic-go/http3"
 	"go.uber.org/zap"
 )
 
@@ -831,7 +832,7 @@ func brokerOption(r *redisServer, extra string) string {
 	return "comet {\n\t\thistory 500\n\t\tbroker redis " + r.url() + "\n" + extra + "\t}"
 }
 
-// startTLSCaddy runs a site over HTTPS, HTTP/1.1 and HTTP/2, with a
+// startTLSCaddy runs a site over HTTPS, HTTP/1.1, HTTP/2 and HTTP/3, with a
 // certificate made for the test, and returns a client config that trusts
 // it. The server's own client (do, publish, startPoll) speaks HTTP/1.1.
 func startTLSCaddy(t *testing.T, globals, site string) (*testServer, *tls.Config) {
@@ -839,8 +840,8 @@ func startTLSCaddy(t *testing.T, globals, site string) (*testServer, *tls.Config
 	certFile, keyFile, cfg := testCertificate(t)
 	s := newTestServer(t)
 	s.base = "https://" + strings.TrimPrefix(s.base, "http://")
-	s.client = tlsClient(cfg, false)
-	s.tlsGlobals = "servers {\n\t\tprotocols h1 h2\n\t}"
+	s.client = tlsClient(cfg, 1)
+	s.tlsGlobals = "servers {\n\t\tprotocols h1 h2 h3\n\t}"
 	s.tlsSite = fmt.Sprintf("tls %s %s", certFile, keyFile)
 	s.load(globals, site)
 	stopAtCleanup(t)
@@ -892,10 +893,14 @@ func testCertificate(t testing.TB) (certFile, keyFile string, cfg *tls.Config) {
 }
 
 // tlsClient makes a client of its own, so that each subscriber has its
-// own connection: HTTP/1.1, or HTTP/2 with h2.
-func tlsClient(cfg *tls.Config, h2 bool) *http.Client {
+// own connection, speaking HTTP/1.1, HTTP/2 or HTTP/3 (over QUIC) as
+// proto says.
+func tlsClient(cfg *tls.Config, proto int) *http.Client {
+	if proto == 3 {
+		return &http.Client{Transport: &http3.Transport{TLSClientConfig: cfg.Clone(), DisableCompression: true}}
+	}
 	t := &http.Transport{TLSClientConfig: cfg.Clone(), DisableCompression: true}
-	if h2 {
+	if proto == 2 {
 		t.ForceAttemptHTTP2 = true
 	} else {
 		t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}

@@ -79,11 +79,11 @@ func TestStopAnswersEveryParkedClient(t *testing.T) {
 	for _, tc := range []struct {
 		name           string
 		clients, polls int  // polls of the clients are long polls, the rest SSE streams
-		overTLS        bool // half the clients over HTTP/1.1, half over HTTP/2
+		overTLS        bool // a third each over HTTP/1.1, HTTP/2 and HTTP/3
 		stop           func(cmd *exec.Cmd, admin string) error
 	}{
 		{"SIGTERM", 1000, 800, false, sigterm},
-		{"SIGTERM over HTTPS", 200, 100, true, sigterm},
+		{"SIGTERM over HTTPS", 300, 150, true, sigterm},
 		{"caddy stop", 100, 50, false, func(_ *exec.Cmd, admin string) error {
 			stop := exec.Command(bin, "stop", "--address", admin)
 			stop.Env = quietRaceEnv()
@@ -95,7 +95,7 @@ func TestStopAnswersEveryParkedClient(t *testing.T) {
 			globals, tlsSite := "", ""
 			if tc.overTLS {
 				site = "https" + strings.TrimPrefix(site, "http")
-				globals = "\tservers {\n\t\tprotocols h1 h2\n\t}\n"
+				globals = "\tservers {\n\t\tprotocols h1 h2 h3\n\t}\n"
 				tlsSite = fmt.Sprintf("\ttls %s %s\n", certFile, keyFile)
 			}
 			cfgPath := filepath.Join(t.TempDir(), "Caddyfile")
@@ -129,7 +129,7 @@ func TestStopAnswersEveryParkedClient(t *testing.T) {
 				if !tc.overTLS {
 					return &http.Client{Transport: transport}
 				}
-				c := tlsClient(tlsConfig, i%2 == 1)
+				c := tlsClient(tlsConfig, 1+i%3)
 				t.Cleanup(c.CloseIdleConnections)
 				return c
 			}

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 )
 
 // TestStreamsOverTLSAreTakenOverOnHTTP1 opens SSE and NDJSON streams over
@@ -23,24 +26,26 @@ func TestStreamsOverTLSAreTakenOverOnHTTP1(t *testing.T) {
 	hub := s.hub(DefaultHubName)
 	for _, tc := range []struct {
 		name     string
-		h2       bool
+		proto    int
 		accept   string
 		detached bool
 	}{
-		{"SSE over HTTP/1.1", false, "text/event-stream", true},
-		{"NDJSON over HTTP/1.1", false, "application/x-ndjson", true},
-		{"SSE over HTTP/2", true, "text/event-stream", false},
-		{"NDJSON over HTTP/2", true, "application/x-ndjson", false},
+		{"SSE over HTTP/1.1", 1, "text/event-stream", true},
+		{"NDJSON over HTTP/1.1", 1, "application/x-ndjson", true},
+		{"SSE over HTTP/2", 2, "text/event-stream", false},
+		{"NDJSON over HTTP/2", 2, "application/x-ndjson", false},
+		{"SSE over HTTP/3", 3, "text/event-stream", false},
+		{"NDJSON over HTTP/3", 3, "application/x-ndjson", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest(http.MethodGet, s.base+"/s", nil)
 			req.Header.Set("Accept", tc.accept)
-			resp, err := tlsClient(cfg, tc.h2).Do(req)
+			resp, err := tlsClient(cfg, tc.proto).Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer resp.Body.Close()
-			if want := map[bool]int{false: 1, true: 2}[tc.h2]; resp.ProtoMajor != want {
+			if resp.ProtoMajor != tc.proto {
 				t.Fatalf("answered over %s", resp.Proto)
 			}
 			waitFor(t, "the stream to attach", func() bool { return hub.SubscriberCount() == 1 })
@@ -95,7 +100,7 @@ func TestTLSStreamsEndAtShutdown(t *testing.T) {
 	for i := range bodies {
 		req, _ := http.NewRequest(http.MethodGet, s.base+"/s", nil)
 		req.Header.Set("Accept", "text/event-stream")
-		resp, err := tlsClient(cfg, false).Do(req)
+		resp, err := tlsClient(cfg, 1).Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -135,7 +140,7 @@ type followed struct {
 // the last answer) and sends what it gets on the channel it returns. It
 // stops at the end of a stream or at a long poll answered without an
 // event, and when the test ends.
-func follow(t *testing.T, s *testServer, client *http.Client, transport, key, cursor string) <-chan followed {
+func follow(t *testing.T, s *testServer, client *http.Client, proto int, transport, key, cursor string) <-chan followed {
 	t.Helper()
 	got := make(chan followed, 100)
 	if transport == "long poll" {
@@ -153,6 +158,9 @@ func follow(t *testing.T, s *testServer, client *http.Client, transport, key, cu
 					got <- followed{kind: "end", data: p.err.Error()}
 					return
 				}
+				if p.resp.ProtoMajor != proto {
+					t.Errorf("answered over %s", p.resp.Proto)
+				}
 				if n := p.resp.Header.Get(HeaderMissed); n != "" {
 					got <- followed{kind: "missed", data: n}
 				}
@@ -169,6 +177,9 @@ func follow(t *testing.T, s *testServer, client *http.Client, transport, key, cu
 	accept := map[string]string{"SSE": "text/event-stream", "NDJSON": "application/x-ndjson"}[transport]
 	resp := s.openStream(client, key, accept, "Last-Event-ID", cursor)
 	t.Cleanup(func() { resp.Body.Close() }) // openStream's is the server's test's
+	if resp.ProtoMajor != proto {
+		t.Errorf("answered over %s", resp.Proto)
+	}
 	go func() {
 		defer close(got)
 		lines := bufio.NewScanner(resp.Body)
@@ -285,12 +296,12 @@ func TestEveryTransportKeepsItsGuaranteesOverHTTPS(t *testing.T) {
 	hub := s.hub(DefaultHubName)
 	version := 1
 	for _, transport := range []string{"long poll", "SSE", "NDJSON"} {
-		for _, h2 := range []bool{false, true} {
-			name := transport + map[bool]string{false: " over HTTP/1.1", true: " over HTTP/2"}[h2]
+		for _, proto := range []int{1, 2, 3} {
+			name := transport + " over " + protoNames[proto]
 			t.Run(name, func(t *testing.T) {
 				key := "/c/" + strings.ReplaceAll(name, " ", "-")
 				waitFor(t, "the last subscribers to leave", func() bool { return hub.SubscriberCount() == 0 })
-				client := tlsClient(cfg, h2)
+				client := tlsClient(cfg, proto)
 				defer client.CloseIdleConnections()
 				var r []receipt
 				for i := range 3 {
@@ -298,14 +309,11 @@ func TestEveryTransportKeepsItsGuaranteesOverHTTPS(t *testing.T) {
 				}
 
 				// Resuming from the first event's cursor.
-				got := follow(t, s, client, transport, key, r[0].Cursor)
+				got := follow(t, s, client, proto, transport, key, r[0].Cursor)
 				expect(t, got, followed{"event", "e1", r[1].Cursor})
 				expect(t, got, followed{"event", "e2", r[2].Cursor})
 				waitFor(t, "the subscriber to wait", func() bool { return hub.SubscriberCount() == 1 })
-				detached := transport != "long poll" && !h2
-				if want := map[bool]int{false: 0, true: 1}[detached]; watcherCount(hub, key) != want {
-					t.Fatalf("%d subscribers taken over, want %d", watcherCount(hub, key), want)
-				}
+				expectPath(t, hub, key, transport != "long poll" && proto == 1, 1)
 				if transport != "long poll" {
 					expectHeartbeat(t, got)
 				}
@@ -324,7 +332,7 @@ func TestEveryTransportKeepsItsGuaranteesOverHTTPS(t *testing.T) {
 				for i := 4; i < 8; i++ {
 					r = append(r, s.publish(key, fmt.Sprint("e", i)))
 				}
-				late := follow(t, s, client, transport, key, r[1].Cursor)
+				late := follow(t, s, client, proto, transport, key, r[1].Cursor)
 				expect(t, late, followed{"missed", "2", ""})
 				expect(t, late, followed{"event", "e4", r[4].Cursor})
 				for i := 4; i < 8; i++ {
@@ -350,20 +358,18 @@ func TestStalledReadersAreDroppedOverHTTPS(t *testing.T) {
 		write_timeout 1s
 	}`)
 	hub := s.hub(DefaultHubName)
-	for _, h2 := range []bool{false, true} {
-		name := map[bool]string{false: "HTTP/1.1", true: "HTTP/2"}[h2]
+	for _, proto := range []int{1, 2, 3} {
+		name := protoNames[proto]
 		t.Run(name, func(t *testing.T) {
 			key := "/c/" + name
 			waitFor(t, "the last subscribers to leave", func() bool { return hub.SubscriberCount() == 0 })
-			stalled := s.openStream(stallingClient(cfg, h2), key, "text/event-stream")
+			stalled := s.openStream(stallingClient(cfg, proto), key, "text/event-stream")
 			t.Cleanup(func() { stalled.Body.Close() })
-			reader := tlsClient(cfg, h2)
+			reader := tlsClient(cfg, proto)
 			defer reader.CloseIdleConnections()
-			got := follow(t, s, reader, "SSE", key, "")
+			got := follow(t, s, reader, proto, "SSE", key, "")
 			waitFor(t, "both streams to wait", func() bool { return hub.SubscriberCount() == 2 })
-			if want := map[bool]int{false: 2, true: 0}[h2]; watcherCount(hub, key) != want {
-				t.Fatalf("%d streams taken over, want %d", watcherCount(hub, key), want)
-			}
+			expectPath(t, hub, key, proto == 1, 2)
 
 			var slowest time.Duration
 			for i := range events {
@@ -389,16 +395,36 @@ func TestStalledReadersAreDroppedOverHTTPS(t *testing.T) {
 	}
 }
 
+// expectPath fails the test unless the n subscribers of a context are all
+// taken over from the server, or, with detached false, none is.
+func expectPath(t *testing.T, hub *Hub, key string, detached bool, n int) {
+	t.Helper()
+	if detached {
+		waitFor(t, "the subscribers to be taken over", func() bool { return watcherCount(hub, key) == n })
+	} else if watcherCount(hub, key) != 0 {
+		t.Fatalf("%d subscribers taken over, want none", watcherCount(hub, key))
+	}
+}
+
+var protoNames = map[int]string{1: "HTTP/1.1", 2: "HTTP/2", 3: "HTTP/3"}
+
 // stallingClient is a client whose streams the caller stops reading: over
-// HTTP/1.1 its socket's receive buffer is small, over HTTP/2 its
-// flow-control windows are the smallest allowed.
-func stallingClient(cfg *tls.Config, h2 bool) *http.Client {
-	c := tlsClient(cfg, h2)
-	tr := c.Transport.(*http.Transport)
-	if h2 {
-		tr.HTTP2 = &http.HTTP2Config{MaxReceiveBufferPerStream: 16 << 10, MaxReceiveBufferPerConnection: 64 << 10}
-	} else {
-		tr.DialContext = smallBufferClient().Transport.(*http.Transport).DialContext
+// HTTP/1.1 its socket's receive buffer is small, over HTTP/2 and HTTP/3
+// its flow-control windows are small.
+func stallingClient(cfg *tls.Config, proto int) *http.Client {
+	c := tlsClient(cfg, proto)
+	switch tr := c.Transport.(type) {
+	case *http3.Transport:
+		tr.QUICConfig = &quic.Config{
+			InitialStreamReceiveWindow: 16 << 10, MaxStreamReceiveWindow: 16 << 10,
+			InitialConnectionReceiveWindow: 64 << 10, MaxConnectionReceiveWindow: 64 << 10,
+		}
+	case *http.Transport:
+		if proto == 2 {
+			tr.HTTP2 = &http.HTTP2Config{MaxReceiveBufferPerStream: 16 << 10, MaxReceiveBufferPerConnection: 64 << 10}
+		} else {
+			tr.DialContext = smallBufferClient().Transport.(*http.Transport).DialContext
+		}
 	}
 	return c
 }
