@@ -3,6 +3,7 @@ package comet
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"net"
 	"net/http"
 	"sync"
@@ -35,6 +36,13 @@ import (
 // nothing and waits in the socket for the server. Other platforms keep
 // long polls on the ordinary path.
 //
+// Over TLS (HTTP/1.1), the connection is taken over as the *tls.Conn it
+// is, and handed back as such, so the server serves the next request as
+// one over TLS. crypto/tls writes its records itself and waits for room,
+// so a publisher writes an answer only when the socket surely takes it at
+// once (see writeTLSLocked); otherwise a goroutine does, with
+// write_timeout.
+//
 // "Nothing in the chain" is strict: an access log or metrics (which would
 // record the request before its answer), deferred header operations
 // (which would not be applied), encode and any unknown wrapper keep the
@@ -64,6 +72,9 @@ func (h *Handler) detachablePoll(w http.ResponseWriter, r *http.Request) (net.Co
 	}
 	srv, _ := r.Context().Value(http.ServerContextKey).(*http.Server)
 	conn := h.plainSocket(r)
+	if conn == nil {
+		conn = h.tlsSocket(r)
+	}
 	if srv == nil || conn == nil {
 		return nil, nil
 	}
@@ -87,7 +98,8 @@ func (h *Handler) detachablePoll(w http.ResponseWriter, r *http.Request) (net.Co
 // the server.
 type detachedPoll struct {
 	sock   net.Conn           // the accepted connection
-	raw    syscall.RawConn    // the same socket, for writes that need not wait
+	raw    syscall.RawConn    // the socket under it
+	tls    bool               // sock is a *tls.Conn: writes go through it
 	inj    *takeover.Injector // hands the connection back to its server
 	sub    *Subscriber
 	h      *Handler
@@ -114,12 +126,16 @@ type detachedPoll struct {
 // detachPoll takes a parked long poll's connection over and returns true,
 // or returns false, having changed nothing, when it cannot.
 func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, sock net.Conn, inj *takeover.Injector, sub *Subscriber, after Cursor) bool {
-	raw, err := rawSocket(sock)
+	tcp, overTLS := sock, false
+	if tc, ok := sock.(*tls.Conn); ok {
+		tcp, overTLS = tc.NetConn(), true
+	}
+	raw, err := rawSocket(tcp)
 	if err != nil {
 		return false
 	}
 	p := &detachedPoll{
-		sock: sock, raw: raw, inj: inj, sub: sub, h: h,
+		sock: sock, raw: raw, tls: overTLS, inj: inj, sub: sub, h: h,
 		m: h.metrics[transportLongPoll], after: after,
 	}
 	leaving, ok := takeover.WatchHangUp(raw, p.left)
@@ -285,9 +301,15 @@ func (p *detachedPoll) left() {
 // answered, and its request too; one that closed its end right after its
 // request (even if that held pipelined requests) has left, and the
 // connection is closed without an answer (see abandon). HTTP/1.1 cannot
-// tell a half-close from a client that is gone. The caller holds p.mu.
+// tell a half-close from a client that is gone.
+//
+// Over TLS, a client that closes its end has left, whatever it sent
+// first: a TLS client says close_notify before it closes, so unread bytes
+// are no sign of a request, and they cannot be read without consuming
+// them. (net/http's background read sees the close_notify as the end of
+// the connection too.) The caller holds p.mu.
 func (p *detachedPoll) hungUpLocked() bool {
-	return !takeover.HasUnread(p.raw)
+	return p.tls || !takeover.HasUnread(p.raw)
 }
 
 // endLocked marks the poll over and stops its timer and leave watch. The
@@ -316,13 +338,23 @@ func (p *detachedPoll) chooseAnswerLocked(expired bool) bool {
 		return false
 	}
 	p.m.countPoll(a)
-	p.keep = a.keepsConnection() && p.inj.Open()
+	p.keep = a.keepsConnection() && p.inj.Open() && p.canHandBack()
 	if a.event != nil {
 		p.answer = p.sharedAnswer(a)
 	} else {
 		p.answer = p.render(a)
 	}
 	return true
+}
+
+// canHandBack reports whether the connection can go back to the server
+// as it is. A TLS connection goes back as the *tls.Conn it is, so that
+// the server knows its requests came over TLS, and cannot carry bytes the
+// server had read of the client's next request in front of it: then the
+// answer says Connection: close and the client sends that request again
+// on a new connection (RFC 9112, section 9.3.2). Browsers do not pipeline.
+func (p *detachedPoll) canHandBack() bool {
+	return !p.tls || len(p.early) == 0
 }
 
 // render writes the answer out as net/http would.
@@ -358,9 +390,14 @@ func (p *detachedPoll) sharedAnswer(a pollAnswer) []byte {
 	return c.bytes
 }
 
-// writeLocked writes what is left of the answer. The caller holds p.mu.
+// writeLocked writes what is left of the answer. Without wait, it
+// writes only what the socket takes at once. The caller holds p.mu.
 func (p *detachedPoll) writeLocked(wait bool) {
 	if p.broken != nil || p.written == len(p.answer) {
+		return
+	}
+	if p.tls {
+		p.writeTLSLocked(wait)
 		return
 	}
 	n, err := takeover.Write(p.raw, p.answer[p.written:], wait)
@@ -368,6 +405,26 @@ func (p *detachedPoll) writeLocked(wait bool) {
 	if !(!wait && writeTimedOut(err)) {
 		p.broken = err
 	}
+}
+
+// tlsWriteAtOnce is the largest answer a publisher writes to a TLS
+// connection: crypto/tls cannot stop where the socket would block (a
+// write of its that times out breaks the connection), so a publisher
+// writes only an answer the socket surely takes at once: a small one,
+// into a socket whose send buffer is empty (the smallest holds 4 KiB).
+const tlsWriteAtOnce = 2 << 10
+
+// writeTLSLocked writes the answer through the TLS connection. Without
+// wait it writes all of it if the socket surely takes it at once, or
+// nothing, and never before the request is over, since Caddy's cleanup
+// may still set the connection's deadlines. The caller holds p.mu.
+func (p *detachedPoll) writeTLSLocked(wait bool) {
+	if !wait && (!p.requestDone || len(p.answer) > tlsWriteAtOnce || takeover.Unsent(p.raw) != 0) {
+		return
+	}
+	n, err := p.sock.Write(p.answer[p.written:])
+	p.written += n
+	p.broken = err
 }
 
 // handBack gives the connection back to the server, with what the server

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -313,7 +314,7 @@ func TestEveryTransportKeepsItsGuaranteesOverHTTPS(t *testing.T) {
 				expect(t, got, followed{"event", "e1", r[1].Cursor})
 				expect(t, got, followed{"event", "e2", r[2].Cursor})
 				waitFor(t, "the subscriber to wait", func() bool { return hub.SubscriberCount() == 1 })
-				expectPath(t, hub, key, transport != "long poll" && proto == 1, 1)
+				expectPath(t, hub, key, proto == 1, 1)
 				if transport != "long poll" {
 					expectHeartbeat(t, got)
 				}
@@ -427,4 +428,82 @@ func stallingClient(cfg *tls.Config, proto int) *http.Client {
 		}
 	}
 	return c
+}
+
+// TestTLSPollsAreHandedBackAsTLS parks long polls over HTTP/1.1 on TLS on
+// a bare connection: each is taken over, answered, and its connection
+// handed back to the server as the TLS connection it is, so the next
+// request on it is served as one over HTTPS, whether it was sent after
+// the answer or while the poll was parked. A request the server had read
+// ahead of a poll cannot go back with the connection: the answer says
+// Connection: close. A client that closes its connection frees its poll.
+func TestTLSPollsAreHandedBackAsTLS(t *testing.T) {
+	s, cfg := startTLSCaddy(t, "", `comet /lp
+	respond /scheme {http.request.scheme}`)
+	hub := s.hub(DefaultHubName)
+	addr := strings.TrimPrefix(s.base, "https://")
+	conn, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	br := bufio.NewReader(conn)
+	get := func(path string) string {
+		return fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nLast-Event-ID: %s\r\n\r\n", path, addr, s.position("/lp"))
+	}
+	answer := func(want string, close bool) {
+		t.Helper()
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if string(body) != want || resp.Close != close {
+			t.Fatalf("got %s %q, Connection: close %v; want %q, %v", resp.Status, body, resp.Close, want, close)
+		}
+	}
+	park := func() {
+		t.Helper()
+		waitFor(t, "the poll to be taken over", func() bool { return watcherCount(hub, "/lp") == 1 })
+	}
+
+	// Parked, answered, and the next request served over TLS.
+	io.WriteString(conn, get("/lp"))
+	park()
+	s.publish("/lp", "one")
+	answer("one", false)
+	io.WriteString(conn, get("/scheme"))
+	answer("https", false)
+
+	// A request sent while the poll is parked waits for its answer.
+	io.WriteString(conn, get("/lp"))
+	park()
+	io.WriteString(conn, get("/scheme"))
+	time.Sleep(100 * time.Millisecond)
+	s.publish("/lp", "two")
+	answer("two", false)
+	answer("https", false)
+
+	// A client that leaves frees its poll.
+	io.WriteString(conn, get("/lp"))
+	park()
+	conn.Close()
+	waitFor(t, "the poll to be freed", func() bool { return hub.SubscriberCount() == 0 })
+
+	// Read ahead of the poll, in one TLS record: the answer closes the
+	// connection, and the request read ahead goes unanswered.
+	conn, err = tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	br = bufio.NewReader(conn)
+	io.WriteString(conn, get("/lp")+get("/scheme"))
+	park()
+	s.publish("/lp", "three")
+	answer("three", true)
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after an answer that said Connection: close, read %v, want EOF", err)
+	}
 }

@@ -16,8 +16,9 @@
 //	go run ./bench -soak 10m -url http://127.0.0.1:9911/soak -subscribers 1000 -interval 20ms -timeout 15m
 //
 // Over HTTPS (an https:// -url, trusting the certificate in -ca), it speaks
-// HTTP/1.1, or with -h2 HTTP/2 with one connection per subscriber, as
-// separate browsers would.
+// HTTP/1.1, or with -h2 HTTP/2 and with -h3 HTTP/3 (QUIC), with one
+// connection per subscriber, as separate browsers would. The publisher
+// speaks HTTP/1.1 over TLS in each.
 //
 // It only ever targets loopback addresses, holds at most 20,000 connections,
 // and stops by itself after -timeout.
@@ -42,6 +43,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/quic-go/quic-go/http3"
 )
 
 const maxSubscribers = 20000
@@ -59,6 +62,7 @@ type config struct {
 	dialBatch   int
 	ca          string // PEM certificate to trust for an https:// url
 	h2          bool   // HTTP/2, one connection per subscriber
+	h3          bool   // HTTP/3, one QUIC connection per subscriber
 
 	// A soak run (soak.go) instead of a fan-out measurement.
 	soak     time.Duration
@@ -82,6 +86,7 @@ func main() {
 	flag.IntVar(&c.dialBatch, "dial-batch", 500, "subscribers connecting at once")
 	flag.StringVar(&c.ca, "ca", "", "https: the PEM certificate to trust (the server's own, self-signed)")
 	flag.BoolVar(&c.h2, "h2", false, "https: speak HTTP/2, with one connection per subscriber (default: HTTP/1.1)")
+	flag.BoolVar(&c.h3, "h3", false, "https: speak HTTP/3, with one QUIC connection per subscriber")
 	flag.DurationVar(&c.soak, "soak", 0, "run a soak for this long instead: -subscribers clients connect and leave without pause")
 	flag.StringVar(&c.admin, "admin", "http://127.0.0.1:2019", "soak: the server's admin API, to read its goroutines and heap")
 	flag.IntVar(&c.contexts, "contexts", 50, "soak: contexts under -url to visit and publish to (-url/0, -url/1...)")
@@ -130,8 +135,10 @@ func (c config) check() error {
 		return errors.New("protocol must be comet or nchan")
 	case c.events < 1 || c.payload < 32:
 		return errors.New("events must be at least 1 and payload at least 32 bytes")
-	case c.h2 && !strings.HasPrefix(c.url, "https://"):
-		return errors.New("-h2 needs an https:// url")
+	case (c.h2 || c.h3) && !strings.HasPrefix(c.url, "https://"):
+		return errors.New("-h2 and -h3 need an https:// url")
+	case c.h2 && c.h3:
+		return errors.New("-h2 or -h3, not both")
 	}
 	return nil
 }
@@ -140,28 +147,52 @@ func (c config) check() error {
 // transport serves every subscriber, a connection each; over HTTP/2 each
 // subscriber gets its own, or all of them would share one connection.
 func (c config) httpTransport(conns int) (*http.Transport, error) {
+	tlsConfig, err := c.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
 	t := &http.Transport{
 		MaxIdleConnsPerHost: conns,
 		DisableCompression:  true,
+		TLSClientConfig:     tlsConfig,
 		// HTTP/1.1 unless asked: a non-nil, empty map turns HTTP/2 off.
 		TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{},
-	}
-	if c.ca != "" {
-		pem, err := os.ReadFile(c.ca)
-		if err != nil {
-			return nil, err
-		}
-		roots := x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%s holds no PEM certificate", c.ca)
-		}
-		t.TLSClientConfig = &tls.Config{RootCAs: roots}
 	}
 	if c.h2 {
 		t.TLSNextProto = nil
 		t.ForceAttemptHTTP2 = true
 	}
 	return t, nil
+}
+
+// ownTransport is the transport of a subscriber that has a connection of
+// its own: over HTTP/2, or over HTTP/3 (a QUIC connection, on a UDP
+// socket of its own).
+func (c config) ownTransport() (http.RoundTripper, error) {
+	if !c.h3 {
+		return c.httpTransport(1)
+	}
+	tlsConfig, err := c.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	return &http3.Transport{TLSClientConfig: tlsConfig, DisableCompression: true}, nil
+}
+
+// tlsConfig trusts the certificate in -ca, if given.
+func (c config) tlsConfig() (*tls.Config, error) {
+	if c.ca == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(c.ca)
+	if err != nil {
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", c.ca)
+	}
+	return &tls.Config{RootCAs: roots}, nil
 }
 
 // result is what one run measured.
@@ -208,8 +239,11 @@ func run(ctx context.Context, c config) (*result, error) {
 	for batch := 0; batch < c.subscribers; batch += c.dialBatch {
 		for s := batch; s < min(batch+c.dialBatch, c.subscribers); s++ {
 			subClient := client
-			if c.h2 {
-				own, _ := c.httpTransport(1)
+			if c.h2 || c.h3 {
+				own, err := c.ownTransport()
+				if err != nil {
+					return nil, err
+				}
 				subClient = &http.Client{Transport: own}
 			}
 			attached.Add(1)

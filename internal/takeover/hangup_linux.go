@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // The hang-up watcher reports clients that close their connection while
@@ -110,4 +112,19 @@ func HasUnread(raw syscall.RawConn) bool {
 		return true // never wait for data
 	})
 	return n > 0
+}
+
+// Unsent returns how many bytes written to the socket the kernel still
+// holds, sent but not acknowledged or not sent yet (SIOCOUTQ). A write that
+// is small next to the socket's send buffer does not wait when this is
+// zero. It returns -1 when it cannot tell.
+func Unsent(raw syscall.RawConn) int {
+	n := -1
+	_ = raw.Control(func(fd uintptr) {
+		var err error
+		if n, err = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ); err != nil {
+			n = -1
+		}
+	})
+	return n
 }

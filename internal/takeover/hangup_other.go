@@ -23,3 +23,6 @@ func (Watch) Stop() {}
 
 // HasUnread is not supported on this platform.
 func HasUnread(syscall.RawConn) bool { return false }
+
+// Unsent cannot tell on this platform: it returns -1.
+func Unsent(syscall.RawConn) int { return -1 }

@@ -155,3 +155,28 @@ func TestPrefixedConnReadsItsPrefixFirst(t *testing.T) {
 		t.Fatalf("read %q, %v", got, err)
 	}
 }
+
+// TestUnsentCountsWhatTheKernelHolds writes to a socket whose reader does
+// not read: what the kernel holds is counted until the reader reads it.
+func TestUnsentCountsWhatTheKernelHolds(t *testing.T) {
+	if HangUpsWatched() != nil {
+		t.Skip("SIOCOUTQ is Linux's")
+	}
+	server, client := tcpPair(t)
+	if n := Unsent(rawOf(t, server)); n != 0 {
+		t.Fatalf("%d bytes unsent on a socket nobody wrote to", n)
+	}
+	// More than the reader's receive buffer takes, so some stays behind.
+	big := make([]byte, 8<<20)
+	n, _ := Write(rawOf(t, server), big, false)
+	if n == 0 {
+		t.Fatal("nothing written")
+	}
+	if unsent := Unsent(rawOf(t, server)); unsent <= 0 || unsent > n {
+		t.Fatalf("%d bytes unsent after writing %d that the reader did not read", unsent, n)
+	}
+	if _, err := io.ReadFull(client, make([]byte, n)); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, func() bool { return Unsent(rawOf(t, server)) == 0 })
+}
