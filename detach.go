@@ -42,9 +42,9 @@ import (
 //
 // HTTP/1.1 over TLS is taken over with its *tls.Conn, which makes and
 // writes its records itself and waits for room to do so: a TLS write that
-// times out breaks the connection, so there the publisher never writes,
-// it wakes the stream's goroutine, which writes with write_timeout. The
-// stream still sheds net/http's buffers and goroutines.
+// times out breaks the connection, so there a publisher writes only a
+// record the socket surely takes at once (see takesRecordAtOnce), and
+// otherwise wakes the stream's goroutine, which writes with write_timeout.
 
 // detachedDrainTimeout bounds how long process exit waits for detached
 // streams to write their last words.
@@ -71,9 +71,8 @@ func rememberSocket(ctx context.Context, c net.Conn) context.Context {
 // take over once its headers are out, or nil: the request must be HTTP/1.x,
 // plaintext or over TLS, on a TCP or Unix socket, and its response must
 // reach net/http only through wrappers known to pass the body through
-// unchanged. overTLS says that the connection is a *tls.Conn: crypto/tls
-// makes its records and writes them itself, waiting for room, so only the
-// stream's own goroutine writes to it.
+// unchanged. overTLS says that the connection is a *tls.Conn, which
+// makes its records and writes them itself (see takesRecordAtOnce).
 func (h *Handler) detachableSocket(w http.ResponseWriter, r *http.Request) (conn net.Conn, overTLS bool) {
 	if !passesBodyThrough(w, false) {
 		return nil, false
@@ -190,29 +189,47 @@ func writerTypeName(w http.ResponseWriter) string {
 // reads and publishers write to without waiting, and the kick that wakes
 // the goroutine from its read.
 type detachedSocket struct {
-	sock net.Conn        // the accepted connection
-	raw  syscall.RawConn // the same socket, for writes that need not wait; nil over TLS
+	sock    net.Conn        // the accepted connection
+	raw     syscall.RawConn // the socket under it
+	overTLS bool            // sock is a *tls.Conn, which writes its records itself
 	// kicked says the goroutine has work that publishers handed over.
 	kicked atomic.Bool
 }
 
 // write writes p to the connection and returns how much it wrote. Without
-// wait it returns as soon as the socket would block; over TLS that is at
-// once, having written nothing, since crypto/tls waits for room itself and
-// a write of its that times out breaks the connection.
+// wait it returns as soon as the socket would block; over TLS it writes
+// all of p if the socket surely takes it at once, or nothing.
 func (d *detachedSocket) write(p []byte, wait bool) (int, error) {
-	if d.raw != nil {
+	if !d.overTLS {
 		return takeover.Write(d.raw, p, wait)
 	}
-	if !wait {
+	if !wait && !takesRecordAtOnce(d.raw, len(p)) {
 		return 0, nil
 	}
 	return d.sock.Write(p)
 }
 
-// rawSocket returns the socket under a connection detachableSocket
-// accepted, for writes that need not wait.
+// tlsWriteAtOnce is the most a publisher writes to a TLS connection at
+// once.
+const tlsWriteAtOnce = 2 << 10
+
+// takesRecordAtOnce reports whether the socket under a TLS connection
+// surely takes a record of n bytes without waiting. crypto/tls cannot stop
+// where the socket would block (and a write of its that times out breaks
+// the connection), so a publisher writes to a TLS connection only a small
+// record into a socket that holds nothing unsent or unacknowledged: the
+// smallest send buffer takes that at once. Anything else is written by a
+// goroutine that may wait.
+func takesRecordAtOnce(raw syscall.RawConn, n int) bool {
+	return n <= tlsWriteAtOnce && takeover.Unsent(raw) == 0
+}
+
+// rawSocket returns the TCP or Unix socket under a connection
+// detachableSocket accepted, plaintext or TLS.
 func rawSocket(sock net.Conn) (syscall.RawConn, error) {
+	if tc, ok := sock.(*tls.Conn); ok {
+		sock = tc.NetConn()
+	}
 	return sock.(syscall.Conn).SyscallConn()
 }
 
@@ -247,6 +264,8 @@ type detachedStream struct {
 
 	// dirty says the context changed since the stream last caught up.
 	dirty atomic.Bool
+	// requestOver says Caddy is done with the request.
+	requestOver atomic.Bool
 	// lastWrite is when bytes last went out, in Unix nanoseconds, to
 	// time heartbeats.
 	lastWrite atomic.Int64
@@ -268,12 +287,9 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, 
 	if !passesBodyThrough(w, true) {
 		return false
 	}
-	var raw syscall.RawConn
-	if !overTLS {
-		var err error
-		if raw, err = rawSocket(sock); err != nil {
-			return false
-		}
+	raw, err := rawSocket(sock)
+	if err != nil {
+		return false
 	}
 	// Hijack flushes what is buffered; the connection it returns is sock,
 	// maybe wrapped by Caddy to count the bytes read, and the wrapper
@@ -284,7 +300,7 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, 
 		return false
 	}
 	s := &detachedStream{
-		detachedSocket: detachedSocket{sock: sock, raw: raw}, sub: sub, h: h,
+		detachedSocket: detachedSocket{sock: sock, raw: raw, overTLS: overTLS}, sub: sub, h: h,
 		m: h.metrics[f.transport()], key: key,
 		st: streamState{f: f, after: after},
 	}
@@ -305,8 +321,10 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, 
 // What it cannot finish is left to the stream's goroutine, woken later.
 func (s *detachedStream) changed() (later func()) {
 	s.dirty.Store(true)
-	if s.raw == nil {
-		return s.kick // over TLS, only the stream's goroutine writes
+	if s.overTLS && !s.requestOver.Load() {
+		// Caddy's cleanup of the request may still set the connection's
+		// deadlines, and a TLS write past one breaks the connection.
+		return s.kick
 	}
 	// Whoever holds the lock sees dirty once it is done; one that gave it
 	// up before this store finds the lock free and comes back here.
@@ -328,6 +346,7 @@ func (s *detachedStream) changed() (later func()) {
 func (s *detachedStream) run(requestDone <-chan struct{}) {
 	defer s.finish()
 	<-requestDone
+	s.requestOver.Store(true)
 	var buf [16]byte
 	for {
 		if s.kicked.Swap(false) && !s.serve() {

@@ -126,11 +126,8 @@ type detachedPoll struct {
 // detachPoll takes a parked long poll's connection over and returns true,
 // or returns false, having changed nothing, when it cannot.
 func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, sock net.Conn, inj *takeover.Injector, sub *Subscriber, after Cursor) bool {
-	tcp, overTLS := sock, false
-	if tc, ok := sock.(*tls.Conn); ok {
-		tcp, overTLS = tc.NetConn(), true
-	}
-	raw, err := rawSocket(tcp)
+	_, overTLS := sock.(*tls.Conn)
+	raw, err := rawSocket(sock)
 	if err != nil {
 		return false
 	}
@@ -407,19 +404,13 @@ func (p *detachedPoll) writeLocked(wait bool) {
 	}
 }
 
-// tlsWriteAtOnce is the largest answer a publisher writes to a TLS
-// connection: crypto/tls cannot stop where the socket would block (a
-// write of its that times out breaks the connection), so a publisher
-// writes only an answer the socket surely takes at once: a small one,
-// into a socket whose send buffer is empty (the smallest holds 4 KiB).
-const tlsWriteAtOnce = 2 << 10
-
 // writeTLSLocked writes the answer through the TLS connection. Without
-// wait it writes all of it if the socket surely takes it at once, or
-// nothing, and never before the request is over, since Caddy's cleanup
-// may still set the connection's deadlines. The caller holds p.mu.
+// wait it writes all of it if the socket surely takes it at once (see
+// takesRecordAtOnce), or nothing, and never before the request is over,
+// since Caddy's cleanup may still set the connection's deadlines. The
+// caller holds p.mu.
 func (p *detachedPoll) writeTLSLocked(wait bool) {
-	if !wait && (!p.requestDone || len(p.answer) > tlsWriteAtOnce || takeover.Unsent(p.raw) != 0) {
+	if !wait && (!p.requestDone || !takesRecordAtOnce(p.raw, len(p.answer)-p.written)) {
 		return
 	}
 	n, err := p.sock.Write(p.answer[p.written:])

@@ -200,6 +200,7 @@ type result struct {
 	connect     time.Duration
 	rssBefore   int64 // bytes; 0 without -pid
 	rssParked   int64
+	serverCPU   time.Duration // from the first publish to the last delivery; 0 without -pid
 	fanOut      []time.Duration // per event: publish to the last delivery
 	publishTime []time.Duration // per event: until the publish was answered
 	latencies   []time.Duration // per delivery: publish to receipt
@@ -262,6 +263,7 @@ func run(ctx context.Context, c config) (*result, error) {
 	time.Sleep(time.Second) // let the server settle before reading its memory
 	r.rssParked = rss(c.pids)
 
+	cpuBefore := cpuTime(c.pids)
 	published := make([]time.Time, c.events)
 	for e := range c.events {
 		published[e] = time.Now()
@@ -274,6 +276,7 @@ func run(ctx context.Context, c config) (*result, error) {
 		}
 	}
 	waitForDeliveries(ctx, received, c.events)
+	r.serverCPU = cpuTime(c.pids) - cpuBefore
 	stopSubs()
 	done.Wait()
 
@@ -507,6 +510,35 @@ func rss(pids string) int64 {
 	return total
 }
 
+// clockTick is the unit of /proc/<pid>/stat's times: USER_HZ, 100 on
+// Linux.
+const clockTick = 10 * time.Millisecond
+
+// cpuTime returns the CPU time, user and system, the processes have used.
+func cpuTime(pids string) time.Duration {
+	var total time.Duration
+	for pid := range strings.SplitSeq(pids, ",") {
+		if pid == "" {
+			continue
+		}
+		data, err := os.ReadFile("/proc/" + strings.TrimSpace(pid) + "/stat")
+		if err != nil {
+			continue
+		}
+		// The command name, in parentheses, may hold spaces: fields are
+		// counted after it. utime and stime are fields 14 and 15.
+		_, rest, _ := strings.Cut(string(data), ") ")
+		fields := strings.Fields(rest)
+		if len(fields) < 13 {
+			continue
+		}
+		utime, _ := strconv.ParseInt(fields[11], 10, 64)
+		stime, _ := strconv.ParseInt(fields[12], 10, 64)
+		total += time.Duration(utime+stime) * clockTick
+	}
+	return total
+}
+
 func (r *result) print(w io.Writer, c config) {
 	slices.Sort(r.latencies)
 	slices.Sort(r.fanOut)
@@ -535,6 +567,10 @@ func (r *result) print(w io.Writer, c config) {
 	fmt.Fprintf(w, "delivery latency     p50 %v, p99 %v, max %v\n",
 		pct(r.latencies, 0.5).Round(time.Millisecond), pct(r.latencies, 0.99).Round(time.Millisecond), pct(r.latencies, 1).Round(time.Millisecond))
 	fmt.Fprintf(w, "deliveries           %d of %d, lost %d\n", r.deliveredOK, int64(c.subscribers)*int64(c.events), r.lost)
+	if r.serverCPU > 0 && r.deliveredOK > 0 {
+		fmt.Fprintf(w, "server CPU           %v, %.1f µs per delivery\n",
+			r.serverCPU, float64(r.serverCPU.Microseconds())/float64(r.deliveredOK))
+	}
 	fmt.Fprintf(w, "client errors        %d\n", r.clientErrs)
 	kinds := 0
 	errorKinds.Range(func(kind, n any) bool {
