@@ -200,7 +200,7 @@ type result struct {
 	connect     time.Duration
 	rssBefore   int64 // bytes; 0 without -pid
 	rssParked   int64
-	serverCPU   time.Duration // from the first publish to the last delivery; 0 without -pid
+	serverCPU   time.Duration   // from the first publish to the last delivery; 0 without -pid
 	fanOut      []time.Duration // per event: publish to the last delivery
 	publishTime []time.Duration // per event: until the publish was answered
 	latencies   []time.Duration // per delivery: publish to receipt
