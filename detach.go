@@ -3,7 +3,6 @@ package comet
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"net"
 	"net/http"
 	"reflect"
@@ -26,15 +25,17 @@ import (
 // and one goroutine woken per subscriber for every event.
 //
 // Once the headers and the stream's first bytes are out, the handler takes
-// a plaintext HTTP/1.x connection over (hijacks it) and returns, which
-// frees all of that. What is left of the stream is a watcher on its
-// context and one small goroutine, which reads the socket to notice the
-// client leaving and keeps the stream's timers. Events are written by the
-// publisher's goroutines, straight to the socket and without waiting (see
-// fanOut): a socket whose buffer is full is handed to the stream's own
-// goroutine, which waits on it for at most write_timeout. Nothing on the
-// publish path ever waits for a slow reader.
-//
+// an HTTP/1.x connection over (hijacks it) and returns, which frees all of
+// that. What is left of the stream is a watcher on its context, a timer
+// for its heartbeat and expiration, and its place in the process's
+// hang-up watcher (see takeover.WatchHangUp), which reports the client
+// leaving: no goroutine at all. Events are written by the publisher's
+// goroutines, straight to the socket and without waiting (see fanOut): a
+// socket whose buffer is full is handed to a goroutine started for it,
+// which waits on it for at most write_timeout and ends when it is done.
+// Nothing on the publish path ever waits for a slow reader. Nothing reads
+// the socket: what a client sends on a stream is of no use to it.
+
 // The body of a detached stream ends when the connection closes, as
 // HTTP/1.1 allows and as the SSE specification recommends, rather than
 // with chunked encoding. HTTP/2 connections stay on the ordinary path: their
@@ -44,7 +45,8 @@ import (
 // writes its records itself and waits for room to do so: a TLS write that
 // times out breaks the connection, so there a publisher writes only a
 // record the socket surely takes at once (see takesRecordAtOnce), and
-// otherwise wakes the stream's goroutine, which writes with write_timeout.
+// otherwise hands the write to a goroutine, which waits with
+// write_timeout.
 
 // detachedDrainTimeout bounds how long process exit waits for detached
 // streams to write their last words.
@@ -74,8 +76,8 @@ func rememberSocket(ctx context.Context, c net.Conn) context.Context {
 // unchanged. overTLS says that the connection is a *tls.Conn, which
 // makes its records and writes them itself (see takesRecordAtOnce).
 func (h *Handler) detachableSocket(w http.ResponseWriter, r *http.Request) (conn net.Conn, overTLS bool) {
-	if !passesBodyThrough(w, false) {
-		return nil, false
+	if !passesBodyThrough(w, false) || takeover.HangUpsWatched() != nil {
+		return nil, false // a detached stream would not learn that its client left
 	}
 	if conn := h.plainSocket(r); conn != nil {
 		return conn, false
@@ -185,15 +187,12 @@ func writerTypeName(w http.ResponseWriter) string {
 	return t.PkgPath() + "." + t.Name()
 }
 
-// detachedSocket is a detached stream's connection, which its goroutine
-// reads and publishers write to without waiting, and the kick that wakes
-// the goroutine from its read.
+// detachedSocket is a detached stream's connection, which publishers
+// write to without waiting.
 type detachedSocket struct {
 	sock    net.Conn        // the accepted connection
 	raw     syscall.RawConn // the socket under it
 	overTLS bool            // sock is a *tls.Conn, which writes its records itself
-	// kicked says the goroutine has work that publishers handed over.
-	kicked atomic.Bool
 }
 
 // write writes p to the connection and returns how much it wrote. Without
@@ -233,39 +232,25 @@ func rawSocket(sock net.Conn) (syscall.RawConn, error) {
 	return sock.(syscall.Conn).SyscallConn()
 }
 
-// kick wakes the socket's goroutine from its read.
-func (d *detachedSocket) kick() {
-	d.kicked.Store(true)
-	_ = d.sock.SetReadDeadline(aLongTimeAgo)
-}
-
-// await reads the socket until deadline (zero: none) or a kick, unless a
-// kick already came. It returns what the client sent and whether the
-// client is still there; when it returns nothing from a client still
-// there, it timed out or was kicked.
-func (d *detachedSocket) await(buf []byte, deadline time.Time) (n int, there bool) {
-	_ = d.sock.SetReadDeadline(deadline)
-	if d.kicked.Load() {
-		return 0, true // a kick came before the deadline was set, and was undone
-	}
-	n, err := d.sock.Read(buf)
-	var ne net.Error
-	return n, err == nil || errors.As(err, &ne) && ne.Timeout()
-}
-
 // detachedStream is a stream whose connection the handler took over.
 type detachedStream struct {
-	detachedSocket // kicked: a write that must wait for room, or last words
-	sub            *Subscriber
-	h              *Handler // the route that opened the stream, for its settings
-	m              *transportMetrics
-	key            string
-	expires        time.Time // zero: never
+	detachedSocket
+	sub     *Subscriber
+	h       *Handler // the route that opened the stream, for its settings
+	m       *transportMetrics
+	key     string
+	expires time.Time // zero: never
 
 	// dirty says the context changed since the stream last caught up.
 	dirty atomic.Bool
 	// requestOver says Caddy is done with the request.
 	requestOver atomic.Bool
+	// kicked says there is work that may wait: a write that needs room,
+	// last words, the client leaving. serving says a goroutine is doing
+	// it, or about to.
+	kicked, serving atomic.Bool
+	// gone says the client hung up.
+	gone atomic.Bool
 	// lastWrite is when bytes last went out, in Unix nanoseconds, to
 	// time heartbeats.
 	lastWrite atomic.Int64
@@ -274,15 +259,20 @@ type detachedStream struct {
 	// only ever tries it, so none waits for another.
 	mu      sync.Mutex
 	st      streamState
-	pending []byte // what a write that could not wait left unwritten
-	last    []byte // last words; once set, the stream ends after them
-	broken  error  // a write failed: the client is gone or stopped reading
-	done    bool   // the stream ended: leave the socket alone
+	pending []byte         // what a write that could not wait left unwritten
+	last    []byte         // last words; once set, the stream ends after them
+	broken  error          // a write failed: the client is gone or stopped reading
+	done    bool           // the stream ended: leave the socket alone
+	timer   *time.Timer    // heartbeat and expiration; nil: neither
+	leaving takeover.Watch // reports the client leaving
 }
 
 // detach takes the stream's connection over from net/http and returns
 // true, or returns false, having changed nothing, when it cannot. The
-// stream then belongs to its own goroutine, which closes the subscriber.
+// stream then has no goroutine of its own: publishers write its events,
+// a timer keeps its heartbeat and expiration, the hang-up watcher reports
+// its client leaving, and a goroutine is started only for work that may
+// wait (see kick).
 func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, overTLS bool, sub *Subscriber, after Cursor, f wireFormat, key string) bool {
 	if !passesBodyThrough(w, true) {
 		return false
@@ -291,34 +281,43 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, 
 	if err != nil {
 		return false
 	}
+	s := &detachedStream{
+		detachedSocket: detachedSocket{sock: sock, raw: raw, overTLS: overTLS}, sub: sub, h: h,
+		m: h.metrics[f.transport()], key: key,
+		st: streamState{f: f, after: after},
+	}
+	leaving, ok := takeover.WatchHangUp(raw, s.left)
+	if !ok {
+		return false
+	}
 	// Hijack flushes what is buffered; the connection it returns is sock,
 	// maybe wrapped by Caddy to count the bytes read, and the wrapper
 	// would keep net/http's buffers alive. The buffered reader may hold
 	// bytes the client sent after its request; a stream has no use for
 	// them.
 	if _, _, err := http.NewResponseController(w).Hijack(); err != nil {
+		leaving.Stop()
 		return false
 	}
-	s := &detachedStream{
-		detachedSocket: detachedSocket{sock: sock, raw: raw, overTLS: overTLS}, sub: sub, h: h,
-		m: h.metrics[f.transport()], key: key,
-		st: streamState{f: f, after: after},
-	}
+	s.leaving = leaving
 	if h.Expiration > 0 {
 		s.expires = time.Now().Add(time.Duration(h.Expiration))
 	}
 	s.lastWrite.Store(time.Now().UnixNano())
-	// The goroutine starts with what history holds after the cursor.
+	// The stream starts with what history holds after the cursor.
 	s.dirty.Store(true)
 	s.kicked.Store(true)
 	sub.watch(s.changed)
-	go s.run(r.Context().Done())
+	// Until the request is over, Caddy's cleanup may still set the
+	// socket's deadlines: the stream's timers and waiting writes start
+	// after.
+	context.AfterFunc(r.Context(), s.begin)
 	return true
 }
 
 // changed is the stream's watcher: it runs on a publisher's goroutine and
 // writes what the stream has not had yet, if the socket takes it at once.
-// What it cannot finish is left to the stream's goroutine, woken later.
+// What it cannot finish is left to a goroutine, started later.
 func (s *detachedStream) changed() (later func()) {
 	s.dirty.Store(true)
 	if s.overTLS && !s.requestOver.Load() {
@@ -339,32 +338,69 @@ func (s *detachedStream) changed() (later func()) {
 	return nil
 }
 
-// run is the stream's goroutine. It waits until the request is over,
-// because Caddy's cleanup of the request may still set the socket's
-// deadlines, then reads the socket until the client leaves, waking for
-// heartbeats, expiration and the work publishers hand over.
-func (s *detachedStream) run(requestDone <-chan struct{}) {
-	defer s.finish()
-	<-requestDone
+// begin runs once Caddy is done with the request: it starts the stream's
+// timer and does the work handed over meanwhile.
+func (s *detachedStream) begin() {
 	s.requestOver.Store(true)
-	var buf [16]byte
-	for {
-		if s.kicked.Swap(false) && !s.serve() {
-			return
-		}
-		n, there := s.await(buf[:], s.nextTimer())
-		switch {
-		case !there:
-			return // the client left
-		case n == 0 && !s.onTimer(time.Now()):
-			return
-		}
-		// Anything the client sends on a stream is ignored.
+	s.mu.Lock()
+	if next := s.nextTimer(); !next.IsZero() && !s.done {
+		s.timer = time.AfterFunc(time.Until(next), s.onTimerFired)
+	}
+	s.mu.Unlock()
+	s.kick()
+}
+
+// kick has a goroutine do the work that may wait (see serveKicked),
+// starting one unless one is at it. Before the request is over, begin
+// does.
+func (s *detachedStream) kick() {
+	s.kicked.Store(true)
+	if s.requestOver.Load() && s.serving.CompareAndSwap(false, true) {
+		go s.serveKicked()
 	}
 }
 
-// nextTimer is when the goroutine must next wake by itself: for a
-// heartbeat or the stream's expiration. Zero means never.
+// left runs on the hang-up watcher's goroutine when the client closed its
+// end of the connection: the stream ends, on a goroutine of its own.
+// Whatever the client sent before is of no use to a stream.
+func (s *detachedStream) left() {
+	s.gone.Store(true)
+	s.kick()
+}
+
+// serveKicked does the work kicks asked for until there is none, then
+// ends, unless a kick came as it was ending.
+func (s *detachedStream) serveKicked() {
+	for {
+		for s.kicked.Swap(false) {
+			if !s.serve() {
+				s.finish()
+				return
+			}
+		}
+		s.serving.Store(false)
+		if !s.kicked.Load() || !s.serving.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+// onTimerFired runs on the timer's goroutine: it writes a heartbeat or
+// ends an expired stream, if it is time, and sets the timer for the next.
+func (s *detachedStream) onTimerFired() {
+	if !s.onTimer(time.Now()) {
+		s.finish()
+		return
+	}
+	s.mu.Lock()
+	if !s.done {
+		s.timer.Reset(time.Until(s.nextTimer()))
+	}
+	s.mu.Unlock()
+}
+
+// nextTimer is when the stream's timer must next fire: for a heartbeat or
+// the stream's expiration. Zero means never.
 func (s *detachedStream) nextTimer() time.Time {
 	var next time.Time
 	if hb := time.Duration(s.h.Heartbeat); hb > 0 {
@@ -381,6 +417,9 @@ func (s *detachedStream) nextTimer() time.Time {
 func (s *detachedStream) onTimer(now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.done {
+		return false
+	}
 	if !s.ok() {
 		return s.endLocked()
 	}
@@ -392,7 +431,7 @@ func (s *detachedStream) onTimer(now time.Time) bool {
 	switch {
 	case len(s.pending) > 0:
 		// An event is half written; finishing it is the heartbeat.
-		s.kicked.Store(true)
+		s.kick()
 	case hb > 0 && now.Sub(time.Unix(0, s.lastWrite.Load())) >= hb:
 		step := s.st.step(Delivery{}, false, errTick)
 		waiting := s.waitForRoom()
@@ -402,10 +441,18 @@ func (s *detachedStream) onTimer(now time.Time) bool {
 	return s.ok()
 }
 
-// serve does the work publishers handed over: writes that must wait for
-// room, then last words. It returns false when the stream is over.
+// serve does the work handed over: writes that must wait for room, then
+// last words, or the end of a stream whose client left. It returns false
+// when the stream is over.
 func (s *detachedStream) serve() bool {
+	if s.gone.Load() {
+		return false
+	}
 	s.mu.Lock()
+	if s.done {
+		s.mu.Unlock()
+		return false
+	}
 	waiting := s.waitForRoom()
 	for {
 		s.dirty.Store(false)
@@ -430,8 +477,7 @@ func (s *detachedStream) serve() bool {
 
 // waitForRoom lets the writes that follow wait for room for at most the
 // route's write timeout, until stopWaiting, and reports whether it set a
-// deadline. (No closure: this runs on the stream's goroutine, whose stack
-// every stream holds.) The caller holds s.mu.
+// deadline. The caller holds s.mu.
 func (s *detachedStream) waitForRoom() bool {
 	t := time.Duration(s.h.WriteTimeout)
 	if t > 0 {
@@ -470,7 +516,7 @@ func (s *detachedStream) ok() bool { return s.last == nil && s.broken == nil }
 
 // catchUp writes every delivery the stream has not had yet. Without wait,
 // it stops at a socket that would block and keeps what is left in
-// pending. It returns true when the stream's goroutine must take over: to
+// pending. It returns true when a goroutine must take over (see kick): to
 // finish a write, or to end the stream. The caller holds s.mu.
 func (s *detachedStream) catchUp(wait bool) (handOver bool) {
 	if s.done {
@@ -508,8 +554,8 @@ func (s *detachedStream) endWith(step streamStep) {
 }
 
 // send writes parts to the socket. Without wait, it stops where the socket
-// would block and keeps the rest in pending, to be written by the stream's
-// goroutine. It returns true when everything was written. The caller
+// would block and keeps the rest in pending, to be written by a goroutine
+// that may wait. It returns true when everything was written. The caller
 // holds s.mu.
 func (s *detachedStream) send(wait bool, parts ...[]byte) bool {
 	var rest []byte
@@ -541,13 +587,23 @@ func (s *detachedStream) send(wait bool, parts ...[]byte) bool {
 	return rest == nil
 }
 
-// finish ends the stream: the subscriber is detached from the hub first,
-// so that publishers stop coming, and the socket closed last.
+// finish ends the stream, once: publishers that still come leave the
+// socket alone, the subscriber is detached from the hub, and the socket
+// closed last.
 func (s *detachedStream) finish() {
-	s.sub.Close()
 	s.mu.Lock()
+	if s.done {
+		s.mu.Unlock()
+		return // the timer and a kicked goroutine may both end the stream
+	}
 	s.done = true
+	if s.timer != nil {
+		s.timer.Stop()
+	}
 	s.mu.Unlock()
+	s.sub.Close()
+	s.leaving.Stop()
+	takeover.DiscardUnread(s.raw) // nothing read the socket: see DiscardUnread
 	_ = s.sock.Close()
 	s.m.subscribers.Dec()
 }

@@ -437,6 +437,7 @@ func (p *detachedPoll) handBack() {
 func (p *detachedPoll) closeSocket() {
 	p.sub.Close()
 	p.m.subscribers.Dec()
+	takeover.DiscardUnread(p.raw) // nothing read the socket: see DiscardUnread
 	_ = p.sock.Close()
 }
 

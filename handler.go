@@ -155,10 +155,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		})
 		if h.detaches() {
 			srv.RegisterConnContext(rememberSocket)
-			if h.transports&transportLongPoll != 0 {
-				if err := takeover.HangUpsWatched(); err != nil {
-					h.logger.Warn("long polls will stay on the ordinary path", zap.Error(err))
-				}
+			if err := takeover.HangUpsWatched(); err != nil {
+				h.logger.Warn("subscribers will stay on the ordinary path", zap.Error(err))
 			}
 		}
 	}

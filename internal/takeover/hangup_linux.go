@@ -114,6 +114,23 @@ func HasUnread(raw syscall.RawConn) bool {
 	return n > 0
 }
 
+// DiscardUnread reads and drops what the client sent that nobody read,
+// without waiting, so that closing the socket sends a FIN rather than a
+// reset, which could destroy the last bytes written before the client
+// reads them. Bytes that arrive later are not waited for.
+func DiscardUnread(raw syscall.RawConn) {
+	var buf [4096]byte
+	_ = raw.Read(func(fd uintptr) bool {
+		for range 16 { // at most 64 KiB: a client that keeps sending gets its reset
+			n, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_DONTWAIT)
+			if err != nil || n <= 0 {
+				break
+			}
+		}
+		return true // never wait for data
+	})
+}
+
 // Unsent returns how many bytes written to the socket the kernel still
 // holds, sent but not acknowledged or not sent yet (SIOCOUTQ). A write that
 // is small next to the socket's send buffer does not wait when this is

@@ -26,3 +26,6 @@ func HasUnread(syscall.RawConn) bool { return false }
 
 // Unsent cannot tell on this platform: it returns -1.
 func Unsent(syscall.RawConn) int { return -1 }
+
+// DiscardUnread does nothing on this platform.
+func DiscardUnread(syscall.RawConn) {}

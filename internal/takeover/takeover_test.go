@@ -180,3 +180,25 @@ func TestUnsentCountsWhatTheKernelHolds(t *testing.T) {
 	}
 	waitUntil(t, func() bool { return Unsent(rawOf(t, server)) == 0 })
 }
+
+// TestDiscardUnreadDropsWhatTheClientSent sends bytes nobody reads: once
+// discarded, closing the socket sends the client an end of stream, after
+// what the server wrote, rather than a reset.
+func TestDiscardUnreadDropsWhatTheClientSent(t *testing.T) {
+	if HangUpsWatched() != nil {
+		t.Skip("Linux only")
+	}
+	server, client := tcpPair(t)
+	io.WriteString(client, "GET / HTTP/1.1\r\n\r\n")
+	waitUntil(t, func() bool { return HasUnread(rawOf(t, server)) })
+	DiscardUnread(rawOf(t, server))
+	if HasUnread(rawOf(t, server)) {
+		t.Fatal("bytes left unread after DiscardUnread")
+	}
+	io.WriteString(server, "last words")
+	server.Close()
+	got, err := io.ReadAll(client)
+	if string(got) != "last words" || err != nil {
+		t.Errorf("the client read %q, %v; want the last words and an end of stream", got, err)
+	}
+}
