@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/caddy-comet/comet/internal/takeover"
@@ -40,7 +39,7 @@ import (
 // is, and handed back as such, so the server serves the next request as
 // one over TLS. crypto/tls writes its records itself and waits for room,
 // so a publisher writes an answer only when the socket surely takes it at
-// once (see writeTLSLocked); otherwise a goroutine does, with
+// once (see takesRecordAtOnce); otherwise a goroutine does, with
 // write_timeout.
 //
 // "Nothing in the chain" is strict: an access log or metrics (which would
@@ -97,9 +96,7 @@ func (h *Handler) detachablePoll(w http.ResponseWriter, r *http.Request) (net.Co
 // client leaving. It is answered once, then its connection goes back to
 // the server.
 type detachedPoll struct {
-	sock   net.Conn           // the accepted connection
-	raw    syscall.RawConn    // the socket under it
-	tls    bool               // sock is a *tls.Conn: writes go through it
+	detachedSocket
 	inj    *takeover.Injector // hands the connection back to its server
 	sub    *Subscriber
 	h      *Handler
@@ -132,7 +129,7 @@ func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, sock net.Co
 		return false
 	}
 	p := &detachedPoll{
-		sock: sock, raw: raw, tls: overTLS, inj: inj, sub: sub, h: h,
+		detachedSocket: detachedSocket{sock: sock, raw: raw, overTLS: overTLS}, inj: inj, sub: sub, h: h,
 		m: h.metrics[transportLongPoll], after: after,
 	}
 	leaving, ok := takeover.WatchHangUp(raw, p.left)
@@ -306,7 +303,7 @@ func (p *detachedPoll) left() {
 // them. (net/http's background read sees the close_notify as the end of
 // the connection too.) The caller holds p.mu.
 func (p *detachedPoll) hungUpLocked() bool {
-	return p.tls || !takeover.HasUnread(p.raw)
+	return p.overTLS || !takeover.HasUnread(p.raw)
 }
 
 // endLocked marks the poll over and stops its timer and leave watch. The
@@ -351,7 +348,7 @@ func (p *detachedPoll) chooseAnswerLocked(expired bool) bool {
 // answer says Connection: close and the client sends that request again
 // on a new connection (RFC 9112, section 9.3.2). Browsers do not pipeline.
 func (p *detachedPoll) canHandBack() bool {
-	return !p.tls || len(p.early) == 0
+	return !p.overTLS || len(p.early) == 0
 }
 
 // render writes the answer out as net/http would.
@@ -388,34 +385,19 @@ func (p *detachedPoll) sharedAnswer(a pollAnswer) []byte {
 }
 
 // writeLocked writes what is left of the answer. Without wait, it
-// writes only what the socket takes at once. The caller holds p.mu.
+// writes only what the socket takes at once. Over TLS it never writes
+// before the request is over, since Caddy's cleanup may still set the
+// connection's deadlines, and a TLS write past one breaks the connection.
+// The caller holds p.mu.
 func (p *detachedPoll) writeLocked(wait bool) {
-	if p.broken != nil || p.written == len(p.answer) {
+	if p.broken != nil || p.written == len(p.answer) || p.overTLS && !p.requestDone {
 		return
 	}
-	if p.tls {
-		p.writeTLSLocked(wait)
-		return
-	}
-	n, err := takeover.Write(p.raw, p.answer[p.written:], wait)
+	n, err := p.write(p.answer[p.written:], wait)
 	p.written += n
 	if !(!wait && writeTimedOut(err)) {
 		p.broken = err
 	}
-}
-
-// writeTLSLocked writes the answer through the TLS connection. Without
-// wait it writes all of it if the socket surely takes it at once (see
-// takesRecordAtOnce), or nothing, and never before the request is over,
-// since Caddy's cleanup may still set the connection's deadlines. The
-// caller holds p.mu.
-func (p *detachedPoll) writeTLSLocked(wait bool) {
-	if !wait && (!p.requestDone || !takesRecordAtOnce(p.raw, len(p.answer)-p.written)) {
-		return
-	}
-	n, err := p.sock.Write(p.answer[p.written:])
-	p.written += n
-	p.broken = err
 }
 
 // handBack gives the connection back to the server, with what the server
