@@ -37,11 +37,11 @@ type hostileRun struct {
 	s       *testServer
 	hub     *Hub
 	addr    string
-	path    string // the context: /on/<shape> or /off/<shape>
+	path    string   // the context: /on/<shape> or /off/<shape>
 	conn    net.Conn // TCP, or TLS over TCP
 	br      *bufio.Reader
 	tls     *tls.Config // nil: plaintext
-	methods []string // of the requests sent and not yet answered, in order
+	methods []string    // of the requests sent and not yet answered, in order
 	// detached says that the run's parked polls must be taken over.
 	detached bool
 	answers  []string
