@@ -58,9 +58,19 @@ func globalHubConfigured(h httpcaddyfile.Helper, name string) bool {
 //		transports       longpoll|sse|stream...
 //		write_timeout    <duration>
 //		detach           on|off
+//		auth [subscribe] [publish] {
+//			hmac_secret     <secret>
+//			public_key_file <pem file>
+//			issuer          <iss>
+//			audience        <aud>
+//			cookie          <name>
+//			query_param     <name>
+//			leeway          <duration>
+//		}
 //	}
 //
 // Every subdirective is optional; see the Handler fields for defaults.
+// auth without subscribe or publish requires tokens for both.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume the directive name
 	if d.NextArg() {
@@ -87,6 +97,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Transports, err = parseTransportNames(d)
 		case "detach":
 			h.Detach, err = parseOnOff(d)
+		case "auth":
+			h.Auth, err = parseAuth(d)
 		default:
 			return d.Errf("unrecognized comet subdirective %q", d.Val())
 		}
@@ -95,6 +107,50 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// parseAuth parses an auth block: what needs a token, and how tokens are
+// checked.
+func parseAuth(d *caddyfile.Dispenser) (*AuthConfig, error) {
+	a := new(AuthConfig)
+	for d.NextArg() {
+		switch d.Val() {
+		case "subscribe":
+			a.Subscribe = true
+		case "publish":
+			a.Publish = true
+		default:
+			return nil, d.Errf("auth requires tokens for subscribe or publish, not %q", d.Val())
+		}
+	}
+	if !a.Subscribe && !a.Publish {
+		a.Subscribe, a.Publish = true, true
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch d.Val() {
+		case "hmac_secret":
+			a.HMACSecret, err = oneArg(d)
+		case "public_key_file":
+			a.PublicKeyFile, err = oneArg(d)
+		case "issuer":
+			a.Issuer, err = oneArg(d)
+		case "audience":
+			a.Audience, err = oneArg(d)
+		case "cookie":
+			a.Cookie, err = oneArg(d)
+		case "query_param":
+			a.QueryParam, err = oneArg(d)
+		case "leeway":
+			a.Leeway, err = parsePositiveDuration(d)
+		default:
+			return nil, d.Errf("unrecognized auth subdirective %q", d.Val())
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
 }
 
 // parseGlobalOption parses the global comet option, which configures a hub

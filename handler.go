@@ -76,6 +76,11 @@ type Handler struct {
 	// taken over rather than when it ends. Default: true.
 	Detach *bool `json:"detach,omitempty"`
 
+	// Token authorization: who may subscribe to and publish on which
+	// contexts (see AuthConfig). Default: none; anyone who reaches the
+	// route may.
+	Auth *AuthConfig `json:"auth,omitempty"`
+
 	hub        *Hub
 	allow      string
 	transports transport
@@ -118,6 +123,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.WriteTimeout == 0 {
 		h.WriteTimeout = caddy.Duration(DefaultWriteTimeout)
+	}
+	if h.Auth != nil {
+		if err := h.Auth.provision(); err != nil {
+			return err
+		}
 	}
 	var err error
 	if h.transports, err = parseTransports(h.Transports); err != nil {
@@ -187,6 +197,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("context template %q gave an empty key", h.Context))
 	}
 	repl.Set("comet.context", key)
+
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodDelete:
+		write := r.Method == http.MethodPost || r.Method == http.MethodDelete
+		if !write || h.publishes() {
+			t, refused, err := h.authorize(w, r, key, write)
+			if refused {
+				return err
+			}
+			if t != nil {
+				repl.Set("comet.subscriber", t.subject)
+			}
+		}
+	}
 
 	switch r.Method {
 	case http.MethodGet:

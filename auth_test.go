@@ -1,0 +1,282 @@
+package comet
+
+import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+)
+
+// testSecret is the HMAC secret of the tests' routes, given to Caddy
+// through the environment as an operator would.
+const testSecret = "a secret of more than thirty-two bytes, for tests"
+
+// mint signs a token with key and alg, valid from a minute ago for ttl
+// (no exp when ttl is zero), granting what g says to sub.
+func mint(t testing.TB, key any, alg jose.SignatureAlgorithm, sub string, ttl time.Duration, g grants, edit ...func(*jwt.Claims)) string {
+	t.Helper()
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, (&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	std := jwt.Claims{Subject: sub, NotBefore: jwt.NewNumericDate(time.Now().Add(-time.Minute))}
+	if ttl != 0 {
+		std.Expiry = jwt.NewNumericDate(time.Now().Add(ttl))
+	}
+	for _, e := range edit {
+		e(&std)
+	}
+	raw, err := jwt.Signed(signer).Claims(std).Claims(tokenClaims{Comet: g}).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+func bearer(token string) []string { return []string{"Authorization", "Bearer " + token} }
+
+// noneToken is a token that says it is not signed: alg none.
+func noneToken(sub string, g grants) string {
+	enc := base64.RawURLEncoding
+	header := enc.EncodeToString([]byte(`{"alg":"none","typ":"JWT"}`))
+	body := enc.EncodeToString(fmt.Appendf(nil, `{"sub":%q,"comet":{"subscribe":%q}}`, sub, g.Subscribe))
+	return header + "." + body + "."
+}
+
+// TestTokensGuardSubscribingAndPublishing runs a route that requires HMAC
+// tokens for both, and checks each way a token can be missing, bad or too
+// narrow, and that a good one lets a long poll park, taken over as without
+// auth, and an event through.
+func TestTokensGuardSubscribingAndPublishing(t *testing.T) {
+	t.Setenv("COMET_TEST_KEY", testSecret)
+	s := startCaddy(t, "", `@post method POST
+	header @post >X-Subscriber "{comet.subscriber}"
+	comet /private/* {
+		auth {
+			hmac_secret {env.COMET_TEST_KEY}
+			audience comet-tests
+		}
+	}
+	comet /query/* {
+		auth subscribe {
+			hmac_secret {env.COMET_TEST_KEY}
+			query_param access_token
+		}
+	}`)
+	hub := s.hub(DefaultHubName)
+	key := []byte(testSecret)
+	aud := func(c *jwt.Claims) { c.Audience = jwt.Audience{"comet-tests"} }
+	alice := mint(t, key, jose.HS256, "alice", time.Hour, grants{Subscribe: []string{"/private/alice"}}, aud)
+
+	for _, tc := range []struct {
+		name, method, path string
+		header             []string
+		status             int
+		challenge          string // in WWW-Authenticate
+	}{
+		{"no token", http.MethodGet, "/private/alice", nil, 401, `Bearer realm="comet"`},
+		{"another key", http.MethodGet, "/private/alice",
+			bearer(mint(t, []byte(strings.Repeat("k", 32)), jose.HS256, "alice", time.Hour, grants{Subscribe: []string{"*"}}, aud)), 401, `error="invalid_token"`},
+		{"expired", http.MethodGet, "/private/alice",
+			bearer(mint(t, key, jose.HS256, "alice", -time.Second, grants{Subscribe: []string{"*"}}, aud)), 401, "expired"},
+		{"not valid yet", http.MethodGet, "/private/alice",
+			bearer(mint(t, key, jose.HS256, "alice", time.Hour, grants{Subscribe: []string{"*"}}, aud, func(c *jwt.Claims) {
+				c.NotBefore = jwt.NewNumericDate(time.Now().Add(time.Hour))
+			})), 401, "not valid yet"},
+		{"another audience", http.MethodGet, "/private/alice",
+			bearer(mint(t, key, jose.HS256, "alice", time.Hour, grants{Subscribe: []string{"*"}}, func(c *jwt.Claims) {
+				c.Audience = jwt.Audience{"someone-else"}
+			})), 401, "audience"},
+		{"alg none", http.MethodGet, "/private/alice", bearer(noneToken("alice", grants{Subscribe: []string{"*"}})), 401, `error="invalid_token"`},
+		{"garbage", http.MethodGet, "/private/alice", bearer("not.a.token"), 401, `error="invalid_token"`},
+		{"another context", http.MethodGet, "/private/bob", bearer(alice), 403, `error="insufficient_scope"`},
+		{"HEAD is reading", http.MethodHead, "/private/bob", bearer(alice), 403, `error="insufficient_scope"`},
+		{"publish without a token", http.MethodPost, "/private/alice", nil, 401, `Bearer realm="comet"`},
+		{"publish with a token to read", http.MethodPost, "/private/alice", bearer(alice), 403, `error="insufficient_scope"`},
+		{"delete with a token to read", http.MethodDelete, "/private/alice", bearer(alice), 403, `error="insufficient_scope"`},
+		{"query parameter where not configured", http.MethodGet, "/private/alice?access_token=" + alice, nil, 401, `Bearer realm="comet"`},
+		{"query parameter where configured, no token", http.MethodGet, "/query/alice", nil, 401, `Bearer realm="comet"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, body := s.do(tc.method, tc.path, "", tc.header...)
+			if resp.StatusCode != tc.status || !strings.Contains(resp.Header.Get("WWW-Authenticate"), tc.challenge) {
+				t.Errorf("%s %s: %s, WWW-Authenticate %q; want %d and %q", tc.method, tc.path, resp.Status,
+					resp.Header.Get("WWW-Authenticate"), tc.status, tc.challenge)
+			}
+			if tc.method != http.MethodHead && !strings.HasPrefix(body, fmt.Sprint(tc.status)) {
+				t.Errorf("body %q does not say why", body)
+			}
+		})
+	}
+	if n := hub.SubscriberCount(); n != 0 {
+		t.Fatalf("%d subscribers attached by refused requests", n)
+	}
+
+	// A good token: the poll parks, taken over as without auth, and the
+	// publisher's token lets its event through.
+	pub := mint(t, key, jose.HS256, "backend", time.Hour, grants{Publish: []string{"/private/*"}}, aud)
+	for _, via := range []struct {
+		name, path string
+		header     []string
+	}{
+		{"Authorization header", "/private/alice", bearer(alice)},
+		{"cookie", "/private/alice", []string{"Cookie", DefaultTokenCookie + "=" + alice}},
+		{"query parameter", "/query/alice?access_token=" + mint(t, key, jose.HS256, "alice", time.Hour, grants{Subscribe: []string{"/query/*"}}), nil},
+	} {
+		t.Run("subscribed with a token in the "+via.name, func(t *testing.T) {
+			ctx, _, _ := strings.Cut(via.path, "?")
+			p := s.startPoll(via.path, via.header...)
+			waitFor(t, "the poll to park, taken over", func() bool { return watcherCount(hub, ctx) == 1 })
+			resp, _ := s.do(http.MethodPost, ctx, "hello", bearer(pub)...)
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("publish with a token to publish: %s", resp.Status)
+			}
+			if ctx == "/private/alice" && resp.Header.Get("X-Subscriber") != "backend" {
+				t.Errorf("{comet.subscriber} was %q, want the publisher's subject", resp.Header.Get("X-Subscriber"))
+			}
+			if resp, body := p.wait(t); resp.StatusCode != http.StatusOK || body != "hello" {
+				t.Errorf("the poll got %s %q", resp.Status, body)
+			}
+		})
+	}
+}
+
+// TestTokensSignedWithPublicKeys checks routes configured with RSA, ECDSA
+// and Ed25519 public keys: a token signed with the private key is taken,
+// and one signed with HMAC using the public key's PEM as the secret (the
+// classic confusion attack) is refused.
+func TestTokensSignedWithPublicKeys(t *testing.T) {
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	ecKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
+	dir := t.TempDir()
+	type keyCase struct {
+		name    string
+		private any
+		public  any
+		alg     jose.SignatureAlgorithm
+		file    string
+	}
+	cases := []keyCase{
+		{name: "rsa", private: rsaKey, public: &rsaKey.PublicKey, alg: jose.RS256},
+		{name: "ecdsa", private: ecKey, public: &ecKey.PublicKey, alg: jose.ES256},
+		{name: "ed25519", private: edKey, public: edKey.Public(), alg: jose.EdDSA},
+	}
+	var site strings.Builder
+	for i := range cases {
+		der, err := x509.MarshalPKIXPublicKey(cases[i].public)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cases[i].file = filepath.Join(dir, cases[i].name+".pem")
+		if err := os.WriteFile(cases[i].file, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&site, "comet /%s/* {\n\t\tauth subscribe {\n\t\t\tpublic_key_file %s\n\t\t}\n\t\texpiration 100ms\n\t}\n\t", cases[i].name, cases[i].file)
+	}
+	s := startCaddy(t, "", site.String())
+	for _, kc := range cases {
+		t.Run(kc.name, func(t *testing.T) {
+			path := "/" + kc.name + "/x"
+			good := mint(t, kc.private, kc.alg, "alice", time.Hour, grants{Subscribe: []string{"/" + kc.name + "/*"}})
+			if resp, _ := s.do(http.MethodGet, path, "", bearer(good)...); resp.StatusCode != http.StatusNoContent {
+				t.Errorf("a token signed with the key: %s, want 204 at expiration", resp.Status)
+			}
+			pemBytes, _ := os.ReadFile(kc.file)
+			forged := mint(t, pemBytes, jose.HS256, "mallory", time.Hour, grants{Subscribe: []string{"*"}})
+			if resp, _ := s.do(http.MethodGet, path, "", bearer(forged)...); resp.StatusCode != http.StatusUnauthorized {
+				t.Errorf("an HMAC token keyed with the public key: %s, want 401", resp.Status)
+			}
+		})
+	}
+}
+
+// TestAuthConfigErrors checks that a route whose auth cannot work does not
+// load, with a reason.
+func TestAuthConfigErrors(t *testing.T) {
+	for _, tc := range []struct{ auth, want string }{
+		{"auth", "hmac_secret or public_key_file"},
+		{"auth {\n\t\thmac_secret short\n\t}", "at least 32"},
+		{"auth {\n\t\thmac_secret {env.COMET_UNSET_KEY}\n\t}", "empty once its placeholders"},
+		{"auth {\n\t\tpublic_key_file /nonexistent.pem\n\t}", "nonexistent"},
+		{"auth read", "subscribe or publish"},
+	} {
+		s := newTestServer(t)
+		cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(s.caddyfile("", "comet /c {\n\t\t"+tc.auth+"\n\t}")), nil)
+		if err == nil {
+			err = caddyLoadErr(cfg)
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: loading gave %v, want an error about %q", tc.auth, err, tc.want)
+		}
+	}
+}
+
+// BenchmarkVerifyToken is the cost of checking a token, which every
+// request on a guarded route pays, a long poll's every re-poll included.
+func BenchmarkVerifyToken(b *testing.B) {
+	ecKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	for _, bc := range []struct {
+		name    string
+		a       *AuthConfig
+		private any
+		alg     jose.SignatureAlgorithm
+	}{
+		{"HS256", &AuthConfig{key: []byte(testSecret), algs: []jose.SignatureAlgorithm{jose.HS256}}, []byte(testSecret), jose.HS256},
+		{"ES256", &AuthConfig{key: &ecKey.PublicKey, algs: []jose.SignatureAlgorithm{jose.ES256}}, ecKey, jose.ES256},
+	} {
+		raw := mint(b, bc.private, bc.alg, "alice", time.Hour, grants{Subscribe: []string{"/rooms/*"}})
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := bc.a.verifySignature(raw, time.Now()); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		// A long poll's re-poll, with the token it sent before.
+		b.Run(bc.name+"/again", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := bc.a.verify(raw, time.Now()); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// TestVerifiedTokensStillExpire checks that a token taken from the cache
+// of verified tokens is checked against the clock again.
+func TestVerifiedTokensStillExpire(t *testing.T) {
+	a := &AuthConfig{Subscribe: true, HMACSecret: testSecret}
+	if err := a.provision(); err != nil {
+		t.Fatal(err)
+	}
+	raw := mint(t, []byte(testSecret), jose.HS256, "alice", time.Minute, grants{Subscribe: []string{"*"}})
+	now := time.Now()
+	if _, err := a.verify(raw, now); err != nil {
+		t.Fatal(err)
+	}
+	if a.verified.get(raw) == nil {
+		t.Fatal("a verified token was not kept")
+	}
+	if _, err := a.verify(raw, now.Add(2*time.Minute)); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Errorf("a kept token past its exp gave %v, want expired", err)
+	}
+}
