@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -278,5 +279,62 @@ func TestVerifiedTokensStillExpire(t *testing.T) {
 	}
 	if _, err := a.verify(raw, now.Add(2*time.Minute)); err == nil || !strings.Contains(err.Error(), "expired") {
 		t.Errorf("a kept token past its exp gave %v, want expired", err)
+	}
+}
+
+// TestStreamsEndWhenTheirTokenExpires opens streams with a token that
+// expires in a second, on a route that detaches them and one that does
+// not: each is told to reconnect with reason unauthorized at the expiry,
+// long before the route's expiration; a long poll is answered as at
+// expiration, and polling again with the token is refused.
+func TestStreamsEndWhenTheirTokenExpires(t *testing.T) {
+	t.Setenv("COMET_TEST_KEY", testSecret)
+	s := startCaddy(t, "", `comet /on/* {
+		auth subscribe {
+			hmac_secret {env.COMET_TEST_KEY}
+		}
+		heartbeat off
+	}
+	comet /off/* {
+		auth subscribe {
+			hmac_secret {env.COMET_TEST_KEY}
+		}
+		heartbeat off
+		detach off
+	}`)
+	hub := s.hub(DefaultHubName)
+	ttl := 1500 * time.Millisecond
+	for _, route := range []string{"/on", "/off"} {
+		for _, accept := range []string{"text/event-stream", "application/x-ndjson"} {
+			t.Run(route+" "+accept, func(t *testing.T) {
+				tok := mint(t, []byte(testSecret), jose.HS256, "alice", ttl, grants{Subscribe: []string{"*"}})
+				expires := time.Now().Add(ttl).Truncate(time.Second) // exp is in whole seconds
+				resp := s.openStream(nil, route+"/c", accept, bearer(tok)...)
+				defer resp.Body.Close()
+				if route == "/on" {
+					waitFor(t, "the stream to be taken over", func() bool { return watcherCount(hub, route+"/c") == 1 })
+				}
+				body, err := io.ReadAll(resp.Body)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ended := time.Now()
+				if !strings.Contains(string(body), "unauthorized") {
+					t.Errorf("the stream ended with %q, want a reconnect with reason unauthorized", body)
+				}
+				if early, late := ended.Before(expires.Add(-100*time.Millisecond)), ended.After(expires.Add(2*time.Second)); early || late {
+					t.Errorf("the stream ended at %v, the token expired at %v", ended.Format(time.StampMilli), expires.Format(time.StampMilli))
+				}
+			})
+		}
+	}
+
+	tok := mint(t, []byte(testSecret), jose.HS256, "alice", ttl, grants{Subscribe: []string{"*"}})
+	resp, _ := s.do(http.MethodGet, "/on/poll", "", bearer(tok)...)
+	if resp.StatusCode != http.StatusNoContent {
+		t.Errorf("a long poll whose token expired while it waited: %s, want 204", resp.Status)
+	}
+	if resp, _ := s.do(http.MethodGet, "/on/poll", "", append(bearer(tok), "Last-Event-ID", resp.Header.Get(HeaderCursor))...); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("polling again with the expired token: %s, want 401", resp.Status)
 	}
 }

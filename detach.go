@@ -235,11 +235,11 @@ func rawSocket(sock net.Conn) (syscall.RawConn, error) {
 // detachedStream is a stream whose connection the handler took over.
 type detachedStream struct {
 	detachedSocket
-	sub     *Subscriber
-	h       *Handler // the route that opened the stream, for its settings
-	m       *transportMetrics
-	key     string
-	expires time.Time // zero: never
+	sub  *Subscriber
+	h    *Handler // the route that opened the stream, for its settings
+	m    *transportMetrics
+	key  string
+	life lifetime // when and why the stream ends on its own
 
 	// dirty says the context changed since the stream last caught up.
 	dirty atomic.Bool
@@ -273,7 +273,7 @@ type detachedStream struct {
 // a timer keeps its heartbeat and expiration, the hang-up watcher reports
 // its client leaving, and a goroutine is started only for work that may
 // wait (see kick).
-func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, overTLS bool, sub *Subscriber, after Cursor, f wireFormat, key string) bool {
+func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, overTLS bool, sub *Subscriber, after Cursor, f wireFormat, key string, life lifetime) bool {
 	if !passesBodyThrough(w, true) {
 		return false
 	}
@@ -283,7 +283,7 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, 
 	}
 	s := &detachedStream{
 		detachedSocket: detachedSocket{sock: sock, raw: raw, overTLS: overTLS}, sub: sub, h: h,
-		m: h.metrics[f.transport()], key: key,
+		m: h.metrics[f.transport()], key: key, life: life,
 		st: streamState{f: f, after: after},
 	}
 	leaving, ok := takeover.WatchHangUp(raw, s.left)
@@ -300,9 +300,6 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, 
 		return false
 	}
 	s.leaving = leaving
-	if h.Expiration > 0 {
-		s.expires = time.Now().Add(time.Duration(h.Expiration))
-	}
 	s.lastWrite.Store(time.Now().UnixNano())
 	// The stream starts with what history holds after the cursor.
 	s.dirty.Store(true)
@@ -406,8 +403,8 @@ func (s *detachedStream) nextTimer() time.Time {
 	if hb := time.Duration(s.h.Heartbeat); hb > 0 {
 		next = time.Unix(0, s.lastWrite.Load()).Add(hb)
 	}
-	if !s.expires.IsZero() && (next.IsZero() || s.expires.Before(next)) {
-		next = s.expires
+	if end := s.life.end; !end.IsZero() && (next.IsZero() || end.Before(next)) {
+		next = end
 	}
 	return next
 }
@@ -423,8 +420,8 @@ func (s *detachedStream) onTimer(now time.Time) bool {
 	if !s.ok() {
 		return s.endLocked()
 	}
-	if !s.expires.IsZero() && !now.Before(s.expires) {
-		s.endWith(s.st.step(Delivery{}, false, errExpired))
+	if end := s.life.end; !end.IsZero() && !now.Before(end) {
+		s.endWith(s.st.step(Delivery{}, false, s.life.why))
 		return s.endLocked()
 	}
 	hb := time.Duration(s.h.Heartbeat)

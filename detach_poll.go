@@ -122,7 +122,7 @@ type detachedPoll struct {
 
 // detachPoll takes a parked long poll's connection over and returns true,
 // or returns false, having changed nothing, when it cannot.
-func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, sock net.Conn, inj *takeover.Injector, sub *Subscriber, after Cursor) bool {
+func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, sock net.Conn, inj *takeover.Injector, sub *Subscriber, after Cursor, life lifetime) bool {
 	_, overTLS := sock.(*tls.Conn)
 	raw, err := rawSocket(sock)
 	if err != nil {
@@ -152,8 +152,10 @@ func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, sock net.Co
 	}
 	p.early = append(p.early, unreadPrefix(r)...)
 	p.leaving = leaving
-	if h.Expiration > 0 {
-		p.expiry = time.AfterFunc(time.Duration(h.Expiration), p.expire)
+	if !life.end.IsZero() {
+		// The poll answers as at the route's expiration either way: a
+		// poll whose token expired gets its 401 when it comes back.
+		p.expiry = time.AfterFunc(time.Until(life.end), p.expire)
 	}
 	p.mu.Unlock()
 	sub.watch(p.changed)

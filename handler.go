@@ -198,16 +198,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	repl.Set("comet.context", key)
 
+	var tok *token // the request's token, where the route requires one
 	switch r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodDelete:
 		write := r.Method == http.MethodPost || r.Method == http.MethodDelete
 		if !write || h.publishes() {
-			t, refused, err := h.authorize(w, r, key, write)
-			if refused {
+			var refused bool
+			var err error
+			if tok, refused, err = h.authorize(w, r, key, write); refused {
 				return err
 			}
-			if t != nil {
-				repl.Set("comet.subscriber", t.subject)
+			if tok != nil {
+				repl.Set("comet.subscriber", tok.subject)
 			}
 		}
 	}
@@ -221,13 +223,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 				"this route does not serve %s; it serves: %s (long poll: any Accept; sse: Accept: text/event-stream; stream: Accept: application/x-ndjson)",
 				t, h.transports))
 		}
+		life := h.lifetime(time.Now(), tok)
 		switch t {
 		case transportSSE:
-			return h.serveStream(w, r, repl, key, formatSSE)
+			return h.serveStream(w, r, repl, key, formatSSE, life)
 		case transportStream:
-			return h.serveStream(w, r, repl, key, formatNDJSON)
+			return h.serveStream(w, r, repl, key, formatNDJSON, life)
 		}
-		return h.serveSubscribe(w, r, repl, key)
+		return h.serveSubscribe(w, r, repl, key, life)
 	case http.MethodHead:
 		return h.servePosition(w, repl, key)
 	case http.MethodPost:
@@ -246,7 +249,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 
 // serveSubscribe suspends a GET until there is an event after the client's
 // cursor, the expiration delay passes, the client leaves or the hub closes.
-func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string) error {
+func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, life lifetime) error {
 	m := h.metrics[transportLongPoll]
 	sub, after, err := h.subscribe(w, r, key, m)
 	if sub == nil {
@@ -254,12 +257,12 @@ func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *c
 	}
 	if sock, inj := h.detachablePoll(w, r); sock != nil {
 		// Only a poll that must wait is worth taking over.
-		if _, ready, err := sub.poll(after); err == nil && !ready && h.detachPoll(w, r, sock, inj, sub, after) {
+		if _, ready, err := sub.poll(after); err == nil && !ready && h.detachPoll(w, r, sock, inj, sub, after, life) {
 			return nil
 		}
 	}
 	defer h.unsubscribe(sub, m)
-	wait, cancel := h.expiring(r.Context())
+	wait, cancel := life.bound(r.Context())
 	defer cancel()
 	d, err := sub.Next(wait, after)
 	switch {
@@ -317,12 +320,33 @@ func (h *Handler) unsubscribe(sub *Subscriber, m *transportMetrics) {
 	m.subscribers.Dec()
 }
 
-// expiring bounds a subscription by the route's expiration, if it has one.
-func (h *Handler) expiring(ctx context.Context) (context.Context, context.CancelFunc) {
-	if h.Expiration <= 0 {
+// lifetime is when a subscription ends on its own, and why: at the
+// route's expiration (errExpired) or when the token that allowed it
+// expires (errUnauthorized), whichever comes first. A zero end is never.
+type lifetime struct {
+	end time.Time
+	why error
+}
+
+// lifetime is the lifetime of a subscription that starts at now, allowed
+// by tok (nil: no token was required).
+func (h *Handler) lifetime(now time.Time, tok *token) lifetime {
+	life := lifetime{why: errExpired}
+	if h.Expiration > 0 {
+		life.end = now.Add(time.Duration(h.Expiration))
+	}
+	if tok != nil && !tok.expires.IsZero() && (life.end.IsZero() || tok.expires.Before(life.end)) {
+		life = lifetime{end: tok.expires, why: errUnauthorized}
+	}
+	return life
+}
+
+// bound bounds a wait by the lifetime's end, if it has one.
+func (l lifetime) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if l.end.IsZero() {
 		return ctx, func() {}
 	}
-	return context.WithTimeout(ctx, time.Duration(h.Expiration))
+	return context.WithDeadline(ctx, l.end)
 }
 
 // servePosition answers HEAD at once with the context's current cursor, so

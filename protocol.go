@@ -14,6 +14,10 @@ import (
 // expiration passed, whichever way the transport keeps time.
 var errExpired = errors.New("expired")
 
+// errUnauthorized is what a stream's wait ends with when the token that
+// allowed it expired.
+var errUnauthorized = errors.New("the token expired")
+
 // pollAnswer is a long poll's answer.
 type pollAnswer struct {
 	status      int    // 200 event, 204 expired or missed, 410 deleted, 503 shutdown
@@ -92,6 +96,8 @@ func (s *streamState) step(d Delivery, ready bool, err error) streamStep {
 		return streamStep{frame: f.deleted(nil), end: true}
 	case errors.Is(err, errExpired):
 		return streamStep{frame: f.reconnect(nil, reasonExpired, s.after), end: true, expired: true}
+	case errors.Is(err, errUnauthorized):
+		return streamStep{frame: f.reconnect(nil, reasonUnauthorized, s.after), end: true}
 	case errors.Is(err, errTick):
 		return streamStep{frame: f.heartbeat()}
 	case !ready:

@@ -32,6 +32,8 @@ const (
 	reasonExpired  = "expired"  // the route's expiration bounds a stream's life
 	reasonShutdown = "shutdown" // the server is exiting
 	reasonBehind   = "behind"   // the reader fell behind the history
+	// The token that allowed the stream expired: come back with a new one.
+	reasonUnauthorized = "unauthorized"
 )
 
 func (f wireFormat) transport() transport {
@@ -203,7 +205,7 @@ func appendJSONLine(b []byte, v any) []byte {
 
 // serveStream keeps a GET open and writes every event after the client's
 // cursor: first what history holds, then each new event as it is published.
-func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, f wireFormat) error {
+func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, f wireFormat, life lifetime) error {
 	m := h.metrics[f.transport()]
 	sub, after, err := h.subscribe(w, r, key, m)
 	if sub == nil {
@@ -237,13 +239,13 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *cadd
 		out.clearDeadline()
 		return nil
 	}
-	if sock != nil && h.detach(w, r, sock, overTLS, sub, after, f, key) {
+	if sock != nil && h.detach(w, r, sock, overTLS, sub, after, f, key, life) {
 		detached = true
 		return nil
 	}
 	defer out.clearDeadline()
 
-	ctx, cancel := h.expiring(r.Context())
+	ctx, cancel := life.bound(r.Context())
 	defer cancel()
 	var heartbeat *time.Timer
 	var tick <-chan time.Time
@@ -261,7 +263,7 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *cadd
 		case r.Context().Err() != nil:
 			return nil // the client left
 		default:
-			err = errExpired
+			err = life.why
 		}
 		step := st.step(d, err == nil, err)
 		err = out.write(step.notice, step.frame)
