@@ -13,11 +13,13 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
@@ -336,5 +338,59 @@ func TestStreamsEndWhenTheirTokenExpires(t *testing.T) {
 	}
 	if resp, _ := s.do(http.MethodGet, "/on/poll", "", append(bearer(tok), "Last-Event-ID", resp.Header.Get(HeaderCursor))...); resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("polling again with the expired token: %s, want 401", resp.Status)
+	}
+}
+
+// TestAuthExampleWalk runs examples/auth.Caddyfile (on test ports) and
+// walks README's curl walk with tokens from the built binary's
+// comet-token: refused without a token, refused for another user's
+// context, and an event through with the right ones.
+func TestAuthExampleWalk(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds Caddy to run comet-token")
+	}
+	bin := buildCaddy(t)
+	t.Setenv("COMET_TOKEN_KEY", testSecret)
+	token := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(bin, append([]string{"comet-token", "--key", testSecret}, args...)...)
+		cmd.Env = quietRaceEnv()
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("comet-token %q: %v", args, err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	text, err := os.ReadFile("examples/auth.Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newTestServer(t)
+	cfg := strings.Replace(string(text), "http://localhost:8081 {", s.base+" {", 1)
+	cfg = strings.Replace(cfg, "\tbind 127.0.0.1 [::1]\n", "", 1)
+	cfg = strings.Replace(cfg, "\tadmin off\n", "\tadmin "+strings.TrimPrefix(s.admin, "http://")+"\n\tpersist_config off\n", 1)
+	if !strings.Contains(cfg, s.base+" {") || strings.Contains(cfg, "bind ") || strings.Contains(cfg, "admin off") {
+		t.Fatal("examples/auth.Caddyfile no longer has what this test rewrites")
+	}
+	if err := caddy.Load(adaptCaddyfile(t, cfg), true); err != nil {
+		t.Fatal(err)
+	}
+	stopAtCleanup(t)
+
+	alice := token("--sub", "alice", "--subscribe", "/private/alice", "--ttl", "10m")
+	backend := token("--sub", "backend", "--publish", "/private/*")
+	if resp, _ := s.do(http.MethodGet, "/private/alice", ""); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("without a token: %s, want 401", resp.Status)
+	}
+	if resp, _ := s.do(http.MethodGet, "/private/bob", "", bearer(alice)...); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("alice's token on bob's context: %s, want 403", resp.Status)
+	}
+	p := s.startPoll("/private/alice", bearer(alice)...)
+	waitFor(t, "alice's poll to park", func() bool { return s.hub(DefaultHubName).SubscriberCount() == 1 })
+	if resp, _ := s.do(http.MethodPost, "/private/alice", "hello alice", bearer(backend)...); resp.StatusCode != http.StatusOK {
+		t.Fatalf("the backend's publish: %s", resp.Status)
+	}
+	if resp, body := p.wait(t); resp.StatusCode != http.StatusOK || body != "hello alice" {
+		t.Errorf("alice got %s %q", resp.Status, body)
 	}
 }
