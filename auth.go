@@ -53,8 +53,20 @@ type AuthConfig struct {
 
 	// A PEM file holding the public key tokens are signed for: RSA (RS*
 	// and PS*), ECDSA (ES256, ES384 or ES512 by its curve) or Ed25519
-	// (EdDSA). Exactly one of hmac_secret and public_key_file.
+	// (EdDSA).
 	PublicKeyFile string `json:"public_key_file,omitempty"`
+
+	// The URL of a JSON Web Key Set holding the public keys tokens are
+	// signed for, picked by the token's kid: fetched when the config
+	// loads, kept, and fetched again when a token names a kid the set
+	// does not have, at most once every jwks_min_refresh. https, or http
+	// on a loopback address. Exactly one of hmac_secret, public_key_file
+	// and jwks_url.
+	JWKSURL string `json:"jwks_url,omitempty"`
+
+	// The least time between two fetches of the key set, however many
+	// tokens name a kid it does not have. Default: 10s.
+	JWKSMinRefresh caddy.Duration `json:"jwks_min_refresh,omitempty"`
 
 	// If set, the token's "iss" claim must be this.
 	Issuer string `json:"issuer,omitempty"`
@@ -73,8 +85,9 @@ type AuthConfig struct {
 	// How far clocks may disagree when checking exp and nbf. Default: 0.
 	Leeway caddy.Duration `json:"leeway,omitempty"`
 
-	key      any                       // []byte for HMAC, or a public key
+	key      any                       // []byte for HMAC, or a public key; nil with a JWKS
 	algs     []jose.SignatureAlgorithm // what tokens may be signed with
+	jwks     *keySet
 	verified tokenCache
 }
 
@@ -152,9 +165,24 @@ func (a *AuthConfig) provision() error {
 	}
 	repl := caddy.NewReplacer()
 	secret := repl.ReplaceAll(a.HMACSecret, "")
+	given := 0
+	for _, v := range []string{a.HMACSecret, a.PublicKeyFile, a.JWKSURL} {
+		if v != "" {
+			given++
+		}
+	}
 	switch {
-	case secret != "" && a.PublicKeyFile != "":
-		return errors.New("auth: give hmac_secret or public_key_file, not both")
+	case given > 1:
+		return errors.New("auth: give one of hmac_secret, public_key_file and jwks_url")
+	case a.JWKSURL != "":
+		if a.JWKSMinRefresh <= 0 {
+			a.JWKSMinRefresh = caddy.Duration(DefaultJWKSMinRefresh)
+		}
+		set, err := newKeySet(repl.ReplaceAll(a.JWKSURL, ""), time.Duration(a.JWKSMinRefresh))
+		if err != nil {
+			return fmt.Errorf("auth: %w", err)
+		}
+		a.jwks = set
 	case secret != "":
 		if len(secret) < 32 {
 			return fmt.Errorf("auth: the HMAC secret has %d bytes; use at least 32", len(secret))
@@ -170,7 +198,7 @@ func (a *AuthConfig) provision() error {
 	case a.HMACSecret != "":
 		return fmt.Errorf("auth: hmac_secret %q is empty once its placeholders are replaced", a.HMACSecret)
 	default:
-		return errors.New("auth: give the key tokens are checked with: hmac_secret or public_key_file")
+		return errors.New("auth: give the key tokens are checked with: hmac_secret, public_key_file or jwks_url")
 	}
 	if a.Cookie == "" {
 		a.Cookie = DefaultTokenCookie
@@ -204,21 +232,31 @@ func readPublicKey(file string) (any, []jose.SignatureAlgorithm, error) {
 	default:
 		return nil, nil, fmt.Errorf("%s holds a %q; want a PUBLIC KEY or a CERTIFICATE", file, block.Type)
 	}
+	algs, err := publicKeyAlgorithms(key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return key, algs, nil
+}
+
+// publicKeyAlgorithms returns the algorithms a token checked with key may
+// be signed with, which its type decides.
+func publicKeyAlgorithms(key any) ([]jose.SignatureAlgorithm, error) {
 	switch k := key.(type) {
 	case *rsa.PublicKey:
-		return k, []jose.SignatureAlgorithm{jose.RS256, jose.RS384, jose.RS512, jose.PS256, jose.PS384, jose.PS512}, nil
+		return []jose.SignatureAlgorithm{jose.RS256, jose.RS384, jose.RS512, jose.PS256, jose.PS384, jose.PS512}, nil
 	case *ecdsa.PublicKey:
 		alg, ok := map[elliptic.Curve]jose.SignatureAlgorithm{
 			elliptic.P256(): jose.ES256, elliptic.P384(): jose.ES384, elliptic.P521(): jose.ES512,
 		}[k.Curve]
 		if !ok {
-			return nil, nil, fmt.Errorf("%s: an ECDSA key on an unsupported curve", file)
+			return nil, errors.New("an ECDSA key on an unsupported curve")
 		}
-		return k, []jose.SignatureAlgorithm{alg}, nil
+		return []jose.SignatureAlgorithm{alg}, nil
 	case ed25519.PublicKey:
-		return k, []jose.SignatureAlgorithm{jose.EdDSA}, nil
+		return []jose.SignatureAlgorithm{jose.EdDSA}, nil
 	default:
-		return nil, nil, fmt.Errorf("%s: a %T key is not supported", file, key)
+		return nil, fmt.Errorf("a %T key is not supported", key)
 	}
 }
 
@@ -260,13 +298,22 @@ func (a *AuthConfig) verify(raw string, now time.Time) (*token, error) {
 // verifySignature checks a token's signature, and its registered claims
 // at now.
 func (a *AuthConfig) verifySignature(raw string, now time.Time) (*token, error) {
-	parsed, err := jwt.ParseSigned(raw, a.algs)
+	key, algs := a.key, a.algs
+	if a.jwks != nil {
+		algs = jwksAlgorithms
+	}
+	parsed, err := jwt.ParseSigned(raw, algs)
 	if err != nil {
 		return nil, errors.New("the token is malformed or signed with an algorithm this route does not take")
 	}
+	if a.jwks != nil {
+		if key, err = a.jwks.keyFor(parsed.Headers[0], now); err != nil {
+			return nil, err
+		}
+	}
 	var std jwt.Claims
 	var own tokenClaims
-	if err := parsed.Claims(a.key, &std, &own); err != nil {
+	if err := parsed.Claims(key, &std, &own); err != nil {
 		return nil, errors.New("the token's signature does not verify")
 	}
 	expected := jwt.Expected{Issuer: a.Issuer, Time: now}

@@ -7,15 +7,19 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -213,7 +217,9 @@ func TestTokensSignedWithPublicKeys(t *testing.T) {
 // load, with a reason.
 func TestAuthConfigErrors(t *testing.T) {
 	for _, tc := range []struct{ auth, want string }{
-		{"auth", "hmac_secret or public_key_file"},
+		{"auth", "hmac_secret, public_key_file or jwks_url"},
+		{"auth {\n\t\tjwks_url http://example.com/keys\n\t}", "use https"},
+		{"auth {\n\t\thmac_secret \"" + testSecret + "\"\n\t\tpublic_key_file /k.pem\n\t}", "one of"},
 		{"auth {\n\t\thmac_secret short\n\t}", "at least 32"},
 		{"auth {\n\t\thmac_secret {env.COMET_UNSET_KEY}\n\t}", "empty once its placeholders"},
 		{"auth {\n\t\tpublic_key_file /nonexistent.pem\n\t}", "nonexistent"},
@@ -392,5 +398,77 @@ func TestAuthExampleWalk(t *testing.T) {
 	}
 	if resp, body := p.wait(t); resp.StatusCode != http.StatusOK || body != "hello alice" {
 		t.Errorf("alice got %s %q", resp.Status, body)
+	}
+}
+
+// TestTokensCheckedAgainstAJWKS serves a key set on loopback and rotates
+// its key: a token from the new key is taken after one fetch, one naming a
+// kid the set no longer has is refused, and tokens naming unknown kids do
+// not make the route fetch the set for every request.
+func TestTokensCheckedAgainstAJWKS(t *testing.T) {
+	oldKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	newKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	var mu sync.Mutex
+	current := jose.JSONWebKey{Key: &oldKey.PublicKey, KeyID: "old", Algorithm: string(jose.ES256), Use: "sig"}
+	var fetches atomic.Int32
+	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fetches.Add(1)
+		mu.Lock()
+		defer mu.Unlock()
+		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{current}})
+	}))
+	defer jwks.Close()
+	const minRefresh = 300 * time.Millisecond
+	s := startCaddy(t, "", fmt.Sprintf(`comet /c/* {
+		auth subscribe {
+			jwks_url %s
+			jwks_min_refresh %v
+		}
+		expiration 50ms
+	}`, jwks.URL, minRefresh))
+	signed := func(key *ecdsa.PrivateKey, kid string) string {
+		signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key},
+			(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", kid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := jwt.Signed(signer).Claims(jwt.Claims{Subject: "alice", Expiry: jwt.NewNumericDate(time.Now().Add(time.Hour))}).
+			Claims(tokenClaims{Comet: grants{Subscribe: []string{"*"}}}).Serialize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	status := func(tok string) int {
+		resp, _ := s.do(http.MethodGet, "/c/x", "", bearer(tok)...)
+		return resp.StatusCode
+	}
+	if got := status(signed(oldKey, "old")); got != http.StatusNoContent {
+		t.Fatalf("a token from the set's key: %d, want 204 at expiration", got)
+	}
+	began, before := time.Now(), fetches.Load()
+	for range 20 {
+		if got := status(signed(newKey, "nobody")); got != http.StatusUnauthorized {
+			t.Fatalf("a token naming an unknown kid: %d, want 401", got)
+		}
+	}
+	if n, most := fetches.Load()-before, 1+int32(time.Since(began)/minRefresh); n > most {
+		t.Errorf("the set was fetched %d times for 20 unknown kids in %v, want at most %d", n, time.Since(began), most)
+	}
+
+	// The key rotates: a token from the new key is taken once the route
+	// may fetch again.
+	mu.Lock()
+	current = jose.JSONWebKey{Key: &newKey.PublicKey, KeyID: "new", Algorithm: string(jose.ES256), Use: "sig"}
+	mu.Unlock()
+	time.Sleep(minRefresh)
+	if got := status(signed(newKey, "new")); got != http.StatusNoContent {
+		t.Errorf("a token from the rotated key: %d, want 204", got)
+	}
+	if got := status(signed(oldKey, "old")); got != http.StatusUnauthorized {
+		t.Errorf("a new token naming the retired key: %d, want 401", got)
+	}
+	if got := status(signed(oldKey, "new")); got != http.StatusUnauthorized {
+		t.Errorf("a token signed with another key under the new kid: %d, want 401", got)
 	}
 }

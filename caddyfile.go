@@ -61,6 +61,8 @@ func globalHubConfigured(h httpcaddyfile.Helper, name string) bool {
 //		auth [subscribe] [publish] {
 //			hmac_secret     <secret>
 //			public_key_file <pem file>
+//			jwks_url        <url>
+//			jwks_min_refresh <duration>
 //			issuer          <iss>
 //			audience        <aud>
 //			cookie          <name>
@@ -133,6 +135,10 @@ func parseAuth(d *caddyfile.Dispenser) (*AuthConfig, error) {
 			a.HMACSecret, err = oneArg(d)
 		case "public_key_file":
 			a.PublicKeyFile, err = oneArg(d)
+		case "jwks_url":
+			a.JWKSURL, err = oneArg(d)
+		case "jwks_min_refresh":
+			a.JWKSMinRefresh, err = parsePositiveDuration(d)
 		case "issuer":
 			a.Issuer, err = oneArg(d)
 		case "audience":
