@@ -24,7 +24,9 @@ const AdminMaxMessageSize = 1 << 20
 //
 //	POST   /comet/publish?context=<key>             publish the body
 //	GET    /comet/contexts[?after=<key>&limit=<n>]  list contexts, a page at a time
-//	GET    /comet/contexts?context=<key>            describe one context
+//	GET    /comet/contexts?context=<key>[&after=<identity>&limit=<n>]
+//	                                                describe one context, with
+//	                                                who is subscribed, a page at a time
 //	DELETE /comet/contexts?context=<key>            delete one context
 //
 // Every endpoint takes hub=<name>, default "default". A publish keeps the
@@ -60,6 +62,20 @@ const (
 type contextPage struct {
 	Contexts []contextJSON `json:"contexts"`
 	Next     string        `json:"next,omitempty"`
+}
+
+// contextDetail is the answer of GET /comet/contexts?context=<key>: the
+// context, and a page of the identities its subscribers have (on routes
+// with tokens, their subjects), with the after value of the next page.
+type contextDetail struct {
+	contextJSON
+	Identities     []identityJSON `json:"identities"`
+	NextIdentities string         `json:"identities_next,omitempty"`
+}
+
+type identityJSON struct {
+	Identity    string `json:"identity"`
+	Subscribers int    `json:"subscribers"`
 }
 
 func (AdminAPI) handlePublish(w http.ResponseWriter, r *http.Request) error {
@@ -100,11 +116,7 @@ func (AdminAPI) handleContexts(w http.ResponseWriter, r *http.Request) error {
 	case r.Method == http.MethodGet && key == "":
 		return listContexts(w, hub, query.Get("after"), query.Get("limit"))
 	case r.Method == http.MethodGet:
-		info, ok := hub.Inspect(key)
-		if !ok {
-			return apiError(http.StatusNotFound, fmt.Errorf("no context %.64q in hub %q", key, hub.Name()))
-		}
-		return writeJSON(w, contextJSONFrom(info))
+		return describeContext(w, hub, key, query.Get("after"), query.Get("limit"))
 	case r.Method == http.MethodDelete && key != "":
 		info, ok, err := hub.Delete(key)
 		if err != nil {
@@ -121,14 +133,42 @@ func (AdminAPI) handleContexts(w http.ResponseWriter, r *http.Request) error {
 	return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed; use GET or DELETE", r.Method))
 }
 
+// pageSize reads a limit parameter.
+func pageSize(text string) (int, error) {
+	if text == "" {
+		return defaultPageSize, nil
+	}
+	n, err := strconv.Atoi(text)
+	if err != nil || n < 1 || n > maxPageSize {
+		return 0, apiError(http.StatusBadRequest, fmt.Errorf("limit must be a whole number from 1 to %d, got %q", maxPageSize, text))
+	}
+	return n, nil
+}
+
+func describeContext(w http.ResponseWriter, hub *Hub, key, after, limitText string) error {
+	limit, err := pageSize(limitText)
+	if err != nil {
+		return err
+	}
+	info, ok := hub.Inspect(key)
+	ids, more, _ := hub.Identities(key, after, limit)
+	if !ok {
+		return apiError(http.StatusNotFound, fmt.Errorf("no context %.64q in hub %q", key, hub.Name()))
+	}
+	detail := contextDetail{contextJSON: contextJSONFrom(info), Identities: make([]identityJSON, 0, len(ids))}
+	for _, id := range ids {
+		detail.Identities = append(detail.Identities, identityJSON(id))
+	}
+	if more {
+		detail.NextIdentities = ids[len(ids)-1].Identity
+	}
+	return writeJSON(w, detail)
+}
+
 func listContexts(w http.ResponseWriter, hub *Hub, after, limitText string) error {
-	limit := defaultPageSize
-	if limitText != "" {
-		n, err := strconv.Atoi(limitText)
-		if err != nil || n < 1 || n > maxPageSize {
-			return apiError(http.StatusBadRequest, fmt.Errorf("limit must be a whole number from 1 to %d, got %q", maxPageSize, limitText))
-		}
-		limit = n
+	limit, err := pageSize(limitText)
+	if err != nil {
+		return err
 	}
 	infos, more := hub.Contexts(after, limit)
 	page := contextPage{Contexts: make([]contextJSON, 0, len(infos))}

@@ -472,3 +472,57 @@ func TestTokensCheckedAgainstAJWKS(t *testing.T) {
 		t.Errorf("a token signed with another key under the new kid: %d, want 401", got)
 	}
 }
+
+// TestAdminListsWhoIsSubscribed subscribes with tokens for two subjects
+// and asks the admin API who is on the context, a page at a time.
+func TestAdminListsWhoIsSubscribed(t *testing.T) {
+	t.Setenv("COMET_TEST_KEY", testSecret)
+	s := startCaddy(t, "", `comet /room {
+		auth subscribe {
+			hmac_secret {env.COMET_TEST_KEY}
+		}
+	}`)
+	hub := s.hub(DefaultHubName)
+	tokenFor := func(sub string) string {
+		return mint(t, []byte(testSecret), jose.HS256, sub, time.Hour, grants{Subscribe: []string{"/room"}})
+	}
+	p := s.startPoll("/room", bearer(tokenFor("alice"))...)
+	sse := s.openStream(nil, "/room", "text/event-stream", bearer(tokenFor("alice"))...)
+	ndjson := s.openStream(nil, "/room", "application/x-ndjson", bearer(tokenFor("bob"))...)
+	waitFor(t, "three subscribers", func() bool { return hub.SubscriberCount() == 3 })
+
+	type detail struct {
+		Subscribers int
+		Identities  []struct {
+			Identity    string
+			Subscribers int
+		}
+		Next string `json:"identities_next"`
+	}
+	ask := func(query string) detail {
+		t.Helper()
+		resp, body := doRequest(t, t.Context(), http.MethodGet, s.admin+"/comet/contexts?context=/room"+query, "")
+		var d detail
+		if err := json.Unmarshal([]byte(body), &d); resp.StatusCode != http.StatusOK || err != nil {
+			t.Fatalf("inspect: %s %s (%v)", resp.Status, body, err)
+		}
+		return d
+	}
+	first := ask("&limit=1")
+	if first.Subscribers != 3 || len(first.Identities) != 1 || first.Identities[0].Identity != "alice" ||
+		first.Identities[0].Subscribers != 2 || first.Next != "alice" {
+		t.Errorf("first page: %+v; want 3 subscribers, alice with 2, more after alice", first)
+	}
+	second := ask("&limit=1&after=" + first.Next)
+	if len(second.Identities) != 1 || second.Identities[0].Identity != "bob" || second.Identities[0].Subscribers != 1 || second.Next != "" {
+		t.Errorf("second page: %+v; want bob with 1, and no more", second)
+	}
+
+	p.cancel()
+	sse.Body.Close()
+	ndjson.Body.Close()
+	waitFor(t, "every subscriber to leave", func() bool { return hub.SubscriberCount() == 0 })
+	if left := ask(""); len(left.Identities) != 0 {
+		t.Errorf("after every subscriber left: %+v", left.Identities)
+	}
+}

@@ -43,6 +43,8 @@ type hubContext struct {
 	// watchers are the subscribers told of changes by a call rather than
 	// a wake-up (see watch.go).
 	watchers []*Subscriber
+
+	identities identities // who is subscribed (see identity.go)
 }
 
 // woken is how many subscribers a publish reaches now. The caller holds

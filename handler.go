@@ -223,14 +223,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 				"this route does not serve %s; it serves: %s (long poll: any Accept; sse: Accept: text/event-stream; stream: Accept: application/x-ndjson)",
 				t, h.transports))
 		}
-		life := h.lifetime(time.Now(), tok)
 		switch t {
 		case transportSSE:
-			return h.serveStream(w, r, repl, key, formatSSE, life)
+			return h.serveStream(w, r, repl, key, formatSSE, tok)
 		case transportStream:
-			return h.serveStream(w, r, repl, key, formatNDJSON, life)
+			return h.serveStream(w, r, repl, key, formatNDJSON, tok)
 		}
-		return h.serveSubscribe(w, r, repl, key, life)
+		return h.serveSubscribe(w, r, repl, key, tok)
 	case http.MethodHead:
 		return h.servePosition(w, repl, key)
 	case http.MethodPost:
@@ -249,9 +248,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 
 // serveSubscribe suspends a GET until there is an event after the client's
 // cursor, the expiration delay passes, the client leaves or the hub closes.
-func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, life lifetime) error {
+func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, tok *token) error {
 	m := h.metrics[transportLongPoll]
-	sub, after, err := h.subscribe(w, r, key, m)
+	life := h.lifetime(time.Now(), tok)
+	sub, after, err := h.subscribe(w, r, key, tok, m)
 	if sub == nil {
 		return err
 	}
@@ -294,14 +294,20 @@ func abandon(w http.ResponseWriter) error {
 // subscribe attaches a subscriber for a GET and returns the cursor to serve
 // it from: the one the client sent back, or else the context's position
 // now, so that it gets the next event (the seed's behaviour).
-// When the subscriber is nil, the request was refused: the error, if any,
-// is for Caddy to answer. The caller must detach a subscriber it gets.
-func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request, key string, m *transportMetrics) (*Subscriber, Cursor, error) {
+// The subscriber's identity is the subject of the token that allowed it,
+// if any. When the subscriber is nil, the request was refused: the error,
+// if any, is for Caddy to answer. The caller must detach a subscriber it
+// gets.
+func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request, key string, tok *token, m *transportMetrics) (*Subscriber, Cursor, error) {
 	after, hasCursor, err := requestCursor(r)
 	if err != nil {
 		return nil, Cursor{}, caddyhttp.Error(http.StatusBadRequest, err)
 	}
-	sub, err := h.hub.Subscribe(key)
+	identity := ""
+	if tok != nil {
+		identity = tok.subject
+	}
+	sub, err := h.hub.SubscribeAs(key, identity)
 	if err != nil {
 		if errors.Is(err, ErrTooManySubscribers) || errors.Is(err, ErrTooManyContexts) {
 			countDropped(h.Hub, droppedLimit)

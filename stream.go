@@ -205,9 +205,10 @@ func appendJSONLine(b []byte, v any) []byte {
 
 // serveStream keeps a GET open and writes every event after the client's
 // cursor: first what history holds, then each new event as it is published.
-func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, f wireFormat, life lifetime) error {
+func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, f wireFormat, tok *token) error {
 	m := h.metrics[f.transport()]
-	sub, after, err := h.subscribe(w, r, key, m)
+	life := h.lifetime(time.Now(), tok)
+	sub, after, err := h.subscribe(w, r, key, tok, m)
 	if sub == nil {
 		return err
 	}

@@ -9,10 +9,11 @@ import (
 // Subscriber is one client attached to a context (the seed's suspended
 // CometHandler). It is used by one goroutine.
 type Subscriber struct {
-	hub    *Hub
-	c      *hubContext
-	start  Cursor
-	closed bool
+	hub      *Hub
+	c        *hubContext
+	start    Cursor
+	closed   bool
+	identity string // counted in c.identities while attached; "" anonymous
 
 	changed    watcherFunc // set while the subscriber is a watcher
 	watchIndex int         // its place in c.watchers
@@ -109,6 +110,9 @@ func (s *Subscriber) Close() {
 		s.c.mu.Lock()
 		s.c.unwatchLocked(s)
 		s.c.mu.Unlock()
+	}
+	if s.identity != "" {
+		s.c.identities.add(s.identity, -1)
 	}
 	s.c.subscribers.Add(-1)
 	s.hub.subscribers.Add(-1)
