@@ -14,6 +14,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/chromedp/chromedp"
+	"github.com/go-jose/go-jose/v4"
 )
 
 // startBrowser starts Debian's headless Chromium for the test. Without it
@@ -216,4 +217,91 @@ func TestChatInTheBrowser(t *testing.T) {
 	// A newcomer gets the room's history.
 	late := page(t, browser, s.base+"/chat/")
 	waitJS(t, late, "a newcomer's page", shown, strings.Join(want, "|"), 10*time.Second)
+}
+
+// TestTokensInTheBrowser subscribes from a page of a real Chromium to a
+// route that requires tokens, by SSE (EventSource, so the token goes in
+// the cookie) and by long poll (Authorization), with a token function
+// that hands out a short-lived token, then a fresh one. When the first
+// expires, the client gets the second and resumes from its cursor: the
+// event published while it was away arrives, in order, nothing missed.
+func TestTokensInTheBrowser(t *testing.T) {
+	browser := startBrowser(t)
+	t.Setenv("COMET_TEST_KEY", testSecret)
+	client, err := filepath.Abs("client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pages := t.TempDir()
+	if err := os.WriteFile(filepath.Join(pages, "index.html"), []byte(`<!doctype html>
+<script src="/client/comet.js"></script>
+<script>
+  window.got = [];
+  window.tokensAsked = 0;
+  window.start = (path, transport) => Comet.subscribe(path, {
+    transport,
+    token: () => { window.tokensAsked++; return window.tokens.shift(); },
+    onEvent: (e) => window.got.push(e.data),
+  });
+</script>`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := startCaddy(t, "", fmt.Sprintf(`handle_path /client/* {
+		root * %s
+		file_server
+	}
+	comet /private/* {
+		auth subscribe {
+			hmac_secret {env.COMET_TEST_KEY}
+		}
+		heartbeat off
+	}
+	root * %s
+	file_server`, client, pages))
+	hub := s.hub(DefaultHubName)
+	tab := page(t, browser, s.base+"/")
+
+	for _, tc := range []struct{ transport, context string }{
+		{"sse", "/private/sse"},
+		{"longpoll", "/private/poll"},
+	} {
+		t.Run(tc.transport, func(t *testing.T) {
+			short := mint(t, []byte(testSecret), jose.HS256, "alice", 1500*time.Millisecond, grants{Subscribe: []string{tc.context}})
+			fresh := mint(t, []byte(testSecret), jose.HS256, "alice", time.Hour, grants{Subscribe: []string{tc.context}})
+			runJS(t, tab, "starting", fmt.Sprintf(`window.got = []; window.tokensAsked = 0; window.tokens = [%q, %q];
+				window.sub = window.start(%q, %q)`, short, fresh, tc.context, tc.transport))
+			waitFor(t, "the page to subscribe", func() bool {
+				info, ok := hub.Inspect(tc.context)
+				return ok && info.Subscribers == 1
+			})
+			// Without a cursor, a long poll starts with HEAD, then parks.
+			time.Sleep(100 * time.Millisecond)
+			if _, err := hub.Publish(tc.context, Event{Data: []byte("one")}); err != nil {
+				t.Fatal(err)
+			}
+			waitJS(t, tab, "the first event", `window.got.join(',')`, "one", 10*time.Second)
+
+			// The short token expires: the stream is ended, or the poll
+			// answered and its next one refused. Publish while the page
+			// has no subscriber.
+			waitFor(t, "the short token to end the subscription", func() bool {
+				info, _ := hub.Inspect(tc.context)
+				return info.Subscribers == 0
+			})
+			if _, err := hub.Publish(tc.context, Event{Data: []byte("two")}); err != nil {
+				t.Fatal(err)
+			}
+			waitJS(t, tab, "the event published while away", `window.got.join(',')`, "one,two", 10*time.Second)
+			waitFor(t, "the page to come back", func() bool {
+				info, _ := hub.Inspect(tc.context)
+				return info.Subscribers == 1
+			})
+			if _, err := hub.Publish(tc.context, Event{Data: []byte("three")}); err != nil {
+				t.Fatal(err)
+			}
+			waitJS(t, tab, "every event, in order", `window.got.join(',')`, "one,two,three", 10*time.Second)
+			waitJS(t, tab, "the tokens asked for", `String(window.tokensAsked)`, "2", time.Second)
+			runJS(t, tab, "closing", `window.sub.close()`)
+		})
+	}
 }

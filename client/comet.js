@@ -9,9 +9,19 @@
 //     transport: 'auto',        // 'sse' (EventSource), 'longpoll', or auto: SSE where available
 //     lastEventId: savedCursor, // resume from a cursor kept from an earlier page
 //     types: ['price'],         // SSE event types to receive besides the default 'message'
+//     token: () => fetch('/my-token').then((r) => r.text()),  // on routes with auth
 //   });
 //   sub.cursor;  sub.close();
-//   await Comet.publish('/events/news', 'hello', { type: 'greeting' });
+//   await Comet.publish('/events/news', 'hello', { type: 'greeting', token: myToken });
+//
+// token, on a route with auth, is a token (a string) or a function that
+// returns one, or a promise of one; the client asks it for a token before
+// every connection, so a function can hand out a fresh one when the last
+// expired. Long polls send it in Authorization; EventSource, which cannot
+// set headers, gets it in the cometAuthorization cookie (tokenCookie),
+// set for the subscription's path only. A stream the server ends because
+// its token expired, or a poll refused with 401, connects again at once
+// with a fresh token, from its cursor: nothing is missed.
 //
 // The client keeps the cursor of the last event, so that a reconnection,
 // whatever its cause, resumes exactly after it; the server says when events
@@ -42,7 +52,7 @@
     const useSSE = opts.transport === 'sse' ||
       ((opts.transport || 'auto') === 'auto' && typeof EventSource === 'function');
 
-    const state = { cursor: opts.lastEventId || null, closed: false, failures: 0, timer: null, stop: null };
+    const state = { cursor: opts.lastEventId || null, closed: false, failures: 0, timer: null, stop: null, token: null };
 
     function deliver(cursor, type, data) {
       state.cursor = cursor;
@@ -67,10 +77,32 @@
       return u.toString();
     }
 
+    // fetchToken asks the page for the token of the next connection.
+    async function fetchToken() {
+      if (opts.token === undefined || opts.token === null) return null;
+      return typeof opts.token === 'function' ? await opts.token() : opts.token;
+    }
+
+    // tokenCookie gives EventSource the token: a cookie for the
+    // subscription's path only, which the browser sends with it.
+    function setTokenCookie(token) {
+      if (token === null || typeof document === 'undefined') return;
+      const u = new URL(url, global.location.href);
+      const secure = u.protocol === 'https:' ? '; Secure' : '';
+      document.cookie = `${opts.tokenCookie || 'cometAuthorization'}=${encodeURIComponent(token)}; Path=${u.pathname}; SameSite=Strict${secure}`;
+    }
+
+    function authHeaders(headers) {
+      if (state.token !== null) headers.Authorization = 'Bearer ' + state.token;
+      return headers;
+    }
+
     function connectSSE() {
-      // EventSource cannot set headers: the cursor goes in the query. Its
-      // own reconnection is turned off by closing it on any error, so that
-      // every reconnection goes through retry() and its jitter.
+      // EventSource cannot set headers: the cursor goes in the query, the
+      // token in a cookie. Its own reconnection is turned off by closing it
+      // on any error, so that every reconnection goes through retry() and
+      // its jitter.
+      setTokenCookie(state.token);
       const es = new EventSource(withCursor(url));
       state.stop = () => es.close();
       const onMessage = (e) => deliver(e.lastEventId, e.type, e.data);
@@ -80,11 +112,13 @@
         if (e.lastEventId) state.cursor = e.lastEventId;
         onGap(e.data === 'unknown' ? 'unknown' : Number(e.data));
       });
-      es.addEventListener('comet-reconnect', () => {
+      es.addEventListener('comet-reconnect', (e) => {
         es.close();
+        state.failures = 0;
+        // The token expired: come back at once with a fresh one.
+        if (e.data === 'unauthorized') { connect(); return; }
         // The server ends streams on its own at expiration (come back now)
         // and on shutdown (come back later, not all at once).
-        state.failures = 0;
         retry(0);
       });
       es.addEventListener('comet-deleted', () => {
@@ -107,8 +141,8 @@
           // Without a cursor, HEAD answers at once with the current one, so
           // that nothing published from now on is missed.
           const res = state.cursor === null
-            ? await fetch(url, { method: 'HEAD', cache: 'no-store', signal: controller.signal })
-            : await fetch(url, { headers: { 'Last-Event-ID': state.cursor }, cache: 'no-store', signal: controller.signal });
+            ? await fetch(url, { method: 'HEAD', headers: authHeaders({}), cache: 'no-store', signal: controller.signal })
+            : await fetch(url, { headers: authHeaders({ 'Last-Event-ID': state.cursor }), cache: 'no-store', signal: controller.signal });
           if (state.closed) return;
           const missed = res.headers.get('Comet-Missed');
           const gap = () => { if (missed) onGap(missed === 'unknown' ? 'unknown' : Number(missed)); };
@@ -123,6 +157,11 @@
             state.closed = true;
             onDeleted();
             return;
+          } else if (res.status === 401 && opts.token !== undefined && state.failures === 0) {
+            // The token expired while the poll waited: a fresh one, once;
+            // a second refusal in a row waits like any failure.
+            state.failures++;
+            state.token = await fetchToken();
           } else if (res.status === 400 && state.cursor !== null) {
             // The server cannot read our cursor: start again from now.
             state.cursor = null;
@@ -137,7 +176,14 @@
       }
     }
 
-    function connect() {
+    async function connect() {
+      if (state.closed) return;
+      try {
+        state.token = await fetchToken();
+      } catch (err) {
+        retry(0); // the page could not get a token now
+        return;
+      }
       if (state.closed) return;
       if (useSSE) connectSSE(); else connectLongPoll();
     }
@@ -166,6 +212,10 @@
       headers['Content-Type'] = opts.contentType || 'text/plain;charset=utf-8';
     }
     if (opts.type) headers['Comet-Event-Type'] = opts.type;
+    if (opts.token) {
+      const token = typeof opts.token === 'function' ? await opts.token() : opts.token;
+      headers.Authorization = 'Bearer ' + token;
+    }
     const res = await fetch(url, { method: 'POST', headers: headers, body: body });
     if (!res.ok) throw new Error(`publish to ${url}: ${res.status} ${await res.text()}`);
     return res.json();
