@@ -526,3 +526,50 @@ func TestAdminListsWhoIsSubscribed(t *testing.T) {
 		t.Errorf("after every subscriber left: %+v", left.Identities)
 	}
 }
+
+// TestAccessLogKeepsTokensOut sends tokens in each place a route takes
+// them, with an access log set up as README says: the log has a line for
+// each request and no token in any.
+func TestAccessLogKeepsTokensOut(t *testing.T) {
+	t.Setenv("COMET_TEST_KEY", testSecret)
+	logFile := filepath.Join(t.TempDir(), "access.log")
+	s := startCaddy(t, "", fmt.Sprintf(`log {
+		output file %s
+		format filter {
+			request>uri query {
+				delete access_token
+			}
+		}
+	}
+	comet /private/* {
+		auth {
+			hmac_secret {env.COMET_TEST_KEY}
+			query_param access_token
+		}
+	}`, logFile))
+	tok := mint(t, []byte(testSecret), jose.HS256, "alice", time.Hour, grants{Subscribe: []string{"*"}, Publish: []string{"*"}})
+	for _, req := range []struct {
+		method, path string
+		header       []string
+	}{
+		{http.MethodHead, "/private/a", bearer(tok)},
+		{http.MethodHead, "/private/a", []string{"Cookie", DefaultTokenCookie + "=" + tok}},
+		{http.MethodHead, "/private/a?access_token=" + tok, nil},
+		{http.MethodPost, "/private/a", bearer(tok)},
+	} {
+		if resp, body := s.do(req.method, req.path, "x", req.header...); resp.StatusCode/100 != 2 {
+			t.Fatalf("%s %s: %s %s", req.method, req.path, resp.Status, body)
+		}
+	}
+	var logged []byte
+	waitFor(t, "four access log lines", func() bool {
+		logged, _ = os.ReadFile(logFile)
+		return strings.Count(string(logged), "\n") >= 4
+	})
+	if strings.Contains(string(logged), tok) {
+		t.Errorf("the access log wrote a token out:\n%s", logged)
+	}
+	if !strings.Contains(string(logged), `"uri":"/private/a"`) {
+		t.Errorf("the access log has no line for the request whose query held the token:\n%s", logged)
+	}
+}
