@@ -84,6 +84,12 @@ func TestTokensGuardSubscribingAndPublishing(t *testing.T) {
 			hmac_secret {env.COMET_TEST_KEY}
 			query_param access_token
 		}
+	}
+	comet /issued/* {
+		auth subscribe {
+			hmac_secret {env.COMET_TEST_KEY}
+			issuer https://issuer.example
+		}
 	}`)
 	hub := s.hub(DefaultHubName)
 	key := []byte(testSecret)
@@ -109,6 +115,10 @@ func TestTokensGuardSubscribingAndPublishing(t *testing.T) {
 			bearer(mint(t, key, jose.HS256, "alice", time.Hour, grants{Subscribe: []string{"*"}}, func(c *jwt.Claims) {
 				c.Audience = jwt.Audience{"someone-else"}
 			})), 401, "audience"},
+		{"another issuer", http.MethodGet, "/issued/alice",
+			bearer(mint(t, key, jose.HS256, "alice", time.Hour, grants{Subscribe: []string{"*"}}, func(c *jwt.Claims) {
+				c.Issuer = "https://someone-else.example"
+			})), 401, "issuer"},
 		{"alg none", http.MethodGet, "/private/alice", bearer(noneToken("alice", grants{Subscribe: []string{"*"}})), 401, `error="invalid_token"`},
 		{"garbage", http.MethodGet, "/private/alice", bearer("not.a.token"), 401, `error="invalid_token"`},
 		{"another context", http.MethodGet, "/private/bob", bearer(alice), 403, `error="insufficient_scope"`},

@@ -68,11 +68,10 @@ type Handler struct {
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
 	// Whether subscribers over HTTP/1.x are taken over from the server
-	// where nothing else needs them: streams (plaintext or TLS) once their
-	// headers are out, and plaintext long polls that must wait where
-	// nothing in the chain sees the answer. It cuts what each one holds by
-	// a half to three quarters, and lets publishers write to plaintext
-	// ones directly. The access log then logs such a stream when it is
+	// where nothing else needs them: streams once their headers are out,
+	// and long polls that must wait where nothing in the chain sees the
+	// answer, plaintext or TLS. It cuts what each one holds by two thirds
+	// or more, and lets publishers write to them directly. The access log then logs such a stream when it is
 	// taken over rather than when it ends. Default: true.
 	Detach *bool `json:"detach,omitempty"`
 

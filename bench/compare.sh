@@ -7,7 +7,9 @@
 #   e.g. bench/compare.sh 3 10000 15000; MODES="tls h2" bench/compare.sh 3 5000 10000
 # Modes: plain (HTTP/1.1), tls (HTTP/1.1 over TLS), h2 (HTTP/2 over TLS,
 # one connection per subscriber), h3 (HTTP/3, one QUIC connection per
-# subscriber; comet only: Debian's nginx has no HTTP/3); default plain.
+# subscriber; comet only: Debian's nginx has no HTTP/3), auth (plaintext,
+# comet with every request carrying a token, bench/auth.Caddyfile, beside
+# comet without, instead of Nchan); default plain.
 # The TLS modes use a self-signed certificate made for the run. Needs Debian's nginx and
 # libnginx-mod-nchan, and openssl for the TLS modes. Results go to
 # standard output.
@@ -30,8 +32,12 @@ for mode in "${modes[@]}"; do
 			-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
 			-keyout "$BENCH_KEY" -out "$BENCH_CERT" 2>/dev/null
 		;;
+	auth)
+		export BENCH_TOKEN_KEY=${BENCH_TOKEN_KEY:-$(head -c 32 /dev/urandom | base64)}
+		bench_token=$("$work/caddy" comet-token --key "$BENCH_TOKEN_KEY" --sub bench --subscribe /bench --publish /bench --ttl 1h)
+		;;
 	plain) ;;
-	*) echo "unknown mode $mode: want plain, tls, h2 or h3" >&2; exit 2 ;;
+	*) echo "unknown mode $mode: want plain, tls, h2, h3 or auth" >&2; exit 2 ;;
 	esac
 done
 
@@ -39,7 +45,9 @@ for n in "${counts[@]}"; do
 	for mode in "${modes[@]}"; do
 		caddyfile=bench/bench.Caddyfile comet_url=http://127.0.0.1:9911/bench
 		nchan_args=() nchan_url=http://127.0.0.1:9912/bench tls_args=()
-		if [ "$mode" != plain ]; then
+		if [ "$mode" = auth ]; then
+			: # comet with tokens below, beside comet without
+		elif [ "$mode" != plain ]; then
 			caddyfile=bench/tls.Caddyfile comet_url=https://127.0.0.1:9921/bench
 			nchan_args=(tls "$BENCH_CERT" "$BENCH_KEY") nchan_url=https://127.0.0.1:9922/bench
 			tls_args=(-ca "$BENCH_CERT")
@@ -57,6 +65,17 @@ for n in "${counts[@]}"; do
 
 				if [ "$mode" = h3 ]; then
 					echo "--- run $run done (Nchan: no HTTP/3 in Debian's nginx)"
+					continue
+				fi
+				if [ "$mode" = auth ]; then
+					echo "mode                 auth"
+					"$work/caddy" run --config bench/auth.Caddyfile >"$work/caddy.log" 2>&1 &
+					caddy_pid=$!
+					sleep 1.5
+					"$work/bench" -protocol comet -url http://127.0.0.1:9913/bench -token "$bench_token" -subscribers "$n" \
+						-transport "$transport" -events 10 -interval 500ms -pid "$caddy_pid" -timeout 3m
+					kill "$caddy_pid"; wait "$caddy_pid" 2>/dev/null || true
+					echo "--- run $run done (comet with tokens)"
 					continue
 				fi
 				echo "mode                 $mode"

@@ -49,6 +49,16 @@ import (
 
 const maxSubscribers = 20000
 
+// bearerToken is -token, which every request carries.
+var bearerToken string
+
+// authorize adds the token, if there is one, to a request.
+func authorize(req *http.Request) {
+	if bearerToken != "" {
+		req.Header.Set("Authorization", "Bearer "+bearerToken)
+	}
+}
+
 type config struct {
 	url         string
 	protocol    string
@@ -63,6 +73,7 @@ type config struct {
 	ca          string // PEM certificate to trust for an https:// url
 	h2          bool   // HTTP/2, one connection per subscriber
 	h3          bool   // HTTP/3, one QUIC connection per subscriber
+	token       string // sent in Authorization with every request, for a route with auth
 
 	// A soak run (soak.go) instead of a fan-out measurement.
 	soak     time.Duration
@@ -87,12 +98,14 @@ func main() {
 	flag.StringVar(&c.ca, "ca", "", "https: the PEM certificate to trust (the server's own, self-signed)")
 	flag.BoolVar(&c.h2, "h2", false, "https: speak HTTP/2, with one connection per subscriber (default: HTTP/1.1)")
 	flag.BoolVar(&c.h3, "h3", false, "https: speak HTTP/3, with one QUIC connection per subscriber")
+	flag.StringVar(&c.token, "token", "", "a token for a route with auth, sent in Authorization (caddy comet-token makes one)")
 	flag.DurationVar(&c.soak, "soak", 0, "run a soak for this long instead: -subscribers clients connect and leave without pause")
 	flag.StringVar(&c.admin, "admin", "http://127.0.0.1:2019", "soak: the server's admin API, to read its goroutines and heap")
 	flag.IntVar(&c.contexts, "contexts", 50, "soak: contexts under -url to visit and publish to (-url/0, -url/1...)")
 	flag.DurationVar(&c.stay, "stay", 3*time.Second, "soak: the longest a visit lasts")
 	flag.DurationVar(&c.settle, "settle", 15*time.Second, "soak: how long to wait after the soak before comparing with the baseline")
 	flag.Parse()
+	bearerToken = c.token
 	if err := c.check(); err != nil {
 		log.Fatal(err)
 	}
@@ -372,6 +385,7 @@ func (s *subscriber) poll(ctx context.Context, attached *sync.WaitGroup) {
 	defer once()
 	for ctx.Err() == nil {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
+		authorize(req)
 		s.setPosition(req)
 		resp, err := s.client.Do(withWroteRequest(req, once))
 		if err != nil {
@@ -418,6 +432,7 @@ func (s *subscriber) stream(ctx context.Context, attached *sync.WaitGroup) {
 	defer once()
 	for ctx.Err() == nil {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
+		authorize(req)
 		req.Header.Set("Accept", "text/event-stream")
 		if s.cursor != "" {
 			req.Header.Set("Last-Event-ID", s.cursor)
@@ -460,6 +475,7 @@ func withWroteRequest(req *http.Request, wrote func()) *http.Request {
 // starts from the same cursor.
 func currentCursor(ctx context.Context, client *http.Client, target string) (string, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodHead, target, nil)
+	authorize(req)
 	resp, err := client.Do(req)
 	if err != nil {
 		return "", err
@@ -476,6 +492,7 @@ func publish(ctx context.Context, client *http.Client, target string, e, size in
 	payload := fmt.Sprintf("%d ", e)
 	payload += strings.Repeat("x", size-len(payload))
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, target, strings.NewReader(payload))
+	authorize(req)
 	req.Header.Set("Content-Type", "text/plain")
 	resp, err := client.Do(req)
 	if err != nil {
