@@ -377,18 +377,8 @@ func TestAuthExampleWalk(t *testing.T) {
 		}
 		return strings.TrimSpace(string(out))
 	}
-	text, err := os.ReadFile("examples/auth.Caddyfile")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := newTestServer(t)
-	cfg := strings.Replace(string(text), "http://localhost:8081 {", s.base+" {", 1)
-	cfg = strings.Replace(cfg, "\tbind 127.0.0.1 [::1]\n", "", 1)
-	cfg = strings.Replace(cfg, "\tadmin off\n", "\tadmin "+strings.TrimPrefix(s.admin, "http://")+"\n\tpersist_config off\n", 1)
-	if !strings.Contains(cfg, s.base+" {") || strings.Contains(cfg, "bind ") || strings.Contains(cfg, "admin off") {
-		t.Fatal("examples/auth.Caddyfile no longer has what this test rewrites")
-	}
-	if err := caddy.Load(adaptCaddyfile(t, cfg), true); err != nil {
+	s, cfg := exampleOnTestPorts(t, "examples/auth.Caddyfile", "http://localhost:8081")
+	if err := caddy.Load(cfg, true); err != nil {
 		t.Fatal(err)
 	}
 	stopAtCleanup(t)

@@ -347,16 +347,25 @@ func raceEnabled() bool {
 // the server it describes (not started) with its JSON config.
 func exampleServer(t *testing.T) (*testServer, []byte) {
 	t.Helper()
-	text, err := os.ReadFile("example.Caddyfile")
+	return exampleOnTestPorts(t, "example.Caddyfile", "http://localhost:8080")
+}
+
+// exampleOnTestPorts adapts a shipped Caddyfile, whose one site is address
+// bound to loopback, to run on test ports with an admin API of the test's,
+// and returns the server it describes (not started) with its JSON config.
+func exampleOnTestPorts(t *testing.T, file, address string) (*testServer, []byte) {
+	t.Helper()
+	text, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := newTestServer(t)
-	cfg := strings.Replace(string(text), "http://localhost:8080 {", s.base+" {", 1)
+	cfg := strings.Replace(string(text), address+" {", s.base+" {", 1)
 	cfg = strings.Replace(cfg, "\tbind 127.0.0.1 [::1]\n", "", 1)
+	cfg = strings.Replace(cfg, "\tadmin off\n", "", 1)
 	cfg = strings.Replace(cfg, "{\n", "{\n\tadmin "+strings.TrimPrefix(s.admin, "http://")+"\n\tpersist_config off\n", 1)
 	if !strings.Contains(cfg, s.base+" {") || strings.Contains(cfg, "bind ") {
-		t.Fatal("example.Caddyfile no longer has the address this test rewrites")
+		t.Fatalf("%s no longer has the address this test rewrites", file)
 	}
 	return s, adaptCaddyfile(t, cfg)
 }

@@ -321,8 +321,20 @@ func (h *Hub) Inspect(key string) (ContextInfo, bool) {
 // keeps one call small however many contexts the hub holds.
 func (h *Hub) Contexts(after string, limit int) (page []ContextInfo, more bool) {
 	h.mu.RLock()
-	keys := make([]string, 0, min(limit+1, len(h.contexts)))
-	for key := range h.contexts {
+	keys, more := pageOfKeys(h.contexts, after, limit)
+	page = make([]ContextInfo, 0, len(keys))
+	for _, key := range keys {
+		page = append(page, h.contexts[key].info())
+	}
+	h.mu.RUnlock()
+	return page, more
+}
+
+// pageOfKeys returns up to limit keys of m that sort after after, in
+// order, and whether there are more, without sorting all of them.
+func pageOfKeys[V any](m map[string]V, after string, limit int) (keys []string, more bool) {
+	keys = make([]string, 0, min(limit+1, len(m)))
+	for key := range m {
 		if key > after {
 			keys = insertBounded(keys, key, limit+1)
 		}
@@ -330,12 +342,7 @@ func (h *Hub) Contexts(after string, limit int) (page []ContextInfo, more bool) 
 	if more = len(keys) > limit; more {
 		keys = keys[:limit]
 	}
-	page = make([]ContextInfo, 0, len(keys))
-	for _, key := range keys {
-		page = append(page, h.contexts[key].info())
-	}
-	h.mu.RUnlock()
-	return page, more
+	return keys, more
 }
 
 // insertBounded inserts key into the sorted keys, keeping at most n of the

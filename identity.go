@@ -36,15 +36,7 @@ type IdentityCount struct {
 func (ids *identities) page(after string, limit int) (page []IdentityCount, more bool) {
 	ids.mu.Lock()
 	defer ids.mu.Unlock()
-	keys := make([]string, 0, min(limit+1, len(ids.counts)))
-	for id := range ids.counts {
-		if id > after {
-			keys = insertBounded(keys, id, limit+1)
-		}
-	}
-	if more = len(keys) > limit; more {
-		keys = keys[:limit]
-	}
+	keys, more := pageOfKeys(ids.counts, after, limit)
 	page = make([]IdentityCount, 0, len(keys))
 	for _, id := range keys {
 		page = append(page, IdentityCount{Identity: id, Subscribers: ids.counts[id]})
