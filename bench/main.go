@@ -75,6 +75,11 @@ type config struct {
 	h3          bool   // HTTP/3, one QUIC connection per subscriber
 	token       string // sent in Authorization with every request, for a route with auth
 
+	// The sustained scenario (sustained.go) instead of one fan-out.
+	rate       float64 // events per second; 0: not this scenario
+	duration   time.Duration
+	publishers int
+
 	// A soak run (soak.go) instead of a fan-out measurement.
 	soak     time.Duration
 	admin    string
@@ -101,7 +106,10 @@ func main() {
 	flag.StringVar(&c.token, "token", "", "a token for a route with auth, sent in Authorization (caddy comet-token makes one)")
 	flag.DurationVar(&c.soak, "soak", 0, "run a soak for this long instead: -subscribers clients connect and leave without pause")
 	flag.StringVar(&c.admin, "admin", "http://127.0.0.1:2019", "soak: the server's admin API, to read its goroutines and heap")
-	flag.IntVar(&c.contexts, "contexts", 50, "soak: contexts under -url to visit and publish to (-url/0, -url/1...)")
+	flag.IntVar(&c.contexts, "contexts", 50, "soak, and with -rate: contexts under -url to subscribe and publish to (-url/0, -url/1...)")
+	flag.Float64Var(&c.rate, "rate", 0, "run the sustained scenario: publish this many events a second, round-robin over -contexts")
+	flag.DurationVar(&c.duration, "duration", 10*time.Second, "with -rate: how long to publish")
+	flag.IntVar(&c.publishers, "publishers", 16, "with -rate: concurrent publishers")
 	flag.DurationVar(&c.stay, "stay", 3*time.Second, "soak: the longest a visit lasts")
 	flag.DurationVar(&c.settle, "settle", 15*time.Second, "soak: how long to wait after the soak before comparing with the baseline")
 	flag.Parse()
@@ -116,6 +124,14 @@ func main() {
 			log.Fatalf("-timeout %v leaves no room for a %v soak", c.timeout, c.soak)
 		}
 		r, err := soak(ctx, c)
+		if err != nil {
+			log.Fatal(err)
+		}
+		r.print(os.Stdout, c)
+		return
+	}
+	if c.rate > 0 {
+		r, err := sustained(ctx, c)
 		if err != nil {
 			log.Fatal(err)
 		}
@@ -148,6 +164,10 @@ func (c config) check() error {
 		return errors.New("protocol must be comet or nchan")
 	case c.events < 1 || c.payload < 32:
 		return errors.New("events must be at least 1 and payload at least 32 bytes")
+	case c.rate > 0 && (c.contexts < 1 || c.publishers < 1 || c.duration <= 0 || c.rate*c.duration.Seconds() < 1):
+		return errors.New("-rate needs -contexts, -publishers and a -duration long enough for one event")
+	case c.rate > 0 && c.subscribers+c.publishers+10 > maxSubscribers:
+		return fmt.Errorf("subscribers and publishers must stay under %d connections", maxSubscribers)
 	case (c.h2 || c.h3) && !strings.HasPrefix(c.url, "https://"):
 		return errors.New("-h2 and -h3 need an https:// url")
 	case c.h2 && c.h3:
@@ -351,6 +371,9 @@ type subscriber struct {
 	cursor, since, etag string
 	got                 []atomic.Int64
 	errs                *atomic.Int64
+	// In the sustained scenario, the subscriber's context of contexts:
+	// it gets events e with e mod contexts = context, in got[e/contexts].
+	context, contexts int
 }
 
 // protocolSeen is the protocol of the subscribers' answers, as the
@@ -370,6 +393,13 @@ func (s *subscriber) fail(kind string) {
 // record notes the arrival of an event; payloads start with its number.
 func (s *subscriber) record(payload string) {
 	e, err := strconv.Atoi(strings.SplitN(payload, " ", 2)[0])
+	if s.contexts > 1 && err == nil {
+		if e%s.contexts != s.context {
+			s.fail(fmt.Sprintf("an event of another context: %.24q", payload))
+			return
+		}
+		e /= s.contexts
+	}
 	if err != nil || e < 0 || e >= len(s.got) {
 		s.fail(fmt.Sprintf("a payload that is not an event of this run: %.24q", payload))
 		return
