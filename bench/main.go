@@ -308,7 +308,7 @@ func run(ctx context.Context, c config) (*result, error) {
 			time.Sleep(c.interval)
 		}
 	}
-	waitForDeliveries(ctx, received, c.events)
+	waitForAll(ctx, received)
 	r.serverCPU = cpuTime(c.pids) - cpuBefore
 	stopSubs()
 	done.Wait()
@@ -336,20 +336,21 @@ func run(ctx context.Context, c config) (*result, error) {
 	return r, nil
 }
 
-// waitForDeliveries returns when every subscriber has every event, or ctx
-// ends, or deliveries stop coming for five seconds.
-func waitForDeliveries(ctx context.Context, received [][]atomic.Int64, events int) {
+// waitForAll waits until every subscriber has every event meant for it
+// (every slot of received is set), or no new one arrived for five seconds.
+func waitForAll(ctx context.Context, received [][]atomic.Int64) {
 	lastCount, quietSince := -1, time.Now()
 	for ctx.Err() == nil {
-		count := 0
+		count, total := 0, 0
 		for s := range received {
-			for e := range received[s] {
-				if received[s][e].Load() != 0 {
+			for j := range received[s] {
+				total++
+				if received[s][j].Load() != 0 {
 					count++
 				}
 			}
 		}
-		if count == len(received)*events {
+		if count == total {
 			return
 		}
 		if count != lastCount {

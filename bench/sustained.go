@@ -128,32 +128,6 @@ func sustained(ctx context.Context, c config) (*sustainedResult, error) {
 	return r, nil
 }
 
-// waitForAll waits until every subscriber has every event of its context
-// that was published, or no new one arrived for five seconds.
-func waitForAll(ctx context.Context, received [][]atomic.Int64) {
-	lastCount, quietSince := -1, time.Now()
-	for ctx.Err() == nil {
-		count, total := 0, 0
-		for s := range received {
-			for j := range received[s] {
-				total++
-				if received[s][j].Load() != 0 {
-					count++
-				}
-			}
-		}
-		if count == total {
-			return
-		}
-		if count != lastCount {
-			lastCount, quietSince = count, time.Now()
-		} else if time.Since(quietSince) > 5*time.Second {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 func (r *sustainedResult) print(w io.Writer, c config) {
 	slices.Sort(r.latencies)
 	pct := func(p float64) time.Duration {
