@@ -222,9 +222,10 @@ func TestChatInTheBrowser(t *testing.T) {
 // TestTokensInTheBrowser subscribes from a page of a real Chromium to a
 // route that requires tokens, by SSE (EventSource, so the token goes in
 // the cookie) and by long poll (Authorization), with a token function
-// that hands out a short-lived token, then a fresh one. When the first
-// expires, the client gets the second and resumes from its cursor: the
-// event published while it was away arrives, in order, nothing missed.
+// that hands out a short-lived token, then a fresh one, which the test
+// holds back until it has published. When the first expires, the client
+// asks for the second and resumes from its cursor: the event published
+// while it was away arrives, in order, nothing missed.
 func TestTokensInTheBrowser(t *testing.T) {
 	browser := startBrowser(t)
 	t.Setenv("COMET_TEST_KEY", testSecret)
@@ -240,7 +241,9 @@ func TestTokensInTheBrowser(t *testing.T) {
   window.tokensAsked = 0;
   window.start = (path, transport) => Comet.subscribe(path, {
     transport,
-    token: () => { window.tokensAsked++; return window.tokens.shift(); },
+    // The first token at once; the next when the test releases it.
+    token: () => ++window.tokensAsked === 1 ? window.tokens[0]
+      : new Promise((resolve) => { window.release = () => resolve(window.tokens[1]); }),
     onEvent: (e) => window.got.push(e.data),
   });
 </script>`), 0o644); err != nil {
@@ -282,15 +285,17 @@ func TestTokensInTheBrowser(t *testing.T) {
 			waitJS(t, tab, "the first event", `window.got.join(',')`, "one", 10*time.Second)
 
 			// The short token expires: the stream is ended, or the poll
-			// answered and its next one refused. Publish while the page
-			// has no subscriber.
-			waitFor(t, "the short token to end the subscription", func() bool {
+			// answered and its next one refused, and the page asks for a
+			// fresh token, which the test holds back while it publishes.
+			waitJS(t, tab, "the page to ask for a fresh token", `String(window.tokensAsked)`, "2", 10*time.Second)
+			waitFor(t, "the short token's subscription to end", func() bool {
 				info, _ := hub.Inspect(tc.context)
 				return info.Subscribers == 0
 			})
 			if _, err := hub.Publish(tc.context, Event{Data: []byte("two")}); err != nil {
 				t.Fatal(err)
 			}
+			runJS(t, tab, "handing the fresh token over", `window.release()`)
 			waitJS(t, tab, "the event published while away", `window.got.join(',')`, "one,two", 10*time.Second)
 			waitFor(t, "the page to come back", func() bool {
 				info, _ := hub.Inspect(tc.context)
