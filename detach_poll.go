@@ -329,7 +329,7 @@ func (p *detachedPoll) chooseAnswerLocked(expired bool) bool {
 	if expired && err == nil && !ready {
 		err = errExpired
 	}
-	a, ok := answerPoll(p.sub, d, ready, err)
+	a, ok := answerPoll(p.sub, p.after, d, ready, err)
 	if !ok {
 		return false
 	}

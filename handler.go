@@ -271,7 +271,7 @@ func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *c
 	default:
 		err = errExpired
 	}
-	a, _ := answerPoll(sub, d, err == nil, err)
+	a, _ := answerPoll(sub, after, d, err == nil, err)
 	m.countPoll(a)
 	setPollPlaceholders(repl, a)
 	return writePollAnswer(w, a)

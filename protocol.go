@@ -29,13 +29,19 @@ type pollAnswer struct {
 }
 
 // answerPoll decides what a long poll answers when its wait for an event
-// after its cursor ended with d, ready and err: those of Subscriber.poll,
-// or of Next (ready when err is nil), with err errExpired once the route's
-// expiration passed. It reports false when the poll must go on waiting.
-func answerPoll(sub *Subscriber, d Delivery, ready bool, err error) (pollAnswer, bool) {
+// after the cursor after ended with d, ready and err: those of
+// Subscriber.poll, or of Next (ready when err is nil), with err errExpired
+// once the route's expiration passed. It reports false when the poll must
+// go on waiting.
+//
+// An answer without an event gives the client back the cursor it waited
+// after, never the context's position now: an event published between
+// the end of the wait and this answer would otherwise be skipped without
+// a word. The next poll gets it at once.
+func answerPoll(sub *Subscriber, after Cursor, d Delivery, ready bool, err error) (pollAnswer, bool) {
 	switch {
 	case errors.Is(err, ErrHubClosed):
-		return pollAnswer{status: http.StatusServiceUnavailable, cursor: sub.Position()}, true
+		return pollAnswer{status: http.StatusServiceUnavailable, cursor: after}, true
 	case errors.Is(err, ErrContextDeleted):
 		return pollAnswer{status: http.StatusGone}, true
 	case ready && d.Event != nil:
@@ -43,7 +49,7 @@ func answerPoll(sub *Subscriber, d Delivery, ready bool, err error) (pollAnswer,
 	case ready: // events were missed and history holds nothing newer
 		return pollAnswer{status: http.StatusNoContent, cursor: d.Cursor, missed: d.Missed, subscribers: sub.ContextSubscribers()}, true
 	case errors.Is(err, errExpired):
-		return pollAnswer{status: http.StatusNoContent, cursor: sub.Position(), subscribers: sub.ContextSubscribers(), expired: true}, true
+		return pollAnswer{status: http.StatusNoContent, cursor: after, subscribers: sub.ContextSubscribers(), expired: true}, true
 	}
 	return pollAnswer{}, false
 }

@@ -247,3 +247,31 @@ func TestFallingBehindEndsTheSameOnEveryPath(t *testing.T) {
 		t.Logf("%s: %d events, then %d missed", route, seen, missed)
 	}
 }
+
+// TestExpiryNeverSkipsAnEventPublishedAsItEnds decides an expired poll's
+// answer after an event was published behind the poll's back, as happens
+// when a publish lands between the end of the wait and the answer: the
+// answer must give back the cursor the poll waited after, from which the
+// next poll gets that event, and not the context's newer position, which
+// would skip it without a word.
+func TestExpiryNeverSkipsAnEventPublishedAsItEnds(t *testing.T) {
+	hub := testHub(t, HubConfig{})
+	sub, err := hub.Subscribe("/c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	after := sub.Start()
+	if _, err := hub.Publish("/c", Event{Data: []byte("late")}); err != nil {
+		t.Fatal(err)
+	}
+	for _, end := range []error{errExpired, ErrHubClosed} {
+		a, _ := answerPoll(sub, after, Delivery{}, false, end)
+		if a.cursor != after {
+			t.Errorf("%v: answered cursor %s, want the poll's own %s", end, a.cursor, after)
+		}
+		if d, ready, err := sub.poll(a.cursor); err != nil || !ready || string(d.Event.Data) != "late" {
+			t.Errorf("%v: the next poll from %s got %+v, ready %v, %v; want the late event", end, a.cursor, d, ready, err)
+		}
+	}
+}
