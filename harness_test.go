@@ -139,6 +139,23 @@ func freeAddr(t testing.TB) string {
 	return ln.Addr().String()
 }
 
+// freeTCPAndUDPAddr is freeAddr for a server that also listens on UDP
+// with the same port, on every interface, as Caddy's HTTP/3 does: a port
+// free for TCP may be some UDP socket's (QUIC clients of earlier tests).
+func freeTCPAndUDPAddr(t testing.TB) string {
+	t.Helper()
+	for range 100 {
+		addr := freeAddr(t)
+		_, port, _ := net.SplitHostPort(addr)
+		if pc, err := net.ListenPacket("udp", ":"+port); err == nil {
+			pc.Close()
+			return addr
+		}
+	}
+	t.Fatal("no port free for both TCP and UDP")
+	return ""
+}
+
 // do sends a request and returns the response with its body read.
 func (s *testServer) do(method, path string, body string, header ...string) (*http.Response, string) {
 	s.t.Helper()
@@ -848,7 +865,7 @@ func startTLSCaddy(t *testing.T, globals, site string) (*testServer, *tls.Config
 	t.Helper()
 	certFile, keyFile, cfg := testCertificate(t)
 	s := newTestServer(t)
-	s.base = "https://" + strings.TrimPrefix(s.base, "http://")
+	s.base = "https://" + freeTCPAndUDPAddr(t) // HTTP/3 listens on UDP
 	s.client = tlsClient(cfg, 1)
 	s.tlsGlobals = "servers {\n\t\tprotocols h1 h2 h3\n\t}"
 	s.tlsSite = fmt.Sprintf("tls %s %s", certFile, keyFile)

@@ -91,7 +91,7 @@ func TestStopAnswersEveryParkedClient(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			admin, site := freeAddr(t), "http://"+freeAddr(t)
+			admin, site := freeAddr(t), "http://"+freeTCPAndUDPAddr(t)
 			globals, tlsSite := "", ""
 			if tc.overTLS {
 				site = "https" + strings.TrimPrefix(site, "http")
