@@ -871,7 +871,7 @@ func startTLSCaddy(t *testing.T, globals, site string) (*testServer, *tls.Config
 	s.tlsSite = fmt.Sprintf("tls %s %s", certFile, keyFile)
 	s.load(globals, site)
 	stopAtCleanup(t)
-	t.Cleanup(s.client.CloseIdleConnections)
+	t.Cleanup(func() { closeClient(s.client) })
 	return s, cfg
 }
 
@@ -932,4 +932,16 @@ func tlsClient(cfg *tls.Config, proto int) *http.Client {
 		t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 	}
 	return &http.Client{Transport: t}
+}
+
+// closeClient closes a tlsClient's connections. An HTTP/3 transport also
+// has a UDP socket and goroutines of its own, which only Close ends; it
+// closes that socket at once, so a server may not hear of connections
+// that were still busy: call it once the client's requests are done.
+func closeClient(c *http.Client) {
+	if tr, ok := c.Transport.(*http3.Transport); ok {
+		_ = tr.Close()
+		return
+	}
+	c.CloseIdleConnections()
 }

@@ -68,7 +68,8 @@ func TestReloadKeepsParkedClientsAndHistory(t *testing.T) {
 
 // TestStopAnswersEveryParkedClient runs the built Caddy as a subprocess with
 // Caddy's default, eternal grace period, parks clients, stops it, and
-// checks that it exits within two seconds having answered every client.
+// checks that every client is answered within two seconds and that the
+// process exits soon after.
 func TestStopAnswersEveryParkedClient(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs Caddy as a subprocess")
@@ -130,7 +131,7 @@ func TestStopAnswersEveryParkedClient(t *testing.T) {
 					return &http.Client{Transport: transport}
 				}
 				c := tlsClient(tlsConfig, 1+i%3)
-				t.Cleanup(c.CloseIdleConnections)
+				t.Cleanup(func() { closeClient(c) })
 				return c
 			}
 			head := clientOf(0)
@@ -181,8 +182,15 @@ func TestStopAnswersEveryParkedClient(t *testing.T) {
 			}
 			// Over HTTP/2, net/http keeps a connection open for a second
 			// after it says GOAWAY (so that the client reads it before the
-			// connection closes), and its shutdown waits for that.
-			if limit := map[bool]time.Duration{false: 2 * time.Second, true: 3 * time.Second}[tc.overTLS]; took > limit {
+			// connection closes), and its shutdown waits for that. Over
+			// HTTP/3, Caddy's shutdown waits for every QUIC connection
+			// its listener accepted, including one still in its handshake,
+			// which quic-go ends after its 5 s handshake idle timeout.
+			// Under -race on two cores about one run in six leaves one
+			// such connection behind after every client was answered (a
+			// goroutine dump at 2.5 s showed it alone holding the exit),
+			// so the bound over HTTPS leaves room for that timeout.
+			if limit := map[bool]time.Duration{false: 2 * time.Second, true: 7 * time.Second}[tc.overTLS]; took > limit {
 				t.Errorf("caddy took %v to exit, want under %v", took, limit)
 			}
 		})
