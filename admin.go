@@ -83,26 +83,51 @@ func (AdminAPI) handlePublish(w http.ResponseWriter, r *http.Request) error {
 		w.Header().Set("Allow", http.MethodPost)
 		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed; use POST", r.Method))
 	}
-	query := r.URL.Query()
-	key := query.Get("context")
-	if key == "" {
-		return apiError(http.StatusBadRequest, errors.New("missing context query parameter"))
-	}
 	hub, err := requestHub(r)
 	if err != nil {
 		return err
+	}
+	if isBatch(r) {
+		return publishAdminBatch(w, r, hub)
+	}
+	key := r.URL.Query().Get("context")
+	if key == "" {
+		return apiError(http.StatusBadRequest, errors.New("missing context query parameter"))
 	}
 	data, err := readMessage(w, r, AdminMaxMessageSize)
 	if err != nil {
 		countPublishError(hub.Name(), err)
 		return apiError(messageStatus(err), err)
 	}
-	rcpt, err := hub.Publish(key, eventFromRequest(r, data))
+	rcpt, replayed, err := publishOne(hub, r, key, eventFromRequest(r, data))
 	if err != nil {
 		countPublishError(hub.Name(), err)
 		return apiError(hubStatus(err), fmt.Errorf("context %.64q: %w", key, err))
 	}
+	markReplayed(w, replayed)
 	return writeReceipt(w, nil, rcpt)
+}
+
+// publishAdminBatch publishes a batch whose lines name their contexts.
+func publishAdminBatch(w http.ResponseWriter, r *http.Request, hub *Hub) error {
+	if r.URL.Query().Has("context") {
+		return apiError(http.StatusBadRequest, errors.New("a batch names each event's context on its line, not in the query"))
+	}
+	limits := batchLimits{size: AdminMaxBatchSize, events: AdminMaxBatchEvents, eventSize: AdminMaxMessageSize}
+	batch, lines, err := readBatch(w, r, "", limits)
+	if err != nil {
+		countPublishError(hub.Name(), err)
+		return apiError(messageStatus(err), err)
+	}
+	receipts, replayed, err := publishBatch(hub, r, batch)
+	if err != nil {
+		countPublishError(hub.Name(), err)
+		if !stoppedOnTheWay(err) {
+			return apiError(hubStatus(err), err)
+		}
+	}
+	markReplayed(w, replayed)
+	return writeBatchAnswer(w, batchAnswerStatus(err), newBatchAnswer(batch, lines, receipts, err))
 }
 
 func (AdminAPI) handleContexts(w http.ResponseWriter, r *http.Request) error {

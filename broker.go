@@ -25,6 +25,22 @@ type Broker interface {
 	// node through Follow.
 	Publish(ctx context.Context, key string, ev *Event, keep Retention) (Cursor, error)
 
+	// PublishBatch publishes each event of the batch as Publish does, in
+	// order, in one round trip, and returns their cursors, one per event.
+	// If any failed, it returns an error too, and the cursors of the
+	// events not published are zero.
+	PublishBatch(ctx context.Context, batch []Publication, keep Retention) ([]Cursor, error)
+
+	// Claim claims an idempotency key for a publish under way, for a
+	// short lease (so that a node that dies half way does not hold it for
+	// the window). If the key is already known, it returns false and what
+	// Settle stored for it, or nil while its publish is under way.
+	Claim(ctx context.Context, key string, window time.Duration) (claimed bool, stored []byte, err error)
+
+	// Settle stores what a claimed key's publish gave, for the window, or
+	// frees the key if record is nil.
+	Settle(ctx context.Context, key string, record []byte, window time.Duration) error
+
 	// Load returns the context's state, with at most what keep says of
 	// its history, creating the context in a new epoch if it does not
 	// exist.

@@ -177,10 +177,7 @@ return n
 `)
 
 func (b *redisBroker) Publish(ctx context.Context, key string, ev *Event, keep Retention) (Cursor, error) {
-	published := strconv.FormatInt(ev.Published.UnixMilli(), 10)
-	res, err := publishScript.Run(ctx, b.client, b.keys(key),
-		newEpoch(), keep.Events, keep.MaxAge.Milliseconds(), b.channel,
-		ev.Type, ev.ContentType, published, ev.Data, key).Slice()
+	res, err := publishScript.Run(ctx, b.client, b.keys(key), b.publishArgs(key, ev, keep)...).Slice()
 	if err != nil {
 		return Cursor{}, fmt.Errorf("%w: publishing to redis: %v", ErrBrokerUnavailable, err)
 	}
@@ -190,6 +187,71 @@ func (b *redisBroker) Publish(ctx context.Context, key string, ev *Event, keep R
 	}
 	ev.ID = id
 	return Cursor{Epoch: epoch, ID: id}, nil
+}
+
+// PublishBatch runs the publish script once per event in one pipeline: one
+// round trip per Redis node the batch's contexts live on. The pipeline
+// uses the script's hash; events that a node refused for not knowing the
+// script (a node that restarted or was flushed) did not run, so they are
+// sent again with the script itself, in their order.
+func (b *redisBroker) PublishBatch(ctx context.Context, batch []Publication, keep Retention) ([]Cursor, error) {
+	cursors := make([]Cursor, len(batch))
+	pending := make([]int, len(batch))
+	for i := range pending {
+		pending[i] = i
+	}
+	for _, send := range []func(redis.Pipeliner, int) *redis.Cmd{
+		func(p redis.Pipeliner, i int) *redis.Cmd {
+			return b.publishCmd(ctx, p, publishScript.EvalSha, &batch[i], keep)
+		},
+		func(p redis.Pipeliner, i int) *redis.Cmd {
+			return b.publishCmd(ctx, p, publishScript.Eval, &batch[i], keep)
+		},
+	} {
+		pipe := b.client.Pipeline()
+		cmds := make([]*redis.Cmd, len(pending))
+		for j, i := range pending {
+			cmds[j] = send(pipe, i)
+		}
+		_, _ = pipe.Exec(ctx) // each command's error is looked at below
+		var again []int
+		var firstErr error
+		for j, i := range pending {
+			res, err := cmds[j].Slice()
+			if err == nil {
+				var id uint64
+				cursors[i].Epoch, id, err = epochAndID(res)
+				cursors[i].ID, batch[i].Event.ID = id, id
+			}
+			switch {
+			case err == nil:
+			case redis.HasErrorPrefix(err, "NOSCRIPT"):
+				again = append(again, i)
+			case firstErr == nil:
+				firstErr = err
+			}
+		}
+		if firstErr != nil {
+			return cursors, fmt.Errorf("%w: publishing to redis: %v", ErrBrokerUnavailable, firstErr)
+		}
+		if pending = again; len(pending) == 0 {
+			break
+		}
+	}
+	return cursors, nil
+}
+
+// publishCmd queues the publish script for one event, by hash or whole.
+func (b *redisBroker) publishCmd(ctx context.Context, p redis.Pipeliner,
+	run func(context.Context, redis.Scripter, []string, ...any) *redis.Cmd, pub *Publication, keep Retention) *redis.Cmd {
+	return run(ctx, p, b.keys(pub.Key), b.publishArgs(pub.Key, &pub.Event, keep)...)
+}
+
+// publishArgs are the publish script's arguments for one event.
+func (b *redisBroker) publishArgs(key string, ev *Event, keep Retention) []any {
+	published := strconv.FormatInt(ev.Published.UnixMilli(), 10)
+	return []any{newEpoch(), keep.Events, keep.MaxAge.Milliseconds(), b.channel,
+		ev.Type, ev.ContentType, published, ev.Data, key}
 }
 
 func (b *redisBroker) Load(ctx context.Context, key string, keep Retention) (BrokerState, error) {
@@ -236,6 +298,56 @@ func (b *redisBroker) Position(ctx context.Context, key string) (Cursor, bool, e
 	}
 	epoch, id, err := epochAndID(vals)
 	return Cursor{Epoch: epoch, ID: id}, err == nil, err
+}
+
+// idempotencyLease is how long a claimed idempotency key waits for its
+// publish to be settled: longer than a publish may take (brokerTimeout),
+// short enough that a node that died half way frees it soon.
+const idempotencyLease = 3 * brokerTimeout
+
+// claimScript claims an idempotency key (an empty value while its publish
+// is under way) or returns what is stored for it.
+var claimScript = redis.NewScript(`
+if redis.call('SET', KEYS[1], '', 'NX', 'PX', ARGV[1]) then
+	return {1}
+end
+return {0, redis.call('GET', KEYS[1])}
+`)
+
+// idempotencyKey is where an idempotency key of the hub lives, in a hash
+// slot of its own.
+func (b *redisBroker) idempotencyKey(key string) string {
+	return b.prefix + "{" + b.hub + ":idem:" + key + "}"
+}
+
+func (b *redisBroker) Claim(ctx context.Context, key string, window time.Duration) (bool, []byte, error) {
+	lease := min(window, idempotencyLease).Milliseconds()
+	res, err := claimScript.Run(ctx, b.client, []string{b.idempotencyKey(key)}, max(lease, 1)).Slice()
+	if err != nil {
+		return false, nil, fmt.Errorf("%w: claiming an idempotency key: %v", ErrBrokerUnavailable, err)
+	}
+	if n, _ := res[0].(int64); n == 1 {
+		return true, nil, nil
+	}
+	if len(res) > 1 {
+		if stored, _ := res[1].(string); stored != "" {
+			return false, []byte(stored), nil
+		}
+	}
+	return false, nil, nil // under way, or gone since: the caller looks again
+}
+
+func (b *redisBroker) Settle(ctx context.Context, key string, record []byte, window time.Duration) error {
+	var err error
+	if record == nil {
+		err = b.client.Del(ctx, b.idempotencyKey(key)).Err()
+	} else {
+		err = b.client.Set(ctx, b.idempotencyKey(key), record, window).Err()
+	}
+	if err != nil {
+		return fmt.Errorf("%w: settling an idempotency key: %v", ErrBrokerUnavailable, err)
+	}
+	return nil
 }
 
 func (b *redisBroker) Delete(ctx context.Context, key string) (bool, error) {

@@ -54,6 +54,8 @@ func globalHubConfigured(h httpcaddyfile.Helper, name string) bool {
 //		expiration       <duration>|off
 //		publish          on|off
 //		max_message_size <size>
+//		max_batch_size   <size>
+//		max_batch_events <n>
 //		heartbeat        <duration>|off
 //		transports       longpoll|sse|stream...
 //		write_timeout    <duration>
@@ -91,6 +93,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Publish, err = parseOnOff(d)
 		case "max_message_size":
 			h.MaxMessageSize, err = parseSize(d)
+		case "max_batch_size":
+			h.MaxBatchSize, err = parseSize(d)
+		case "max_batch_events":
+			h.MaxBatchEvents, err = parseCount(d)
 		case "heartbeat":
 			h.Heartbeat, err = parseDurationOrOff(d)
 		case "write_timeout":
@@ -166,6 +172,8 @@ func parseAuth(d *caddyfile.Dispenser) (*AuthConfig, error) {
 //		history         <count> [<max_age>]
 //		max_contexts    <n>
 //		max_subscribers <n>
+//		idempotency_window <duration>
+//		idempotency_keys   <n>
 //		broker redis [<url>] {
 //			url         <url>
 //			addresses   <host:port>...
@@ -215,6 +223,10 @@ func (c *HubOptions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			c.MaxContexts, err = parseCount(d)
 		case "max_subscribers":
 			c.MaxSubscribers, err = parseCount(d)
+		case "idempotency_window":
+			c.IdempotencyWindow, err = parsePositiveDuration(d)
+		case "idempotency_keys":
+			c.IdempotencyKeys, err = parseCount(d)
 		case "broker":
 			c.Broker, err = parseBroker(d)
 		default:

@@ -45,6 +45,8 @@ func TestAdapt(t *testing.T) {
 		history 50 1m
 		max_contexts 10
 		max_subscribers 20
+		idempotency_window 1h
+		idempotency_keys 5000
 	}
 	comet chat {
 		history 5
@@ -57,6 +59,8 @@ func TestAdapt(t *testing.T) {
 		expiration off
 		publish off
 		max_message_size 1MiB
+		max_batch_size 4MiB
+		max_batch_events 500
 		heartbeat 20s
 		transports sse stream
 		write_timeout 5s
@@ -66,10 +70,10 @@ func TestAdapt(t *testing.T) {
 			want: `{"apps":{
 				"comet":{"hubs":{
 					"chat":{"history":5},
-					"default":{"history":50,"history_max_age":60000000000,"max_contexts":10,"max_subscribers":20}}},
+					"default":{"history":50,"history_max_age":60000000000,"max_contexts":10,"max_subscribers":20,"idempotency_window":3600000000000,"idempotency_keys":5000}}},
 				"http":{"servers":{"srv0":{"listen":[":8080"],"routes":[
 					{"match":[{"path":["/chat/*"]}],"handle":[{"context":"room-{http.request.uri.query.room}","detach":false,"expiration":-1,
-					"handler":"comet","heartbeat":20000000000,"hub":"chat","max_message_size":1048576,"publish":false,
+					"handler":"comet","heartbeat":20000000000,"hub":"chat","max_batch_events":500,"max_batch_size":4194304,"max_message_size":1048576,"publish":false,
 					"transports":["sse","stream"],"write_timeout":5000000000}]}]}}}}}`,
 		},
 		{
@@ -182,6 +186,9 @@ func TestValidateJSON(t *testing.T) {
 		{`{"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"comet","transports":["smoke"]}]}]}}}}}`,
 			`unknown transport "smoke"`},
 		{`{"apps":{"comet":{"hubs":{"default":{"max_subscribers":-1}}}}}`, "max_subscribers must not be negative"},
+		{`{"apps":{"comet":{"hubs":{"default":{"idempotency_keys":-1}}}}}`, "idempotency_keys must not be negative"},
+		{`{"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"comet","max_batch_events":-1}]}]}}}}}`,
+			"max_batch_size and max_batch_events must not be negative"},
 		// Bad bounds fail before the hub is made and its Redis dialled:
 		// nothing listens on port 1.
 		{`{"apps":{"comet":{"hubs":{"default":{"history":-1,"broker":{"redis":{"url":"redis://127.0.0.1:1"}}}}}}}`,

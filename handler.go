@@ -52,6 +52,15 @@ type Handler struct {
 	// Default: 65536.
 	MaxMessageSize int64 `json:"max_message_size,omitempty"`
 
+	// The largest batch POST body (Content-Type
+	// application/vnd.comet.batch+ndjson, one event per line), in bytes;
+	// larger ones get 413. Each event's data is bound by MaxMessageSize.
+	// Default: 1048576.
+	MaxBatchSize int64 `json:"max_batch_size,omitempty"`
+
+	// The most events one batch may carry; more get 413. Default: 1000.
+	MaxBatchEvents int `json:"max_batch_events,omitempty"`
+
 	// How long a stream may stay idle before it gets a keep-alive (an SSE
 	// comment or an empty NDJSON line), so that proxies and browsers keep
 	// the connection. Negative: never. Default: 15s.
@@ -117,6 +126,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxMessageSize == 0 {
 		h.MaxMessageSize = DefaultMaxMessageSize
 	}
+	if h.MaxBatchSize == 0 {
+		h.MaxBatchSize = DefaultMaxBatchSize
+	}
+	if h.MaxBatchEvents == 0 {
+		h.MaxBatchEvents = DefaultMaxBatchEvents
+	}
 	if h.Heartbeat == 0 {
 		h.Heartbeat = caddy.Duration(DefaultHeartbeat)
 	}
@@ -180,6 +195,9 @@ func (h *Handler) detaches() bool { return h.Detach == nil || *h.Detach }
 func (h *Handler) Validate() error {
 	if h.MaxMessageSize < 0 {
 		return errors.New("max_message_size must not be negative")
+	}
+	if h.MaxBatchSize < 0 || h.MaxBatchEvents < 0 {
+		return errors.New("max_batch_size and max_batch_events must not be negative")
 	}
 	if h.WriteTimeout < 0 {
 		return errors.New("write_timeout must not be negative")
@@ -370,21 +388,6 @@ func (h *Handler) servePosition(w http.ResponseWriter, repl *caddy.Replacer, key
 	return nil
 }
 
-// servePublish publishes the request body as an event.
-func (h *Handler) servePublish(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string) error {
-	data, err := readMessage(w, r, h.MaxMessageSize)
-	if err != nil {
-		countPublishError(h.Hub, err)
-		return caddyhttp.Error(messageStatus(err), err)
-	}
-	rcpt, err := h.hub.Publish(key, eventFromRequest(r, data))
-	if err != nil {
-		countPublishError(h.Hub, err)
-		return h.refuse(w, key, err)
-	}
-	return writeReceipt(w, repl, rcpt)
-}
-
 // serveDelete ends the context: its long polls get 410 Gone and its streams
 // a last comet-deleted event.
 func (h *Handler) serveDelete(w http.ResponseWriter, key string) error {
@@ -457,10 +460,14 @@ func eventFromRequest(r *http.Request, data []byte) Event {
 // hubStatus maps a hub error to an HTTP status.
 func hubStatus(err error) int {
 	switch {
-	case errors.Is(err, ErrKeyTooLong), errors.Is(err, ErrBadEventType):
+	case errors.Is(err, ErrKeyTooLong), errors.Is(err, ErrBadEventType), errors.Is(err, ErrBadIdempotencyKey):
 		return http.StatusBadRequest
+	case errors.Is(err, ErrIdempotencyKeyReused):
+		return http.StatusUnprocessableEntity
+	case errors.Is(err, ErrIdempotencyPending):
+		return http.StatusConflict
 	case errors.Is(err, ErrTooManyContexts), errors.Is(err, ErrTooManySubscribers), errors.Is(err, ErrHubClosed),
-		errors.Is(err, ErrBrokerUnavailable):
+		errors.Is(err, ErrBrokerUnavailable), errors.Is(err, errFailedBefore):
 		return http.StatusServiceUnavailable
 	default:
 		return http.StatusInternalServerError

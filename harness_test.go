@@ -191,7 +191,13 @@ func sendRequest(t testing.TB, client *http.Client, ctx context.Context, method,
 // publish POSTs an event and returns the receipt.
 func (s *testServer) publish(path, data string) receipt {
 	s.t.Helper()
-	resp, body := s.do(http.MethodPost, path, data, "Content-Type", "text/plain")
+	return s.publishAs(path, "text/plain", data)
+}
+
+// publishAs POSTs an event with a content type and returns the receipt.
+func (s *testServer) publishAs(path, contentType, data string) receipt {
+	s.t.Helper()
+	resp, body := s.do(http.MethodPost, path, data, "Content-Type", contentType)
 	if resp.StatusCode != http.StatusOK {
 		s.t.Fatalf("publish: %s: %s", resp.Status, body)
 	}

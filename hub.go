@@ -63,6 +63,17 @@ type HubConfig struct {
 	// The most subscribers attached to the hub at once, over all its
 	// contexts. One more is refused with 503. Default: 100000.
 	MaxSubscribers int `json:"max_subscribers,omitempty"`
+
+	// How long a publish's Idempotency-Key is remembered: a publish
+	// repeated with the same key within it gets the first one's receipts
+	// and publishes nothing. Default: 10m.
+	IdempotencyWindow caddy.Duration `json:"idempotency_window,omitempty"`
+
+	// The most idempotency keys an in-process hub remembers; past it, the
+	// oldest are forgotten before their window ends (counted in
+	// caddy_comet_idempotency_keys_forgotten_total). With a broker, keys
+	// live in the broker, for the whole window. Default: 100000.
+	IdempotencyKeys int `json:"idempotency_keys,omitempty"`
 }
 
 // withDefaults returns the config with zero values replaced by defaults.
@@ -79,6 +90,12 @@ func (c HubConfig) withDefaults() HubConfig {
 	if c.MaxSubscribers == 0 {
 		c.MaxSubscribers = DefaultMaxSubscribers
 	}
+	if c.IdempotencyWindow == 0 {
+		c.IdempotencyWindow = caddy.Duration(DefaultIdempotencyWindow)
+	}
+	if c.IdempotencyKeys == 0 {
+		c.IdempotencyKeys = DefaultIdempotencyKeys
+	}
 	return c
 }
 
@@ -92,6 +109,10 @@ func (c HubConfig) validate() error {
 		return errors.New("max_contexts must not be negative")
 	case c.MaxSubscribers < 0:
 		return errors.New("max_subscribers must not be negative")
+	case c.IdempotencyWindow < 0:
+		return errors.New("idempotency_window must not be negative")
+	case c.IdempotencyKeys < 0:
+		return errors.New("idempotency_keys must not be negative")
 	}
 	return nil
 }
@@ -138,6 +159,10 @@ type Hub struct {
 	logger        *zap.Logger
 
 	metrics hubMetrics
+
+	// idempotency remembers publishes' idempotency keys when there is no
+	// broker to.
+	idempotency idempotencyMemory
 }
 
 // NewHub makes a hub of its own, outside any Caddy config, for programs
@@ -156,6 +181,7 @@ func NewHub(name string, cfg HubConfig, broker Broker) *Hub {
 		metrics:  newHubMetrics(name),
 	}
 	h.configure(cfg)
+	h.idempotency.evicted = h.metrics.idempotencyForgotten.Inc
 	// Whatever an earlier lifetime held is lost; absent cursors given from
 	// now on hold.
 	h.lostSince.Store(h.now().UnixMilli() - 1)

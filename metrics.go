@@ -20,6 +20,8 @@ var metrics = struct {
 	dropped       *prometheus.CounterVec
 	publishErrors *prometheus.CounterVec
 	refusals      *prometheus.CounterVec
+	forgotten     *prometheus.CounterVec
+	replayed      *prometheus.CounterVec
 }{
 	subscribers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "comet", Name: "subscribers",
@@ -47,12 +49,20 @@ var metrics = struct {
 	}, []string{"hub", "reason"}),
 	publishErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "comet", Name: "publish_errors_total",
-		Help: "Publishes refused: too_large, invalid, limit, closed, broker (unreachable).",
+		Help: "Publishes refused: too_large, invalid, limit, closed, broker (unreachable), idempotency (a key used for other events, or still under way).",
 	}, []string{"hub", "reason"}),
 	refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "comet", Name: "limit_refusals_total",
 		Help: "Requests of any kind (subscribe, publish, over HTTP, the admin API or Go) refused because a limit was reached: max_contexts or max_subscribers.",
 	}, []string{"hub", "limit"}),
+	forgotten: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "comet", Name: "idempotency_keys_forgotten_total",
+		Help: "Idempotency keys an in-process hub forgot before their window ended because it held idempotency_keys of them; a retry with one would publish again.",
+	}, []string{"hub"}),
+	replayed: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "comet", Name: "publishes_replayed_total",
+		Help: "Publishes repeated with an Idempotency-Key already used, answered with the first receipts and not published again.",
+	}, []string{"hub"}),
 }
 
 // registerMetrics adds comet's collectors to a config's registry.
@@ -60,6 +70,7 @@ func registerMetrics(reg prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{
 		metrics.subscribers, metrics.contexts, metrics.published, metrics.deliveries,
 		metrics.expiries, metrics.dropped, metrics.publishErrors, metrics.refusals,
+		metrics.forgotten, metrics.replayed,
 	} {
 		if err := reg.Register(c); err != nil {
 			if already, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok && already.ExistingCollector == c {
@@ -74,15 +85,19 @@ func registerMetrics(reg prometheus.Registerer) error {
 // hubMetrics are the series a hub keeps itself, so that publishing from Go
 // counts as well.
 type hubMetrics struct {
-	contexts  prometheus.Gauge
-	published prometheus.Counter
-	refusals  [limitCount]prometheus.Counter
+	contexts             prometheus.Gauge
+	published            prometheus.Counter
+	refusals             [limitCount]prometheus.Counter
+	idempotencyForgotten prometheus.Counter
+	replayed             prometheus.Counter
 }
 
 func newHubMetrics(hub string) hubMetrics {
 	m := hubMetrics{
-		contexts:  metrics.contexts.WithLabelValues(hub),
-		published: metrics.published.WithLabelValues(hub),
+		contexts:             metrics.contexts.WithLabelValues(hub),
+		published:            metrics.published.WithLabelValues(hub),
+		idempotencyForgotten: metrics.forgotten.WithLabelValues(hub),
+		replayed:             metrics.replayed.WithLabelValues(hub),
 	}
 	for l, name := range limitNames {
 		m.refusals[l] = metrics.refusals.WithLabelValues(hub, name)
@@ -143,6 +158,8 @@ func countPublishError(hub string, err error) {
 		reason = "closed"
 	case errors.Is(err, ErrBrokerUnavailable):
 		reason = "broker"
+	case errors.Is(err, ErrIdempotencyKeyReused), errors.Is(err, ErrIdempotencyPending):
+		reason = "idempotency"
 	}
 	metrics.publishErrors.WithLabelValues(hub, reason).Inc()
 }

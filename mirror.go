@@ -23,6 +23,13 @@ func (h *Hub) publishShared(key string, ev *Event) (Receipt, error) {
 		return Receipt{}, err
 	}
 	h.metrics.published.Inc()
+	return h.applyPublished(key, cur, ev), nil
+}
+
+// applyPublished applies an event the broker just published from this
+// node to the node's mirror of its context, if it has one, without waiting
+// for the broker's announcement, and returns the event's receipt.
+func (h *Hub) applyPublished(key string, cur Cursor, ev *Event) Receipt {
 	r := Receipt{Cursor: cur}
 	h.mu.RLock()
 	c := h.contexts[key]
@@ -34,7 +41,7 @@ func (h *Hub) publishShared(key string, ev *Event) (Receipt, error) {
 		}
 		r.Woken = woken
 	}
-	return r, nil
+	return r
 }
 
 // follower applies a broker's announcements to the hub's mirrors.

@@ -1,0 +1,279 @@
+package comet
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Errors of PublishOnce.
+var (
+	// ErrIdempotencyKeyReused: the key was used for different events.
+	ErrIdempotencyKeyReused = errors.New("idempotency key already used for other events")
+	// ErrIdempotencyPending: a publish with the key is still under way
+	// (on another node: one on this node is waited for).
+	ErrIdempotencyPending = errors.New("a publish with this idempotency key is still under way")
+	// ErrBadIdempotencyKey: empty, longer than MaxIdempotencyKeyLength, or
+	// with bytes other than printable ASCII.
+	ErrBadIdempotencyKey = fmt.Errorf("idempotency key must be 1 to %d printable ASCII characters", MaxIdempotencyKeyLength)
+	// errFailedBefore stands for the error of a first publish that failed
+	// half way, when its answer is given again.
+	errFailedBefore = errors.New("the first publish with this idempotency key stopped on the way")
+)
+
+// MaxIdempotencyKeyLength bounds an idempotency key.
+const MaxIdempotencyKeyLength = 255
+
+// Defaults of a hub's idempotency memory.
+const (
+	DefaultIdempotencyWindow = 10 * time.Minute
+	DefaultIdempotencyKeys   = 100000
+)
+
+// outcome is what a publish with an idempotency key gave, kept for the
+// window so that a retry gets the same answer.
+type outcome struct {
+	Fingerprint string    `json:"f"`
+	Receipts    []Receipt `json:"r"`
+	// Failed is the index of the first event not published, and Error
+	// why, when the publish stopped half way; -1 otherwise.
+	Failed int    `json:"x"`
+	Error  string `json:"e,omitempty"`
+}
+
+// PublishOnce publishes the batch as PublishBatch does, unless a publish
+// with the same idempotency key was made within the hub's idempotency
+// window: then it returns that publish's receipts (and replayed true)
+// without publishing anything. The key covers the same events only: used
+// for other events it fails with ErrIdempotencyKeyReused. A publish that
+// published nothing frees its key, so that a retry can publish. With a
+// broker, the keys are shared by every node.
+func (h *Hub) PublishOnce(key string, batch []Publication) (receipts []Receipt, replayed bool, err error) {
+	if !validIdempotencyKey(key) {
+		return nil, false, ErrBadIdempotencyKey
+	}
+	fp := fingerprint(batch)
+	if h.broker != nil {
+		return h.publishOnceShared(key, fp, batch)
+	}
+	for {
+		known, wait := h.idempotency.claim(key, fp, h.now(), h.config())
+		switch {
+		case known != nil:
+			return h.replay(known, fp)
+		case wait != nil:
+			select {
+			case <-wait: // the first publish ended: look again
+			case <-h.closed:
+				return nil, false, ErrHubClosed
+			}
+			continue
+		}
+		receipts, err = h.PublishBatch(batch)
+		h.idempotency.settle(key, newOutcome(fp, receipts, err), h.now(), h.config())
+		return receipts, false, err
+	}
+}
+
+// publishOnceShared is PublishOnce through the broker: the key is claimed
+// there for the window, and a key under way on some node is looked at
+// again until that publish ends or brokerTimeout passes.
+func (h *Hub) publishOnceShared(key, fp string, batch []Publication) ([]Receipt, bool, error) {
+	window := time.Duration(h.config().IdempotencyWindow)
+	deadline := time.Now().Add(brokerTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
+		claimed, stored, err := h.broker.Claim(ctx, key, window)
+		cancel()
+		if err != nil {
+			return nil, false, err
+		}
+		if claimed {
+			break
+		}
+		if stored != nil {
+			var known outcome
+			if err := json.Unmarshal(stored, &known); err != nil {
+				return nil, false, fmt.Errorf("idempotency record of %.64q: %v", key, err)
+			}
+			return h.replay(&known, fp)
+		}
+		if time.Now().After(deadline) {
+			return nil, false, ErrIdempotencyPending
+		}
+		select {
+		case <-time.After(20 * time.Millisecond):
+		case <-h.closed:
+			return nil, false, ErrHubClosed
+		}
+	}
+	receipts, err := h.PublishBatch(batch)
+	o := newOutcome(fp, receipts, err)
+	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
+	defer cancel()
+	if o == nil {
+		_ = h.broker.Settle(ctx, key, nil, window) // frees the key
+		return receipts, false, err
+	}
+	record, _ := json.Marshal(o)
+	if serr := h.broker.Settle(ctx, key, record, window); serr != nil {
+		h.logger.Warn("recording an idempotency key; a retry would publish again",
+			zap.String("hub", h.name), zap.Error(serr))
+	}
+	return receipts, false, err
+}
+
+// newOutcome records what a publish gave, or nil if it published nothing
+// (its key is then freed).
+func newOutcome(fp string, receipts []Receipt, err error) *outcome {
+	o := &outcome{Fingerprint: fp, Receipts: receipts, Failed: -1}
+	if err == nil {
+		return o
+	}
+	be, ok := errors.AsType[*BatchError](err)
+	if !ok || be.Index == 0 {
+		return nil
+	}
+	o.Failed, o.Error = be.Index, be.Err.Error()
+	return o
+}
+
+// replay gives the outcome again to a publish of the events fp stands for.
+func (h *Hub) replay(o *outcome, fp string) ([]Receipt, bool, error) {
+	if o.Fingerprint != fp {
+		return nil, false, ErrIdempotencyKeyReused
+	}
+	h.metrics.replayed.Inc()
+	if o.Failed >= 0 {
+		return o.Receipts, true, &BatchError{Index: o.Failed, Err: fmt.Errorf("%w: %s", errFailedBefore, o.Error)}
+	}
+	return o.Receipts, true, nil
+}
+
+// fingerprint identifies a batch's events and their contexts.
+func fingerprint(batch []Publication) string {
+	sum := sha256.New()
+	field := func(b []byte) {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+		sum.Write(n[:])
+		sum.Write(b)
+	}
+	for i := range batch {
+		p := &batch[i]
+		field([]byte(p.Key))
+		field([]byte(p.Event.Type))
+		field([]byte(p.Event.ContentType))
+		field(p.Event.Data)
+	}
+	return hex.EncodeToString(sum.Sum(nil)[:16])
+}
+
+func validIdempotencyKey(key string) bool {
+	if key == "" || len(key) > MaxIdempotencyKeyLength {
+		return false
+	}
+	for i := 0; i < len(key); i++ {
+		if key[i] < 0x20 || key[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// idempotencyMemory is an in-process hub's record of idempotency keys. Keys
+// expire in the order they were claimed (all live for the same window), so
+// a queue in that order finds the expired ones; past the configured count,
+// the oldest are forgotten before their window ends, and counted.
+type idempotencyMemory struct {
+	mu      sync.Mutex
+	entries map[string]*idempotencyEntry
+	order   []idempotencyRef // oldest first
+	evicted func()
+}
+
+type idempotencyEntry struct {
+	outcome *outcome      // nil while the publish is under way
+	done    chan struct{} // closed when it ends
+	expires time.Time
+}
+
+type idempotencyRef struct {
+	key   string
+	entry *idempotencyEntry
+}
+
+// claim returns the key's outcome if it has one, a channel to wait on if
+// its publish is under way, or neither once it claimed the key for the
+// caller, who must then settle it.
+func (m *idempotencyMemory) claim(key, fp string, now time.Time, cfg *HubConfig) (*outcome, <-chan struct{}) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.expireLocked(now, cfg.IdempotencyKeys-1)
+	if e, ok := m.entries[key]; ok {
+		if e.outcome == nil {
+			return nil, e.done
+		}
+		return e.outcome, nil
+	}
+	if m.entries == nil {
+		m.entries = make(map[string]*idempotencyEntry)
+	}
+	e := &idempotencyEntry{done: make(chan struct{}), expires: now.Add(time.Duration(cfg.IdempotencyWindow))}
+	m.entries[key] = e
+	m.order = append(m.order, idempotencyRef{key, e})
+	return nil, nil
+}
+
+// settle records the outcome of the key's publish, or frees the key if
+// the outcome is nil, and wakes whoever waits for it.
+func (m *idempotencyMemory) settle(key string, o *outcome, now time.Time, cfg *HubConfig) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e := m.entries[key]
+	if e == nil {
+		return
+	}
+	if o == nil {
+		delete(m.entries, key)
+	} else {
+		e.outcome = o
+		e.expires = now.Add(time.Duration(cfg.IdempotencyWindow))
+	}
+	close(e.done)
+}
+
+// expireLocked forgets expired keys, and the oldest settled ones while more
+// than limit are held. A key under way is never forgotten.
+func (m *idempotencyMemory) expireLocked(now time.Time, limit int) {
+	n := 0
+	for ; n < len(m.order); n++ {
+		ref := m.order[n]
+		if m.entries[ref.key] != ref.entry {
+			continue // freed or claimed again: a newer ref stands for it
+		}
+		over := len(m.entries) > limit
+		if !over && now.Before(ref.entry.expires) {
+			break
+		}
+		if ref.entry.outcome == nil {
+			break // under way
+		}
+		if over && now.Before(ref.entry.expires) && m.evicted != nil {
+			m.evicted()
+		}
+		delete(m.entries, ref.key)
+	}
+	m.order = m.order[n:]
+	if cap(m.order) > 64 && len(m.order) < cap(m.order)/4 {
+		m.order = append([]idempotencyRef(nil), m.order...)
+	}
+}
