@@ -432,7 +432,19 @@ func readMessage(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, e
 	if r.ContentLength > limit {
 		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", errMessageTooLarge, r.ContentLength, limit)
 	}
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	body := http.MaxBytesReader(w, r.Body, limit)
+	var data []byte
+	var err error
+	if r.ContentLength > 0 {
+		// The message is kept in history as read: one slice of its size,
+		// not ReadAll's doubling one.
+		data = make([]byte, r.ContentLength)
+		if _, err = io.ReadFull(body, data); errors.Is(err, io.ErrUnexpectedEOF) {
+			err = fmt.Errorf("body shorter than its Content-Length: %w", err)
+		}
+	} else {
+		data, err = io.ReadAll(body)
+	}
 	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 		return nil, fmt.Errorf("%w: the limit is %d bytes", errMessageTooLarge, limit)
 	}

@@ -79,6 +79,7 @@ type config struct {
 	rate       float64 // events per second; 0: not this scenario
 	duration   time.Duration
 	publishers int
+	batch      int // events per publish request (comet's admin API batches)
 
 	// A soak run (soak.go) instead of a fan-out measurement.
 	soak     time.Duration
@@ -110,6 +111,7 @@ func main() {
 	flag.Float64Var(&c.rate, "rate", 0, "run the sustained scenario: publish this many events a second, round-robin over -contexts")
 	flag.DurationVar(&c.duration, "duration", 10*time.Second, "with -rate: how long to publish")
 	flag.IntVar(&c.publishers, "publishers", 16, "with -rate: concurrent publishers")
+	flag.IntVar(&c.batch, "batch", 1, "with -rate: events per publish; over 1, comet's admin API (-admin) gets them as batches")
 	flag.DurationVar(&c.stay, "stay", 3*time.Second, "soak: the longest a visit lasts")
 	flag.DurationVar(&c.settle, "settle", 15*time.Second, "soak: how long to wait after the soak before comparing with the baseline")
 	flag.Parse()
@@ -149,6 +151,11 @@ func (c config) check() error {
 	if err := checkLoopback(c.url); err != nil {
 		return err
 	}
+	if c.batch > 1 {
+		if err := checkLoopback(c.admin); err != nil {
+			return err
+		}
+	}
 	if c.soak > 0 {
 		if c.subscribers < 1 || c.subscribers > maxSubscribers {
 			return fmt.Errorf("subscribers must be from 1 to %d", maxSubscribers)
@@ -166,6 +173,8 @@ func (c config) check() error {
 		return errors.New("events must be at least 1 and payload at least 32 bytes")
 	case c.rate > 0 && (c.contexts < 1 || c.publishers < 1 || c.duration <= 0 || c.rate*c.duration.Seconds() < 1):
 		return errors.New("-rate needs -contexts, -publishers and a -duration long enough for one event")
+	case c.batch < 1 || (c.batch > 1 && (c.rate == 0 || c.protocol != "comet")):
+		return errors.New("-batch needs -rate and comet (Nchan has no batch publishing)")
 	case c.rate > 0 && c.subscribers+c.publishers+10 > maxSubscribers:
 		return fmt.Errorf("subscribers and publishers must stay under %d connections", maxSubscribers)
 	case (c.h2 || c.h3) && !strings.HasPrefix(c.url, "https://"):

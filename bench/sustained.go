@@ -7,15 +7,20 @@ package main
 // each sent at its scheduled time whatever the server's pace. It reports
 // deliveries per second, losses, latency p50/p99 from the scheduled
 // publish to the receipt, and the server's CPU time per delivery over the
-// publishing and the draining after it.
+// publishing and the draining after it. With -batch N, comet gets the
+// events N at a time, through the admin API's batch publishing.
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +38,15 @@ type sustainedResult struct {
 
 // contextURL is the URL of context k under the run's url.
 func (c config) contextURL(k int) string { return c.url + "/" + strconv.Itoa(k) }
+
+// origin is the run's url without its path: what precedes a context key.
+func (c config) origin() string {
+	u, err := url.Parse(c.url)
+	if err != nil {
+		return ""
+	}
+	return u.Scheme + "://" + u.Host
+}
 
 func sustained(ctx context.Context, c config) (*sustainedResult, error) {
 	transport, err := c.httpTransport(c.subscribers + c.publishers + 10)
@@ -88,10 +102,20 @@ func sustained(ctx context.Context, c config) (*sustainedResult, error) {
 	var publishers sync.WaitGroup
 	for p := range c.publishers {
 		publishers.Go(func() {
-			for i := p; i < events && ctx.Err() == nil; i += c.publishers {
-				time.Sleep(time.Until(scheduled(i)))
-				if err := publish(ctx, client, c.contextURL(i%c.contexts), i, c.payload); err != nil {
-					publishErrs.Add(1)
+			// Publisher p sends batches p, p+publishers...: batch b holds
+			// events b*batch to b*batch+batch-1, and leaves when its last
+			// event is due, as a backend that gathers events would.
+			for first := p * c.batch; first < events && ctx.Err() == nil; first += c.publishers * c.batch {
+				last := min(first+c.batch, events) - 1
+				time.Sleep(time.Until(scheduled(last)))
+				var err error
+				if c.batch == 1 {
+					err = publish(ctx, client, c.contextURL(first%c.contexts), first, c.payload)
+				} else {
+					err = publishBatch(ctx, client, c, first, last)
+				}
+				if err != nil {
+					publishErrs.Add(int64(last - first + 1))
 				}
 			}
 		})
@@ -140,6 +164,9 @@ func (r *sustainedResult) print(w io.Writer, c config) {
 	fmt.Fprintf(w, "transport            %s\n", c.transport)
 	fmt.Fprintf(w, "subscribers          %d over %d contexts\n", c.subscribers, c.contexts)
 	fmt.Fprintf(w, "rate asked           %.0f events/s for %v, %d publishers: %d events\n", c.rate, c.duration, c.publishers, r.events)
+	if c.batch > 1 {
+		fmt.Fprintf(w, "batches              %d events each, through %s/comet/publish\n", c.batch, c.admin)
+	}
 	fmt.Fprintf(w, "deliveries           %d of %d, lost %d, %.0f/s\n", r.delivered, r.expected, r.expected-r.delivered,
 		float64(r.delivered)/r.elapsed.Seconds())
 	fmt.Fprintf(w, "latency              p50 %v, p99 %v\n", pct(0.5), pct(0.99))
@@ -148,4 +175,39 @@ func (r *sustainedResult) print(w io.Writer, c config) {
 	}
 	fmt.Fprintf(w, "publish errors       %d\n", r.publishErrs)
 	fmt.Fprintf(w, "client errors        %d\n", r.clientErrs)
+	// One line for scripts (maxrate.sh): server, transport, contexts, rate,
+	// p99 in ms, lost, deliveries/s, µs of server CPU per delivery.
+	perDelivery := 0.0
+	if r.delivered > 0 {
+		perDelivery = float64(r.serverCPU.Microseconds()) / float64(r.delivered)
+	}
+	fmt.Fprintf(w, "summary %s %s %d %.0f %.1f %d %.0f %.1f\n", c.protocol, c.transport, c.contexts, c.rate,
+		float64(pct(0.99))/float64(time.Millisecond), r.expected-r.delivered+int(r.publishErrs), float64(r.delivered)/r.elapsed.Seconds(), perDelivery)
+}
+
+// publishBatch publishes events first to last in one batch through the
+// admin API, each to its context as publish would.
+func publishBatch(ctx context.Context, client *http.Client, c config, first, last int) error {
+	var body bytes.Buffer
+	for e := first; e <= last; e++ {
+		payload := fmt.Sprintf("%d ", e)
+		payload += strings.Repeat("x", max(c.payload-len(payload), 0))
+		line, _ := json.Marshal(map[string]string{
+			"context": strings.TrimPrefix(c.contextURL(e%c.contexts), c.origin()), "content_type": "text/plain", "data": payload,
+		})
+		body.Write(line)
+		body.WriteByte('\n')
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.admin+"/comet/publish", &body)
+	req.Header.Set("Content-Type", "application/vnd.comet.batch+ndjson")
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("%s", resp.Status)
+	}
+	return nil
 }

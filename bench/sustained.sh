@@ -5,7 +5,7 @@
 # transports x servers, SUBSCRIBERS subscribers (default 10000) spread
 # over the contexts, RATE events a second (default 2000) for DURATION
 # (default 10s). Usage:
-#   [SUBSCRIBERS=10000] [RATE=2000] [DURATION=10s] bench/sustained.sh [runs] [contexts...]
+#   [SUBSCRIBERS=10000] [RATE=2000] [DURATION=10s] [TRANSPORTS="longpoll sse"] bench/sustained.sh [runs] [contexts...]
 #   e.g. bench/sustained.sh 3 1000 10000
 # Needs Debian's nginx and libnginx-mod-nchan. Results go to standard output.
 set -euo pipefail
@@ -14,6 +14,7 @@ runs=${1:-3}
 shift || true
 counts=("${@:-1000}")
 subscribers=${SUBSCRIBERS:-10000} rate=${RATE:-2000} duration=${DURATION:-10s}
+read -r -a transports <<<"${TRANSPORTS:-longpoll sse}"
 work=$(mktemp -d)
 trap 'pkill -f "nginx: master" 2>/dev/null || true; kill "${caddy_pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 go build -o "$work/caddy" ./cmd/caddy
@@ -21,7 +22,7 @@ go build -o "$work/bench" ./bench
 args=(-subscribers "$subscribers" -rate "$rate" -duration "$duration" -timeout 5m)
 
 for contexts in "${counts[@]}"; do
-	for transport in longpoll sse; do
+	for transport in "${transports[@]}"; do
 		for run in $(seq "$runs"); do
 			"$work/caddy" run --config bench/bench.Caddyfile >"$work/caddy.log" 2>&1 &
 			caddy_pid=$!
