@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -139,7 +140,7 @@ func newOutcome(fp string, receipts []Receipt, err error) *outcome {
 		return o
 	}
 	be, ok := errors.AsType[*BatchError](err)
-	if !ok || be.Index == 0 {
+	if !ok || !slices.ContainsFunc(receipts, Receipt.Published) {
 		return nil
 	}
 	o.Failed, o.Error = be.Index, be.Err.Error()

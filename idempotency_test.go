@@ -148,6 +148,15 @@ func TestIdempotencyAfterAFailure(t *testing.T) {
 		t.Errorf("/a at %d, want 1", id)
 	}
 
+	// A batch refused before publishing (a bad event type) frees its key.
+	bad := []Publication{{Key: "/a", Event: Event{Data: []byte("1")}}, {Key: "/a", Event: Event{Type: "a\nb"}}}
+	if _, _, err := h.PublishOnce("bad", bad); !errors.Is(err, ErrBadEventType) {
+		t.Fatalf("a batch with a bad type: %v", err)
+	}
+	if rs, replayed, err := h.PublishOnce("bad", batch[:1]); err != nil || replayed || rs[0].Cursor.ID != 2 {
+		t.Errorf("the key of a refused batch, used again: %+v, replayed %v, %v; want a publish", rs, replayed, err)
+	}
+
 	one := []Publication{{Key: "/b", Event: Event{Data: []byte("x")}}}
 	if _, _, err := h.PublishOnce("none", one); !errors.Is(err, ErrTooManyContexts) {
 		t.Fatalf("publishing to a new context past the limit: %v", err)
