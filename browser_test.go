@@ -217,6 +217,18 @@ func TestChatInTheBrowser(t *testing.T) {
 	// A newcomer gets the room's history.
 	late := page(t, browser, s.base+"/chat/")
 	waitJS(t, late, "a newcomer's page", shown, strings.Join(want, "|"), 10*time.Second)
+
+	// A publish sent twice with one idempotency key is published once,
+	// and both resolve with its receipt.
+	runJS(t, late, "publishing twice with one key", `(async () => {
+		const once = () => Comet.publish('/rooms/retried', 'once', { idempotencyKey: 'retry-1' });
+		const [a, b] = [await once(), await once()];
+		window.retried = a.cursor === b.cursor ? 'same ' + a.id : 'differ';
+	})()`)
+	waitJS(t, late, "both publishes' receipts", `String(window.retried)`, "same 1", 5*time.Second)
+	if info, ok := s.hub(DefaultHubName).Inspect("/rooms/retried"); !ok || info.Cursor.ID != 1 {
+		t.Errorf("/rooms/retried holds %+v after a publish and its retry, want one event", info)
+	}
 }
 
 // TestTokensInTheBrowser subscribes from a page of a real Chromium to a

@@ -200,7 +200,9 @@
   }
 
   // publish POSTs data (a string, or anything else as JSON) and resolves
-  // with the receipt: { id, cursor, woken }.
+  // with the receipt: { id, cursor, woken }. With idempotencyKey, sending
+  // the same publish again (after a network error, say) publishes it once:
+  // the retry resolves with the first receipt.
   async function publish(url, data, options) {
     const opts = options || {};
     const headers = {};
@@ -212,6 +214,7 @@
       headers['Content-Type'] = opts.contentType || 'text/plain;charset=utf-8';
     }
     if (opts.type) headers['Comet-Event-Type'] = opts.type;
+    if (opts.idempotencyKey) headers['Idempotency-Key'] = opts.idempotencyKey;
     if (opts.token) {
       const token = typeof opts.token === 'function' ? await opts.token() : opts.token;
       headers.Authorization = 'Bearer ' + token;
