@@ -60,6 +60,7 @@ func globalHubConfigured(h httpcaddyfile.Helper, name string) bool {
 //		transports       longpoll|sse|stream...
 //		write_timeout    <duration>
 //		detach           on|off
+//		multiplex        <query param> [<max>]
 //		auth [subscribe] [publish] {
 //			hmac_secret     <secret>
 //			public_key_file <pem file>
@@ -107,6 +108,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Detach, err = parseOnOff(d)
 		case "auth":
 			h.Auth, err = parseAuth(d)
+		case "multiplex":
+			h.Multiplex, err = parseMultiplex(d)
 		default:
 			return d.Errf("unrecognized comet subdirective %q", d.Val())
 		}
@@ -375,6 +378,22 @@ func parseOnOff(d *caddyfile.Dispenser) (*bool, error) {
 		return new(false), nil
 	}
 	return nil, d.Errf("%s must be on or off, got %q", name, v)
+}
+
+func parseMultiplex(d *caddyfile.Dispenser) (*MultiplexConfig, error) {
+	args := d.RemainingArgs()
+	if len(args) < 1 || len(args) > 2 {
+		return nil, d.ArgErr()
+	}
+	m := &MultiplexConfig{Param: args[0]}
+	if len(args) == 2 {
+		n, err := strconv.Atoi(args[1])
+		if err != nil || n < 2 || n > MaxMultiplexCeiling {
+			return nil, d.Errf("multiplex max must be a whole number from 2 to %d, got %q", MaxMultiplexCeiling, args[1])
+		}
+		m.Max = n
+	}
+	return m, nil
 }
 
 func parseSize(d *caddyfile.Dispenser) (int64, error) {

@@ -84,16 +84,24 @@ type Handler struct {
 	// taken over rather than when it ends. Default: true.
 	Detach *bool `json:"detach,omitempty"`
 
+	// Several contexts in one stream: a GET that repeats a query parameter
+	// follows the context each value names (see MultiplexConfig). Default:
+	// off.
+	Multiplex *MultiplexConfig `json:"multiplex,omitempty"`
+
 	// Token authorization: who may subscribe to and publish on which
 	// contexts (see AuthConfig). Default: none; anyone who reaches the
 	// route may.
 	Auth *AuthConfig `json:"auth,omitempty"`
 
-	hub        *Hub
-	allow      string
-	transports transport
-	metrics    map[transport]*transportMetrics
-	logger     *zap.Logger
+	hub   *Hub
+	allow string
+	// multiplexTemplate is Context with the multiplex parameter's
+	// placeholder replaceable per value.
+	multiplexTemplate string
+	transports        transport
+	metrics           map[transport]*transportMetrics
+	logger            *zap.Logger
 	// limitLog logs refusals at warn, a few a second at most, so that a
 	// hub at its limit does not write a line per refused request.
 	limitLog *zap.Logger
@@ -140,6 +148,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.Auth != nil {
 		if err := h.Auth.provision(); err != nil {
+			return err
+		}
+	}
+	if h.Multiplex != nil {
+		var err error
+		if h.multiplexTemplate, err = h.Multiplex.provision(h.Context); err != nil {
 			return err
 		}
 	}
@@ -209,7 +223,17 @@ func (h *Handler) Validate() error {
 // it never calls next.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	keys, err := h.multiplexedKeys(r, repl)
+	switch {
+	case err != nil:
+		return caddyhttp.Error(http.StatusBadRequest, err)
+	case keys != nil && r.Method != http.MethodGet:
+		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("%s names one context; only a GET may name several", r.Method))
+	}
 	key := repl.ReplaceKnown(h.Context, "")
+	if keys != nil {
+		key = keys[0] // the template would join the values
+	}
 	if key == "" {
 		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("context template %q gave an empty key", h.Context))
 	}
@@ -239,6 +263,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			return caddyhttp.Error(http.StatusNotAcceptable, fmt.Errorf(
 				"this route does not serve %s; it serves: %s (long poll: any Accept; sse: Accept: text/event-stream; stream: Accept: application/x-ndjson)",
 				t, h.transports))
+		}
+		if keys != nil {
+			switch t {
+			case transportSSE:
+				return h.serveMultiplexed(w, r, keys, formatSSE, tok)
+			case transportStream:
+				return h.serveMultiplexed(w, r, keys, formatNDJSON, tok)
+			}
+			return caddyhttp.Error(http.StatusBadRequest, errors.New("a long poll follows one context; several contexts are followed by SSE or NDJSON streams"))
 		}
 		switch t {
 		case transportSSE:

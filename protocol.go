@@ -70,7 +70,7 @@ func (m *transportMetrics) countPoll(a pollAnswer) {
 
 // streamState is where a stream stands.
 type streamState struct {
-	f     wireFormat
+	f     streamEncoding
 	after Cursor // the cursor of the last thing written
 	// delivered says something was written after the opening: a gap
 	// before it is the client's own (its cursor was old) and is reported
@@ -118,7 +118,7 @@ func (s *streamState) step(d Delivery, ready bool, err error) streamStep {
 			end:    true, behind: true,
 		}
 	}
-	notice, frame := deliveryParts(f, d)
+	notice, frame := f.delivery(d)
 	s.after, s.delivered = d.Cursor, true
 	return streamStep{notice: notice, frame: frame, delivery: d.Event != nil}
 }

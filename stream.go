@@ -59,6 +59,11 @@ func (f wireFormat) encode(b []byte, ev *Event, cur Cursor) []byte {
 		}
 		return append(appendSSEData(b, ev.Data), '\n')
 	}
+	return appendJSONLine(b, ndjsonEventOf(ev, cur))
+}
+
+// ndjsonEventOf is the event's NDJSON line at cursor cur.
+func ndjsonEventOf(ev *Event, cur Cursor) ndjsonEvent {
 	line := ndjsonEvent{ID: ev.ID, Cursor: cur.String(), Type: ev.Type, ContentType: ev.ContentType}
 	if utf8.Valid(ev.Data) {
 		data := string(ev.Data)
@@ -66,16 +71,20 @@ func (f wireFormat) encode(b []byte, ev *Event, cur Cursor) []byte {
 	} else {
 		line.DataBase64 = ev.Data
 	}
-	return appendJSONLine(b, line)
+	return line
 }
 
 // An event's memo (see Event.derived) keeps the event's frame in each wire
-// format in the slot numbered as the format, and the last long-poll answer
-// rendered for it in memoPollAnswer.
-const memoPollAnswer = memoSlot(wireFormatCount)
+// format in the slot numbered as the format, the last long-poll answer
+// rendered for it in memoPollAnswer, and its line in multiplexed streams
+// in memoMultiplexed.
+const (
+	memoPollAnswer  = memoSlot(wireFormatCount)
+	memoMultiplexed = memoPollAnswer + 1
+)
 
 // The memo has room for them: a negative length would not compile.
-var _ [memoSlots - 1 - memoPollAnswer]struct{}
+var _ [memoSlots - 1 - memoMultiplexed]struct{}
 
 // frame returns the event's encoding in format f, at cursor cur (the same
 // for every subscriber), made once per event and shared.
@@ -179,6 +188,7 @@ func appendSSEData(b, data []byte) []byte {
 
 // ndjsonEvent is one event line of an NDJSON stream.
 type ndjsonEvent struct {
+	Context     string  `json:"context,omitempty"` // in a multiplexed stream
 	ID          uint64  `json:"id"`
 	Cursor      string  `json:"cursor"`
 	Type        string  `json:"type,omitempty"`
@@ -189,7 +199,8 @@ type ndjsonEvent struct {
 
 // ndjsonControl is a line of an NDJSON stream that is not an event.
 type ndjsonControl struct {
-	Control string `json:"control"` // open, missed, reconnect or deleted
+	Control string `json:"control"`           // open, missed, reconnect or deleted
+	Context string `json:"context,omitempty"` // in a multiplexed stream
 	Missed  string `json:"missed,omitempty"`
 	Reason  string `json:"reason,omitempty"`
 	Cursor  string `json:"cursor,omitempty"`
@@ -304,10 +315,21 @@ type streamWriter struct {
 	timeout time.Duration
 }
 
-// deliveryParts returns what a stream writes for a delivery: the notice of
+// streamEncoding is what a stream's state writes with: a wire format, for
+// a stream of one context, or one context's part of a multiplexed stream
+// (see multiplex.go), whose cursors name every context.
+type streamEncoding interface {
+	missed(b []byte, missed int64, resume *Cursor) []byte
+	reconnect(b []byte, reason string, cur Cursor) []byte
+	deleted(b []byte) []byte
+	heartbeat() []byte
+	delivery(d Delivery) (notice, frame []byte)
+}
+
+// delivery returns what a stream writes for a delivery: the notice of
 // missed events, if any, then the event's frame, which is shared by every
 // subscriber and must not be modified.
-func deliveryParts(f wireFormat, d Delivery) (notice, frame []byte) {
+func (f wireFormat) delivery(d Delivery) (notice, frame []byte) {
 	if d.Missed != 0 {
 		var resume *Cursor
 		if d.Event == nil {

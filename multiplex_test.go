@@ -1,0 +1,193 @@
+package comet
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+)
+
+const multiplexSite = `comet /m {
+		context room-{query.room}
+		multiplex room 4
+		heartbeat off
+	}`
+
+// multiplexedEvent is the data of an event in a multiplexed SSE stream, and
+// an event line of a multiplexed NDJSON stream.
+type multiplexedEvent struct {
+	Context string `json:"context"`
+	ID      uint64 `json:"id"`
+	Cursor  string `json:"cursor"`
+	Type    string `json:"type"`
+	Data    string `json:"data"`
+	Control string `json:"control"`
+	Missed  string `json:"missed"`
+}
+
+func decodeMultiplexed(t *testing.T, data string) multiplexedEvent {
+	t.Helper()
+	var e multiplexedEvent
+	if err := json.Unmarshal([]byte(data), &e); err != nil {
+		t.Fatalf("multiplexed data %q: %v", data, err)
+	}
+	return e
+}
+
+func TestOneStreamFollowsSeveralContexts(t *testing.T) {
+	s := startCaddy(t, "comet {\n\t\thistory 3\n\t}", multiplexSite)
+	hub := s.hub(DefaultHubName)
+	resp, sse := s.openSSE("/m?room=a&room=b&room=c")
+	waitFor(t, "the stream to follow three contexts", func() bool { return hub.SubscriberCount() == 3 })
+	opened := strings.Split(resp.Header.Get(HeaderCursor), ",")
+	if len(opened) != 3 {
+		t.Fatalf("the stream opened at %q, want a cursor for each of three contexts", resp.Header.Get(HeaderCursor))
+	}
+
+	rb := s.publish("/m?room=b", "to b")
+	ra := s.publish("/m?room=a", "to a")
+	for i, want := range []struct {
+		context, data string
+		id            uint64
+		composite     string
+	}{
+		{"room-b", "to b", 1, strings.Join([]string{opened[0], rb.Cursor, opened[2]}, ",")},
+		{"room-a", "to a", 1, strings.Join([]string{ra.Cursor, rb.Cursor, opened[2]}, ",")},
+	} {
+		ev := nextWithin(t, sse, 5*time.Second)
+		got := decodeMultiplexed(t, ev.Data)
+		if got.Context != want.context || got.Data != want.data || got.ID != want.id || ev.ID != want.composite {
+			t.Errorf("event %d: %+v with id %q; want %s's %q, id %d, stream cursor %q", i, got, ev.ID, want.context, want.data, want.id, want.composite)
+		}
+	}
+	resume := sse.lastID
+	resp.Body.Close()
+	waitFor(t, "the stream to leave", func() bool { return hub.SubscriberCount() == 0 })
+
+	// Away: two events for c, five for a (history keeps three).
+	rc1, rc2 := s.publish("/m?room=c", "c1"), s.publish("/m?room=c", "c2")
+	for i := range 5 {
+		s.publish("/m?room=a", "a"+string(rune('1'+i)))
+	}
+	// The cursor resumes every context: c's two events, a's gap and the
+	// three a still holds, nothing of b.
+	resp, sse = s.openSSE("/m?room=a&room=b&room=c", "Last-Event-ID", resume)
+	defer resp.Body.Close()
+	// Contexts take turns; each keeps its own order.
+	got := map[string][]string{}
+	for range 6 {
+		ev := nextWithin(t, sse, 5*time.Second)
+		e := decodeMultiplexed(t, ev.Data)
+		switch ev.Type {
+		case "comet-missed":
+			got[e.Context] = append(got[e.Context], "missed "+e.Missed)
+		default:
+			got[e.Context] = append(got[e.Context], e.Data)
+		}
+	}
+	if a, c := strings.Join(got["room-a"], "|"), strings.Join(got["room-c"], "|"); a != "missed 2|a3|a4|a5" || c != "c1|c2" || len(got) != 2 {
+		t.Errorf("after resuming: room-a %q, room-c %q, all %v; want the gap and a3 to a5, and c1, c2", a, c, got)
+	}
+	if last := strings.Split(sse.lastID, ","); len(last) != 3 || last[1] != rb.Cursor || last[2] != rc2.Cursor {
+		t.Errorf("the stream's cursor is %q, want b at %s and c at %s", sse.lastID, rb.Cursor, rc2.Cursor)
+	}
+	_ = rc1
+
+	// A context deleted ends the stream, saying which.
+	s.do(http.MethodDelete, "/m?room=b", "")
+	if ev := nextWithin(t, sse, 5*time.Second); ev.Type != "comet-deleted" || decodeMultiplexed(t, ev.Data).Context != "room-b" {
+		t.Errorf("after deleting room-b: %+v", ev)
+	}
+}
+
+func TestMultiplexedNDJSONAndRefusals(t *testing.T) {
+	s := startCaddy(t, "", multiplexSite)
+	hub := s.hub(DefaultHubName)
+	resp := s.openStream(nil, "/m?room=x&room=y", "application/x-ndjson")
+	defer resp.Body.Close()
+	lines := bufio.NewScanner(resp.Body)
+	next := func() multiplexedEvent {
+		t.Helper()
+		if !scanWithin(t, lines, 5*time.Second) {
+			t.Fatal("no line")
+		}
+		return decodeMultiplexed(t, lines.Text())
+	}
+	if open := next(); open.Control != "open" || len(strings.Split(open.Cursor, ",")) != 2 {
+		t.Fatalf("first line %+v, want open with a cursor of two contexts", open)
+	}
+	waitFor(t, "the stream to follow two contexts", func() bool { return hub.SubscriberCount() == 2 })
+	r := s.publish("/m?room=y", "hello")
+	if e := next(); e.Context != "room-y" || e.Data != "hello" || e.Cursor != r.Cursor {
+		t.Errorf("event line %+v, want room-y's hello at %s", e, r.Cursor)
+	}
+
+	for _, tc := range []struct{ name, path, accept, cursor, want string }{
+		{"too many", "/m?room=1&room=2&room=3&room=4&room=5", "text/event-stream", "", "at most 4"},
+		{"twice", "/m?room=1&room=1", "text/event-stream", "", "named twice"},
+		{"cursor of another list", "/m?room=1&room=2", "text/event-stream", r.Cursor, "names 1 contexts and the request 2"},
+		{"long poll", "/m?room=1&room=2", "", "", "a long poll follows one context"},
+	} {
+		header := []string{"Accept", tc.accept}
+		if tc.cursor != "" {
+			header = append(header, "Last-Event-ID", tc.cursor)
+		}
+		resp, body := s.do(http.MethodGet, tc.path, "", header...)
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("%s: %s %q, want 400 (%s)", tc.name, resp.Status, body, tc.want)
+		}
+	}
+}
+
+func TestMultiplexNeedsItsParameterInTheTemplate(t *testing.T) {
+	for _, tc := range []struct{ cfg, want string }{
+		{`{"handler":"comet","multiplex":{"param":"room"}}`, "must use {http.request.uri.query.room}"},
+		{`{"handler":"comet","context":"{http.request.uri.query.room}","multiplex":{"param":"room","max":2000}}`, "from 2 to 1024"},
+	} {
+		cfg := `{"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[` + tc.cfg + `]}]}}}}}`
+		if err := caddyLoadErr([]byte(cfg)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error saying %q", tc.cfg, err, tc.want)
+		}
+	}
+}
+
+// TestMultiplexedContextsAreEachAuthorized: a token that allows one of the
+// contexts a stream names does not open the others.
+func TestMultiplexedContextsAreEachAuthorized(t *testing.T) {
+	t.Setenv("COMET_TEST_KEY", testSecret)
+	s := startCaddy(t, "", `comet /m {
+		context room-{query.room}
+		multiplex room
+		auth subscribe {
+			hmac_secret {env.COMET_TEST_KEY}
+		}
+	}`)
+	tok := mint(t, []byte(testSecret), jose.HS256, "ada", time.Minute, grants{Subscribe: []string{"room-a", "room-b"}})
+	for _, tc := range []struct {
+		path   string
+		status int
+	}{
+		{"/m?room=a&room=b", http.StatusOK},
+		{"/m?room=a&room=c", http.StatusForbidden},
+		{"/m?room=c&room=a", http.StatusForbidden},
+	} {
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.base+tc.path, nil)
+		req.Header.Set("Accept", "text/event-stream")
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		cancel()
+		if resp.StatusCode != tc.status {
+			t.Errorf("%s with a token for a and b: %s, want %d", tc.path, resp.Status, tc.status)
+		}
+	}
+}
