@@ -20,6 +20,9 @@ const (
 	// HeaderMissed says how many events a client will never see, or
 	// "unknown" when its cursor came from an earlier epoch.
 	HeaderMissed = "Comet-Missed"
+	// HeaderContext says which context an answer to a long poll of
+	// several contexts is about.
+	HeaderContext = "Comet-Context"
 )
 
 // retryAfterSeconds is what 503 answers ask clients to wait: long enough
@@ -61,6 +64,9 @@ func setPollPlaceholders(repl *caddy.Replacer, a pollAnswer) {
 // connection writes it through this, to net/http or to a recorder.
 func writePollAnswer(w http.ResponseWriter, a pollAnswer) error {
 	hdr := w.Header()
+	if a.context != "" {
+		hdr.Set(HeaderContext, a.context)
+	}
 	if a.status == http.StatusGone {
 		hdr.Set("Cache-Control", "no-store")
 		hdr.Set("Content-Type", "text/plain; charset=utf-8")
@@ -69,6 +75,10 @@ func writePollAnswer(w http.ResponseWriter, a pollAnswer) error {
 		return err
 	}
 	setCursorHeaders(hdr, a.cursor)
+	if a.composite != "" {
+		hdr.Set("ETag", `"`+a.composite+`"`)
+		hdr.Set(HeaderCursor, a.composite)
+	}
 	if a.missed != 0 {
 		hdr.Set(HeaderMissed, missedText(a.missed))
 	}

@@ -271,7 +271,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			case transportStream:
 				return h.serveMultiplexed(w, r, keys, formatNDJSON, tok)
 			}
-			return caddyhttp.Error(http.StatusBadRequest, errors.New("a long poll follows one context; several contexts are followed by SSE or NDJSON streams"))
+			return h.serveMultiplexedPoll(w, r, repl, keys, tok)
 		}
 		switch t {
 		case transportSSE:

@@ -155,17 +155,9 @@ func requestCursorText(r *http.Request) string {
 // gaps, and one cursor for them all.
 func (h *Handler) serveMultiplexed(w http.ResponseWriter, r *http.Request, keys []string, f wireFormat, tok *token) error {
 	m := h.metrics[f.transport()]
-	for _, key := range keys[1:] { // the first was checked with the request
-		if _, refused, err := h.authorize(w, r, key, false); refused {
-			return err
-		}
-	}
-	var resume []Cursor
-	if text := requestCursorText(r); text != "" {
-		var err error
-		if resume, err = parseComposite(text, len(keys)); err != nil {
-			return caddyhttp.Error(http.StatusBadRequest, err)
-		}
+	resume, err := h.authorizeAndResume(w, r, keys)
+	if resume == nil && err != nil {
+		return err
 	}
 	mx, err := h.subscribeAll(w, keys, resume, f, tok, m)
 	if mx == nil {
@@ -193,9 +185,107 @@ func (h *Handler) serveMultiplexed(w http.ResponseWriter, r *http.Request, keys 
 	return h.followAll(r, mx, out, m, h.lifetime(time.Now(), tok))
 }
 
+// serveMultiplexedPoll suspends a GET of several contexts until one of
+// them has something after the client's cursor for it, and answers as a
+// long poll of that context does (answerPoll), with the cursor of them all
+// and the context's name. The other contexts' cursors are given back as
+// they came, so that the next poll gets what they have.
+func (h *Handler) serveMultiplexedPoll(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, keys []string, tok *token) error {
+	m := h.metrics[transportLongPoll]
+	resume, err := h.authorizeAndResume(w, r, keys)
+	if resume == nil && err != nil {
+		return err
+	}
+	mx, err := h.subscribeAll(w, keys, resume, formatNDJSON, tok, m)
+	if mx == nil {
+		return err
+	}
+	defer func() {
+		for _, sub := range mx.subs {
+			h.unsubscribe(sub, m)
+		}
+	}()
+	life := h.lifetime(time.Now(), tok)
+	ctx, cancel := life.bound(r.Context())
+	defer cancel()
+	for {
+		if i, d, ready, err := mx.pick(); i >= 0 {
+			return h.answerMultiplexedPoll(w, repl, mx, i, d, ready, err, m)
+		}
+		select {
+		case <-mx.wake:
+			continue
+		case <-ctx.Done():
+		}
+		if r.Context().Err() != nil {
+			return abandon(w)
+		}
+		return h.answerMultiplexedPoll(w, repl, mx, 0, Delivery{}, false, errExpired, m)
+	}
+}
+
+// pick returns the context a poll of several answers about now, with what
+// its subscriber's poll gave, or -1 if none has anything: an end (the hub
+// closing, a context deleted) or a gap at once, else the context whose
+// next event is the oldest, so that a busy context cannot starve another.
+func (mx *multiplexed) pick() (int, Delivery, bool, error) {
+	best := -1
+	var bestD Delivery
+	for i, sub := range mx.subs {
+		d, ready, err := sub.poll(mx.states[i].after)
+		switch {
+		case err != nil:
+			return i, d, false, err
+		case !ready:
+			continue
+		case d.Event == nil:
+			return i, d, true, nil
+		case best < 0 || d.Event.Published.Before(bestD.Event.Published):
+			best, bestD = i, d
+		}
+	}
+	return best, bestD, best >= 0, nil
+}
+
+// answerMultiplexedPoll writes the answer about context i.
+func (h *Handler) answerMultiplexedPoll(w http.ResponseWriter, repl *caddy.Replacer, mx *multiplexed, i int, d Delivery, ready bool, err error, m *transportMetrics) error {
+	a, _ := answerPoll(mx.subs[i], mx.states[i].after, d, ready, err)
+	if a.status != http.StatusGone {
+		a.composite = mx.composite(i, a.cursor)
+	}
+	if !a.expired && a.status != http.StatusServiceUnavailable {
+		a.context = mx.keys[i]
+	}
+	m.countPoll(a)
+	setPollPlaceholders(repl, a)
+	return writePollAnswer(w, a)
+}
+
+// authorizeAndResume checks the token for every context but the first
+// (which the request was checked for) and parses the client's cursor of
+// them all, if it sent one. A nil cursor with a nil error: none was sent.
+// A refusal is answered; the error is then for Caddy.
+func (h *Handler) authorizeAndResume(w http.ResponseWriter, r *http.Request, keys []string) ([]Cursor, error) {
+	for _, key := range keys[1:] {
+		if _, refused, err := h.authorize(w, r, key, false); refused {
+			return nil, err
+		}
+	}
+	text := requestCursorText(r)
+	if text == "" {
+		return nil, nil
+	}
+	resume, err := parseComposite(text, len(keys))
+	if err != nil {
+		return nil, caddyhttp.Error(http.StatusBadRequest, err)
+	}
+	return resume, nil
+}
+
 // subscribeAll subscribes to every context, from the client's cursors if
 // it sent them, and makes each subscriber signal mx.wake when its context
-// changes. On a refusal it detaches what it attached and returns nil.
+// changes; f is the stream's format (a poll writes none). On a refusal it
+// detaches what it attached and returns nil.
 func (h *Handler) subscribeAll(w http.ResponseWriter, keys []string, resume []Cursor, f wireFormat, tok *token, m *transportMetrics) (*multiplexed, error) {
 	identity := ""
 	if tok != nil {

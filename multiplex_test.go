@@ -131,13 +131,17 @@ func TestMultiplexedNDJSONAndRefusals(t *testing.T) {
 		{"too many", "/m?room=1&room=2&room=3&room=4&room=5", "text/event-stream", "", "at most 4"},
 		{"twice", "/m?room=1&room=1", "text/event-stream", "", "named twice"},
 		{"cursor of another list", "/m?room=1&room=2", "text/event-stream", r.Cursor, "names 1 contexts and the request 2"},
-		{"long poll", "/m?room=1&room=2", "", "", "a long poll follows one context"},
+		{"a publish of several", "/m?room=1&room=2", "", "", "only a GET"},
 	} {
 		header := []string{"Accept", tc.accept}
 		if tc.cursor != "" {
 			header = append(header, "Last-Event-ID", tc.cursor)
 		}
-		resp, body := s.do(http.MethodGet, tc.path, "", header...)
+		method := http.MethodGet
+		if tc.accept == "" {
+			method = http.MethodPost
+		}
+		resp, body := s.do(method, tc.path, "", header...)
 		if resp.StatusCode != http.StatusBadRequest {
 			t.Errorf("%s: %s %q, want 400 (%s)", tc.name, resp.Status, body, tc.want)
 		}
@@ -189,5 +193,68 @@ func TestMultiplexedContextsAreEachAuthorized(t *testing.T) {
 		if resp.StatusCode != tc.status {
 			t.Errorf("%s with a token for a and b: %s, want %d", tc.path, resp.Status, tc.status)
 		}
+	}
+}
+
+// TestOneLongPollWaitsOnSeveralContexts: a poll of several contexts
+// answers the first event of any, oldest first, and the cursor it gives
+// back keeps every other context where it was, so that nothing is lost.
+func TestOneLongPollWaitsOnSeveralContexts(t *testing.T) {
+	s := startCaddy(t, "comet {\n\t\thistory 3\n\t}", `comet /m {
+		context room-{query.room}
+		multiplex room
+		expiration 300ms
+	}`)
+	hub := s.hub(DefaultHubName)
+	const path = "/m?room=a&room=b"
+	p := s.startPoll(path)
+	waitFor(t, "the poll to wait on two contexts", func() bool { return hub.SubscriberCount() == 2 })
+	rb := s.publish("/m?room=b", "b1")
+	resp, body := p.wait(t)
+	cursor := resp.Header.Get(HeaderCursor)
+	parts := strings.Split(cursor, ",")
+	if resp.StatusCode != http.StatusOK || body != "b1" || resp.Header.Get(HeaderContext) != "room-b" || len(parts) != 2 || parts[1] != rb.Cursor {
+		t.Fatalf("first answer: %s %q from %q at %q; want b1 from room-b, b at %s", resp.Status, body, resp.Header.Get(HeaderContext), cursor, rb.Cursor)
+	}
+	if resp.Header.Get("ETag") != `"`+cursor+`"` {
+		t.Errorf("ETag %q, want the cursor of both", resp.Header.Get("ETag"))
+	}
+
+	// Three events while away, over both contexts: each poll answers the
+	// oldest left, whichever context it is in.
+	for _, e := range []string{"a", "b", "a"} {
+		s.publish("/m?room="+e, e+"2")
+	}
+	var got []string
+	for i := range 3 {
+		header := []string{"Last-Event-ID", cursor}
+		if i == 1 {
+			header = []string{"If-None-Match", `"` + cursor + `"`} // as a browser's cache sends it
+		}
+		resp, body := s.do(http.MethodGet, path, "", header...)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("poll %d: %s", i, resp.Status)
+		}
+		got = append(got, resp.Header.Get(HeaderContext)+" "+body)
+		cursor = resp.Header.Get(HeaderCursor)
+	}
+	if strings.Join(got, "|") != "room-a a2|room-b b2|room-a a2" {
+		t.Errorf("answers %q, want room-a a2, room-b b2, room-a a2 in publish order", got)
+	}
+
+	// Nothing left: the poll expires with the same cursor.
+	resp, _ = s.do(http.MethodGet, path, "", "Last-Event-ID", cursor)
+	if resp.StatusCode != http.StatusNoContent || resp.Header.Get(HeaderCursor) != cursor || resp.Header.Get(HeaderContext) != "" {
+		t.Errorf("expired poll: %s at %q (context %q), want 204 at %q", resp.Status, resp.Header.Get(HeaderCursor), resp.Header.Get(HeaderContext), cursor)
+	}
+
+	// A gap in one context is told with that context's name.
+	for i := range 5 {
+		s.publish("/m?room=a", "late"+string(rune('0'+i)))
+	}
+	resp, body = s.do(http.MethodGet, path, "", "Last-Event-ID", cursor)
+	if resp.Header.Get(HeaderMissed) != "2" || resp.Header.Get(HeaderContext) != "room-a" || body != "late2" {
+		t.Errorf("after a gap: %s %q, missed %q in %q; want late2 from room-a with 2 missed",
+			resp.Status, body, resp.Header.Get(HeaderMissed), resp.Header.Get(HeaderContext))
 	}
 }

@@ -26,6 +26,10 @@ type pollAnswer struct {
 	event       *Event // 200 only
 	subscribers int
 	expired     bool // answered because the expiration passed
+
+	// For a poll of several contexts: the cursor of them all, which the
+	// cursor headers carry, and the context the answer is about, if one.
+	composite, context string
 }
 
 // answerPoll decides what a long poll answers when its wait for an event
