@@ -231,6 +231,45 @@ func TestChatInTheBrowser(t *testing.T) {
 	}
 }
 
+// TestSeveralRoomsInTheBrowser opens the chat's page that follows every
+// room on one connection, and subscribes from the page to two rooms by
+// long poll, one from a cursor of an epoch gone: events land in their
+// rooms, and the gap is told for its room only.
+func TestSeveralRoomsInTheBrowser(t *testing.T) {
+	browser := startBrowser(t)
+	s, _ := startExample(t)
+	hub := s.hub(DefaultHubName)
+	s.publishAs("/rooms/lobby", "application/json", `{"name":"ada","text":"early"}`)
+	tab := page(t, browser, s.base+"/chat/together.html")
+	waitFor(t, "the page to follow three rooms", func() bool {
+		for _, room := range []string{"lobby", "games", "music"} {
+			if info, ok := hub.Inspect("/rooms/" + room); !ok || info.Subscribers != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	s.publishAs("/rooms/games", "application/json", `{"name":"bob","text":"to games"}`)
+	s.publishAs("/rooms/music", "application/json", `{"name":"ada","text":"to music"}`)
+	shown := func(room string) string {
+		return fmt.Sprintf(`Array.from(document.querySelectorAll('ul[data-room="%s"] li')).map(li => li.textContent).join('|')`, room)
+	}
+	waitJS(t, tab, "the lobby, with its history", shown("lobby"), "adaearly", 10*time.Second)
+	waitJS(t, tab, "games", shown("games"), "bobto games", 10*time.Second)
+	waitJS(t, tab, "music", shown("music"), "adato music", 10*time.Second)
+	newScreenshots(t).take(tab, "chat-together")
+
+	music := s.position("/rooms/music")
+	runJS(t, tab, "subscribing by long poll", fmt.Sprintf(`window.got = []; Comet.subscribe(['/together?room=lobby', '/together?room=music'], {
+		transport: 'longpoll', lastEventId: 'zzzzzzzzzz:3,%s',
+		onEvent(e) { window.got.push(e.context + ' ' + JSON.parse(e.data).text); },
+		onGap(missed, context) { window.got.push(context + ' missed ' + missed); },
+	})`, music))
+	waitJS(t, tab, "the lobby's gap and history", `window.got.join('|')`, "/rooms/lobby missed unknown|/rooms/lobby early", 10*time.Second)
+	s.publishAs("/rooms/music", "application/json", `{"name":"bob","text":"again"}`)
+	waitJS(t, tab, "music's next event", `window.got.slice(2).join('|')`, "/rooms/music again", 10*time.Second)
+}
+
 // TestTokensInTheBrowser subscribes from a page of a real Chromium to a
 // route that requires tokens, by SSE (EventSource, so the token goes in
 // the cookie) and by long poll (Authorization), with a token function

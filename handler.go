@@ -227,8 +227,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	switch {
 	case err != nil:
 		return caddyhttp.Error(http.StatusBadRequest, err)
-	case keys != nil && r.Method != http.MethodGet:
-		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("%s names one context; only a GET may name several", r.Method))
+	case keys != nil && r.Method != http.MethodGet && r.Method != http.MethodHead:
+		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("%s names one context; only GET and HEAD may name several", r.Method))
 	}
 	key := repl.ReplaceKnown(h.Context, "")
 	if keys != nil {
@@ -281,6 +281,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		return h.serveSubscribe(w, r, repl, key, tok)
 	case http.MethodHead:
+		if keys != nil {
+			return h.serveMultiplexedPosition(w, r, keys)
+		}
 		return h.servePosition(w, repl, key)
 	case http.MethodPost:
 		if h.publishes() {

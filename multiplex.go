@@ -224,6 +224,29 @@ func (h *Handler) serveMultiplexedPoll(w http.ResponseWriter, r *http.Request, r
 	}
 }
 
+// serveMultiplexedPosition answers a HEAD of several contexts with the
+// cursor of them all now, from which a client misses nothing of any.
+func (h *Handler) serveMultiplexedPosition(w http.ResponseWriter, r *http.Request, keys []string) error {
+	if refused, err := h.authorizeRest(w, r, keys); refused {
+		return err
+	}
+	parts := make([]string, len(keys))
+	for i, key := range keys {
+		info, err := h.hub.Position(key)
+		if err != nil {
+			return h.refuse(w, key, err)
+		}
+		parts[i] = info.Cursor.String()
+	}
+	composite := strings.Join(parts, ",")
+	hdr := w.Header()
+	hdr.Set("Cache-Control", "no-store")
+	hdr.Set("ETag", `"`+composite+`"`)
+	hdr.Set(HeaderCursor, composite)
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
 // pick returns the context a poll of several answers about now, with what
 // its subscriber's poll gave, or -1 if none has anything: an end (the hub
 // closing, a context deleted) or a gap at once, else the context whose
@@ -261,15 +284,12 @@ func (h *Handler) answerMultiplexedPoll(w http.ResponseWriter, repl *caddy.Repla
 	return writePollAnswer(w, a)
 }
 
-// authorizeAndResume checks the token for every context but the first
-// (which the request was checked for) and parses the client's cursor of
-// them all, if it sent one. A nil cursor with a nil error: none was sent.
+// authorizeAndResume checks the token for every context (authorizeRest)
+// and parses the client's cursor of them all, if it sent one. A nil cursor with a nil error: none was sent.
 // A refusal is answered; the error is then for Caddy.
 func (h *Handler) authorizeAndResume(w http.ResponseWriter, r *http.Request, keys []string) ([]Cursor, error) {
-	for _, key := range keys[1:] {
-		if _, refused, err := h.authorize(w, r, key, false); refused {
-			return nil, err
-		}
+	if refused, err := h.authorizeRest(w, r, keys); refused {
+		return nil, err
 	}
 	text := requestCursorText(r)
 	if text == "" {
@@ -280,6 +300,17 @@ func (h *Handler) authorizeAndResume(w http.ResponseWriter, r *http.Request, key
 		return nil, caddyhttp.Error(http.StatusBadRequest, err)
 	}
 	return resume, nil
+}
+
+// authorizeRest checks the token for every context but the first, which
+// the request was checked for, as if each were asked for alone.
+func (h *Handler) authorizeRest(w http.ResponseWriter, r *http.Request, keys []string) (refused bool, err error) {
+	for _, key := range keys[1:] {
+		if _, refused, err := h.authorize(w, r, key, false); refused {
+			return true, err
+		}
+	}
+	return false, nil
 }
 
 // subscribeAll subscribes to every context, from the client's cursors if

@@ -14,6 +14,12 @@
 //   sub.cursor;  sub.close();
 //   await Comet.publish('/events/news', 'hello', { type: 'greeting', token: myToken });
 //
+//   // Several contexts on one connection, on a route with multiplex room:
+//   // the URLs differ in that parameter only.
+//   Comet.subscribe(['/together?room=lobby', '/together?room=news'], {
+//     onEvent(e) { ... e.context ... },  onGap(missed, context) { ... },
+//   });
+//
 // token, on a route with auth, is a token (a string) or a function that
 // returns one, or a promise of one; the client asks it for a token before
 // every connection, so a function can hand out a fresh one when the last
@@ -44,21 +50,63 @@
     return i < 0 ? 0 : Number(cursor.slice(i + 1));
   }
 
-  function subscribe(url, options) {
+  // multiplexed merges the URLs of several contexts into the one URL that
+  // names them all: they must differ in one query parameter only, which
+  // the URL then repeats, in their order.
+  function multiplexed(urls) {
+    const base = global.location ? global.location.href : undefined;
+    const parsed = urls.map((u) => new URL(u, base));
+    const first = parsed[0];
+    let param = null;
+    for (const u of parsed) {
+      if (u.origin !== first.origin || u.pathname !== first.pathname) {
+        throw new Error('comet: the contexts of one subscription must share a path');
+      }
+      for (const key of new Set([...first.searchParams.keys(), ...u.searchParams.keys()])) {
+        if (u.searchParams.get(key) === first.searchParams.get(key)) continue;
+        if (param !== null && param !== key) {
+          throw new Error('comet: the contexts of one subscription must differ in one query parameter');
+        }
+        param = key;
+      }
+    }
+    if (param === null) throw new Error('comet: the contexts of one subscription must differ');
+    const merged = new URL(first);
+    merged.searchParams.delete(param);
+    for (const u of parsed) merged.searchParams.append(param, u.searchParams.get(param) || '');
+    return merged.pathname + merged.search;
+  }
+
+  function subscribe(target, options) {
     const opts = options || {};
     const onEvent = opts.onEvent || function () {};
     const onGap = opts.onGap || function () {};
     const onDeleted = opts.onDeleted || function () {};
     const useSSE = opts.transport === 'sse' ||
       ((opts.transport || 'auto') === 'auto' && typeof EventSource === 'function');
+    // Several contexts: events and gaps say which (the server names it),
+    // and the cursor covers them all.
+    const urls = Array.isArray(target) ? target : [target];
+    const multi = urls.length > 1;
+    const url = multi ? multiplexed(urls) : urls[0];
 
     const state = { cursor: opts.lastEventId || null, closed: false, failures: 0, timer: null, stop: null, token: null };
 
-    function deliver(cursor, type, data) {
+    function deliver(cursor, type, data, context) {
       state.cursor = cursor;
       state.failures = 0;
-      onEvent({ id: idOf(cursor), cursor: cursor, type: type || 'message', data: data });
+      const e = { id: idOf(cursor), cursor: cursor, type: type || 'message', data: data };
+      if (multi) {
+        e.context = context.context;
+        e.id = context.id;
+      }
+      onEvent(e);
     }
+
+    function gap(missed, context) {
+      onGap(missed === 'unknown' ? 'unknown' : Number(missed), context);
+    }
+
 
     // retry schedules the next connection after a failure, honouring the
     // server's Retry-After (in seconds) as a floor.
@@ -105,12 +153,16 @@
       setTokenCookie(state.token);
       const es = new EventSource(withCursor(url));
       state.stop = () => es.close();
-      const onMessage = (e) => deliver(e.lastEventId, e.type, e.data);
+      // A stream of several contexts carries each event's NDJSON line,
+      // which names its context, as the data.
+      const onMessage = multi
+        ? (e) => { const line = JSON.parse(e.data); deliver(e.lastEventId, e.type, line.data !== undefined ? line.data : atob(line.data_base64 || ''), line); }
+        : (e) => deliver(e.lastEventId, e.type, e.data);
       es.onmessage = onMessage;
       (opts.types || []).forEach((type) => es.addEventListener(type, onMessage));
       es.addEventListener('comet-missed', (e) => {
         if (e.lastEventId) state.cursor = e.lastEventId;
-        onGap(e.data === 'unknown' ? 'unknown' : Number(e.data));
+        if (multi) { const n = JSON.parse(e.data); gap(n.missed, n.context); } else gap(e.data);
       });
       es.addEventListener('comet-reconnect', (e) => {
         es.close();
@@ -121,10 +173,10 @@
         // and on shutdown (come back later, not all at once).
         retry(0);
       });
-      es.addEventListener('comet-deleted', () => {
+      es.addEventListener('comet-deleted', (e) => {
         es.close();
         state.closed = true;
-        onDeleted();
+        onDeleted(multi ? JSON.parse(e.data).context : undefined);
       });
       es.onopen = () => { state.failures = 0; };
       es.onerror = () => {
@@ -145,17 +197,20 @@
             : await fetch(url, { headers: authHeaders({ 'Last-Event-ID': state.cursor }), cache: 'no-store', signal: controller.signal });
           if (state.closed) return;
           const missed = res.headers.get('Comet-Missed');
-          const gap = () => { if (missed) onGap(missed === 'unknown' ? 'unknown' : Number(missed)); };
+          // A poll of several contexts says which one it answers about.
+          const context = res.headers.get('Comet-Context') || undefined;
+          const told = () => { if (missed) gap(missed, context); };
           if (res.status === 200) {
-            gap();
-            deliver(res.headers.get('Comet-Cursor'), res.headers.get('Comet-Event-Type'), await res.text());
+            told();
+            deliver(res.headers.get('Comet-Cursor'), res.headers.get('Comet-Event-Type'), await res.text(),
+              { context: context, id: Number(res.headers.get('Comet-Event-Id')) });
           } else if (res.status === 204) {
             state.cursor = res.headers.get('Comet-Cursor');
             state.failures = 0;
-            gap();
+            told();
           } else if (res.status === 410) {
             state.closed = true;
-            onDeleted();
+            onDeleted(context);
             return;
           } else if (res.status === 401 && opts.token !== undefined && state.failures === 0) {
             // The token expired while the poll waited: a fresh one, once;
