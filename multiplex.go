@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -90,12 +91,15 @@ func (h *Handler) multiplexedKeys(r *http.Request, repl *caddy.Replacer) ([]stri
 
 // multiplexed is a stream's subscription to several contexts: a subscriber
 // and a stream state each, and one channel that any of them changing
-// signals, so that one goroutine follows them all.
+// signals, so that one goroutine follows them all. changed marks which,
+// so that a publish to one context costs its followers one look at that
+// context, not at all of theirs.
 type multiplexed struct {
-	keys   []string
-	subs   []*Subscriber
-	states []streamState
-	wake   chan struct{}
+	keys    []string
+	subs    []*Subscriber
+	states  []streamState
+	changed []atomic.Bool
+	wake    chan struct{}
 }
 
 // composite is the cursor of the whole stream, with cur in place of
@@ -322,14 +326,7 @@ func (h *Handler) subscribeAll(w http.ResponseWriter, keys []string, resume []Cu
 	if tok != nil {
 		identity = tok.subject
 	}
-	mx := &multiplexed{keys: keys, wake: make(chan struct{}, 1)}
-	signal := func() func() {
-		select {
-		case mx.wake <- struct{}{}:
-		default:
-		}
-		return nil
-	}
+	mx := &multiplexed{keys: keys, wake: make(chan struct{}, 1), changed: make([]atomic.Bool, len(keys))}
 	for i, key := range keys {
 		sub, err := h.hub.SubscribeAs(key, identity)
 		if err != nil {
@@ -342,7 +339,15 @@ func (h *Handler) subscribeAll(w http.ResponseWriter, keys []string, resume []Cu
 			return nil, h.refuse(w, key, err)
 		}
 		m.subscribers.Inc()
-		sub.watch(signal)
+		mx.changed[i].Store(true) // to write what it has from the client's cursor
+		sub.watch(func() func() {
+			mx.changed[i].Store(true)
+			select {
+			case mx.wake <- struct{}{}:
+			default:
+			}
+			return nil
+		})
 		after := sub.Start()
 		if resume != nil {
 			after = sub.Resume(resume[i])
@@ -393,14 +398,19 @@ func (h *Handler) followAll(r *http.Request, mx *multiplexed, out streamWriter, 
 	}
 }
 
-// writeReady writes one step of each context that has something ready,
-// and reports whether it wrote, and whether the stream ends.
+// writeReady writes one step of each context that changed and has
+// something ready, and reports whether it wrote, and whether the stream
+// ends. A context it wrote for stays marked: it may have more.
 func (h *Handler) writeReady(mx *multiplexed, out streamWriter, m *transportMetrics) (wrote, end bool, err error) {
 	for i, sub := range mx.subs {
+		if !mx.changed[i].Swap(false) {
+			continue
+		}
 		d, ready, perr := sub.poll(mx.states[i].after)
 		if perr == nil && !ready {
 			continue
 		}
+		mx.changed[i].Store(true)
 		st := mx.states[i].step(d, ready, perr)
 		err = out.write(st.notice, st.frame)
 		h.countStream(m, st, err == nil)

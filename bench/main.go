@@ -29,6 +29,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -36,6 +37,7 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptrace"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -80,6 +82,7 @@ type config struct {
 	duration   time.Duration
 	publishers int
 	batch      int // events per publish request (comet's admin API batches)
+	multiplex  int // contexts each subscriber follows on its connection
 
 	// A soak run (soak.go) instead of a fan-out measurement.
 	soak     time.Duration
@@ -111,6 +114,7 @@ func main() {
 	flag.Float64Var(&c.rate, "rate", 0, "run the sustained scenario: publish this many events a second, round-robin over -contexts")
 	flag.DurationVar(&c.duration, "duration", 10*time.Second, "with -rate: how long to publish")
 	flag.IntVar(&c.publishers, "publishers", 16, "with -rate: concurrent publishers")
+	flag.IntVar(&c.multiplex, "multiplex", 1, "comet: each subscriber follows this many contexts on one connection, -url's query parameter c repeated (c=0 ... c=N-1); events go to -url's")
 	flag.IntVar(&c.batch, "batch", 1, "with -rate: events per publish; over 1, comet's admin API (-admin) gets them as batches")
 	flag.DurationVar(&c.stay, "stay", 3*time.Second, "soak: the longest a visit lasts")
 	flag.DurationVar(&c.settle, "settle", 15*time.Second, "soak: how long to wait after the soak before comparing with the baseline")
@@ -258,9 +262,13 @@ func run(ctx context.Context, c config) (*result, error) {
 		return nil, err
 	}
 	client := &http.Client{Transport: shared}
+	subURL, err := c.subscriptionURL()
+	if err != nil {
+		return nil, err
+	}
 	var start string
 	if c.protocol == "comet" {
-		if start, err = currentCursor(ctx, client, c.url); err != nil {
+		if start, err = currentCursor(ctx, client, subURL); err != nil {
 			return nil, err
 		}
 	}
@@ -291,7 +299,7 @@ func run(ctx context.Context, c config) (*result, error) {
 			}
 			attached.Add(1)
 			done.Go(func() {
-				sub := subscriber{client: subClient, url: c.url, nchan: c.protocol == "nchan", cursor: start, got: received[s], errs: &errs}
+				sub := subscriber{client: subClient, url: subURL, nchan: c.protocol == "nchan", cursor: start, got: received[s], errs: &errs}
 				if c.transport == "sse" {
 					sub.stream(subCtx, &attached)
 				} else {
@@ -400,8 +408,36 @@ func (s *subscriber) fail(kind string) {
 	n.(*atomic.Int64).Add(1)
 }
 
+// subscriptionURL is what subscribers GET: -url, or with -multiplex, -url
+// with its query parameter c naming each context.
+func (c config) subscriptionURL() (string, error) {
+	if c.multiplex <= 1 {
+		return c.url, nil
+	}
+	u, err := url.Parse(c.url)
+	if err != nil {
+		return "", err
+	}
+	q := u.Query()
+	q.Del("c")
+	for k := range c.multiplex {
+		q.Add("c", strconv.Itoa(k))
+	}
+	u.RawQuery = q.Encode()
+	return u.String(), nil
+}
+
 // record notes the arrival of an event; payloads start with its number.
+// In a multiplexed SSE stream the payload is in the event's JSON line.
 func (s *subscriber) record(payload string) {
+	if strings.HasPrefix(payload, "{") {
+		var line struct {
+			Data string `json:"data"`
+		}
+		if json.Unmarshal([]byte(payload), &line) == nil {
+			payload = line.Data
+		}
+	}
 	e, err := strconv.Atoi(strings.SplitN(payload, " ", 2)[0])
 	if s.contexts > 1 && err == nil {
 		if e%s.contexts != s.context {
