@@ -479,13 +479,7 @@ func (e memberEncoding) heartbeat() []byte { return e.f.heartbeat() }
 // once per event and shared); over SSE that line is the data, under an id
 // that is the whole stream's cursor, made for this stream.
 func (e memberEncoding) delivery(d Delivery) (notice, frame []byte) {
-	if d.Missed != 0 {
-		var resume *Cursor
-		if d.Event == nil {
-			resume = &d.Cursor
-		}
-		notice = e.missed(nil, d.Missed, resume)
-	}
+	notice = missedNotice(e, d)
 	if d.Event == nil {
 		return notice, nil
 	}

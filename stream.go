@@ -330,17 +330,24 @@ type streamEncoding interface {
 // missed events, if any, then the event's frame, which is shared by every
 // subscriber and must not be modified.
 func (f wireFormat) delivery(d Delivery) (notice, frame []byte) {
-	if d.Missed != 0 {
-		var resume *Cursor
-		if d.Event == nil {
-			resume = &d.Cursor
-		}
-		notice = f.missed(nil, d.Missed, resume)
-	}
 	if d.Event != nil {
 		frame = d.Event.frame(f, d.Cursor)
 	}
-	return notice, frame
+	return missedNotice(f, d), frame
+}
+
+// missedNotice is the notice a delivery with missed events starts with,
+// or nil. It moves the client's cursor only when no event follows to move
+// it, so that the client never skips the event.
+func missedNotice(e streamEncoding, d Delivery) []byte {
+	if d.Missed == 0 {
+		return nil
+	}
+	var resume *Cursor
+	if d.Event == nil {
+		resume = &d.Cursor
+	}
+	return e.missed(nil, d.Missed, resume)
 }
 
 func (s *streamWriter) write(parts ...[]byte) error {

@@ -570,6 +570,11 @@ func publish(ctx context.Context, client *http.Client, target string, e, size in
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, target, strings.NewReader(payload))
 	authorize(req)
 	req.Header.Set("Content-Type", "text/plain")
+	return sendPublish(client, req)
+}
+
+// sendPublish sends a publish and reads its answer, which must be a 2xx.
+func sendPublish(client *http.Client, req *http.Request) error {
 	resp, err := client.Do(req)
 	if err != nil {
 		return err

@@ -200,14 +200,5 @@ func publishBatch(ctx context.Context, client *http.Client, c config, first, las
 	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.admin+"/comet/publish", &body)
 	req.Header.Set("Content-Type", "application/vnd.comet.batch+ndjson")
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	io.Copy(io.Discard, resp.Body)
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("%s", resp.Status)
-	}
-	return nil
+	return sendPublish(client, req)
 }

@@ -1,25 +1,13 @@
 // A chat on comet.js: each room is a context (/rooms/<room>), received as a
 // stream of Server-Sent Events; a message is a JSON publish to the room.
 import { subscribe, publish } from '/client/comet.mjs';
+import { line } from './ui.js';
 
 const messagesEl = document.getElementById('messages');
 const nameEl = document.getElementById('name');
 const textEl = document.getElementById('text');
 let room = null;
 let sub = null;
-
-function line(className, parts) {
-  const li = document.createElement('li');
-  li.className = className;
-  for (const [cls, text] of parts) {
-    const span = document.createElement('span');
-    span.className = cls;
-    span.textContent = text; // text, never HTML: messages come from anyone
-    li.append(span);
-  }
-  messagesEl.append(li);
-  messagesEl.scrollTop = messagesEl.scrollHeight;
-}
 
 async function join(name) {
   if (sub) sub.close();
@@ -38,10 +26,10 @@ async function join(name) {
     lastEventId: `${epoch}:0`,
     onEvent(e) {
       const msg = JSON.parse(e.data);
-      line('message', [['who', msg.name], ['text', msg.text]]);
+      line(messagesEl, 'message', [['who', msg.name], ['text', msg.text]]);
     },
     onGap(missed) {
-      line('notice', [['text', `(${missed} earlier messages are no longer available)`]]);
+      line(messagesEl, 'notice', [['text', `(${missed} earlier messages are no longer available)`]]);
     },
   });
 }
@@ -57,7 +45,7 @@ document.getElementById('send').addEventListener('submit', async (e) => {
   try {
     await publish(`/rooms/${encodeURIComponent(room)}`, { name: nameEl.value, text });
   } catch (err) {
-    line('notice', [['text', `not sent: ${err.message}`]]);
+    line(messagesEl, 'notice', [['text', `not sent: ${err.message}`]]);
   }
 });
 

@@ -2,23 +2,11 @@
 // ?room=<room> repeated (multiplex room) and streams the rooms' contexts,
 // /rooms/<room>, as one stream whose events say their context.
 import { subscribe, publish } from '/client/comet.mjs';
+import { line } from './ui.js';
 
 const rooms = ['lobby', 'games', 'music'];
 const urls = rooms.map((room) => `/together?room=${encodeURIComponent(room)}`);
 const listOf = (context) => document.querySelector(`ul[data-room="${CSS.escape(context.replace('/rooms/', ''))}"]`);
-
-function line(list, className, parts) {
-  const li = document.createElement('li');
-  li.className = className;
-  for (const [cls, text] of parts) {
-    const span = document.createElement('span');
-    span.className = cls;
-    span.textContent = text; // text, never HTML: messages come from anyone
-    li.append(span);
-  }
-  list.append(li);
-  list.scrollTop = list.scrollHeight;
-}
 
 // Start every room from id 0 of its current epoch, so that the page shows
 // what history still holds: HEAD gives the cursor of all three.
