@@ -232,14 +232,25 @@ func rawSocket(sock net.Conn) (syscall.RawConn, error) {
 	return sock.(syscall.Conn).SyscallConn()
 }
 
+// streamMember is a context a detached stream follows: its subscriber,
+// its state in the stream, and, in a stream of several (see multiplex.go),
+// whether it changed since the stream last looked; nil for a stream of
+// one, which looks at its context whenever it is told of a change.
+type streamMember struct {
+	sub     *Subscriber
+	st      *streamState
+	changed *atomic.Bool
+}
+
 // detachedStream is a stream whose connection the handler took over.
 type detachedStream struct {
 	detachedSocket
-	sub  *Subscriber
-	h    *Handler // the route that opened the stream, for its settings
-	m    *transportMetrics
-	key  string
-	life lifetime // when and why the stream ends on its own
+	// members are the contexts the stream follows: one, or several.
+	members []streamMember
+	h       *Handler // the route that opened the stream, for its settings
+	m       *transportMetrics
+	key     string
+	life    lifetime // when and why the stream ends on its own
 
 	// dirty says the context changed since the stream last caught up.
 	dirty atomic.Bool
@@ -258,7 +269,7 @@ type detachedStream struct {
 	// mu is held by whoever writes to the socket: a publisher's goroutine
 	// only ever tries it, so none waits for another.
 	mu      sync.Mutex
-	st      streamState
+	own     streamState    // the state of a stream of one context
 	pending []byte         // what a write that could not wait left unwritten
 	last    []byte         // last words; once set, the stream ends after them
 	broken  error          // a write failed: the client is gone or stopped reading
@@ -282,11 +293,24 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, 
 		return false
 	}
 	s := &detachedStream{
-		detachedSocket: detachedSocket{sock: sock, raw: raw, overTLS: overTLS}, sub: sub, h: h,
+		detachedSocket: detachedSocket{sock: sock, raw: raw, overTLS: overTLS}, h: h,
 		m: h.metrics[f.transport()], key: key, life: life,
-		st: streamState{f: f, after: after},
+		own: streamState{f: f, after: after},
 	}
-	leaving, ok := takeover.WatchHangUp(raw, s.left)
+	s.members = []streamMember{{sub: sub, st: &s.own}}
+	if !s.takeOver(w, r) {
+		return false
+	}
+	sub.watch(s.changed)
+	return true
+}
+
+// takeOver takes the stream's connection over from net/http, with what
+// the stream will write first marked as to do, and returns false, having
+// changed nothing, when it cannot. The caller then has its subscribers
+// tell the stream of changes (changed).
+func (s *detachedStream) takeOver(w http.ResponseWriter, r *http.Request) bool {
+	leaving, ok := takeover.WatchHangUp(s.raw, s.left)
 	if !ok {
 		return false
 	}
@@ -304,7 +328,6 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, 
 	// The stream starts with what history holds after the cursor.
 	s.dirty.Store(true)
 	s.kicked.Store(true)
-	sub.watch(s.changed)
 	// Until the request is over, Caddy's cleanup may still set the
 	// socket's deadlines: the stream's timers and waiting writes start
 	// after.
@@ -421,7 +444,7 @@ func (s *detachedStream) onTimer(now time.Time) bool {
 		return s.endLocked()
 	}
 	if end := s.life.end; !end.IsZero() && !now.Before(end) {
-		s.endWith(s.st.step(Delivery{}, false, s.life.why))
+		s.endWith(s.members[0].st.step(Delivery{}, false, s.life.why))
 		return s.endLocked()
 	}
 	hb := time.Duration(s.h.Heartbeat)
@@ -430,7 +453,7 @@ func (s *detachedStream) onTimer(now time.Time) bool {
 		// An event is half written; finishing it is the heartbeat.
 		s.kick()
 	case hb > 0 && now.Sub(time.Unix(0, s.lastWrite.Load())) >= hb:
-		step := s.st.step(Delivery{}, false, errTick)
+		step := s.members[0].st.step(Delivery{}, false, errTick)
 		waiting := s.waitForRoom()
 		s.send(true, step.frame)
 		s.stopWaiting(waiting)
@@ -525,9 +548,27 @@ func (s *detachedStream) catchUp(wait bool) (handOver bool) {
 	if len(s.pending) > 0 && !s.send(wait, s.pending) {
 		return true
 	}
+	for i := range s.members {
+		mem := &s.members[i]
+		if mem.changed != nil && !mem.changed.Swap(false) {
+			continue
+		}
+		if handOver := s.catchUpWith(mem, wait); handOver {
+			if mem.changed != nil {
+				mem.changed.Store(true) // it may have more
+			}
+			return true
+		}
+	}
+	return false
+}
+
+// catchUpWith writes every delivery of one member the stream has not had
+// yet, as catchUp does. The caller holds s.mu.
+func (s *detachedStream) catchUpWith(mem *streamMember, wait bool) (handOver bool) {
 	for {
-		d, ready, err := s.sub.poll(s.st.after)
-		step := s.st.step(d, ready, err)
+		d, ready, err := mem.sub.poll(mem.st.after)
+		step := mem.st.step(d, ready, err)
 		switch {
 		case step.end:
 			s.endWith(step)
@@ -598,9 +639,11 @@ func (s *detachedStream) finish() {
 		s.timer.Stop()
 	}
 	s.mu.Unlock()
-	s.sub.Close()
+	for _, mem := range s.members {
+		mem.sub.Close()
+		s.m.subscribers.Dec()
+	}
 	s.leaving.Stop()
 	takeover.DiscardUnread(s.raw) // nothing read the socket: see DiscardUnread
 	_ = s.sock.Close()
-	s.m.subscribers.Dec()
 }

@@ -460,7 +460,8 @@ func followContext(t testing.TB, h *Hub, key string, n int, onDelivery func()) (
 }
 
 // watcherCount counts the subscribers of a context that are watchers: the
-// ones taken over from net/http.
+// ones taken over from net/http (and those of requests that follow
+// several contexts, on any path).
 func watcherCount(h *Hub, key string) int {
 	h.mu.RLock()
 	c := h.contexts[key]

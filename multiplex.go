@@ -3,6 +3,7 @@ package comet
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -100,6 +101,18 @@ type multiplexed struct {
 	states  []streamState
 	changed []atomic.Bool
 	wake    chan struct{}
+	// notify is what the subscribers call once they marked their change:
+	// a signal on wake, or, once the stream is detached, its watcher.
+	notify atomic.Pointer[watcherFunc]
+}
+
+// signal wakes the goroutine that follows the contexts.
+func (mx *multiplexed) signal() (later func()) {
+	select {
+	case mx.wake <- struct{}{}:
+	default:
+	}
+	return nil
 }
 
 // composite is the cursor of the whole stream, with cur in place of
@@ -167,7 +180,11 @@ func (h *Handler) serveMultiplexed(w http.ResponseWriter, r *http.Request, keys 
 	if mx == nil {
 		return err
 	}
+	detached := false
 	defer func() {
+		if detached {
+			return // the detached stream unsubscribes when it ends
+		}
 		for _, sub := range mx.subs {
 			h.unsubscribe(sub, m)
 		}
@@ -180,13 +197,49 @@ func (h *Handler) serveMultiplexed(w http.ResponseWriter, r *http.Request, keys 
 	hdr.Set("X-Accel-Buffering", "no")
 	hdr.Set("Incremental", "?1")
 	hdr.Set(HeaderCursor, open)
+	sock, overTLS := h.detachableSocket(w, r)
+	if sock != nil {
+		hdr.Set("Transfer-Encoding", "identity") // see detach.go
+	}
 	w.WriteHeader(http.StatusOK)
 	out := streamWriter{w: w, rc: http.NewResponseController(w), timeout: time.Duration(h.WriteTimeout)}
 	defer out.clearDeadline()
 	if out.write(f.openMultiplexed(nil, open)) != nil {
 		return nil
 	}
-	return h.followAll(r, mx, out, m, h.lifetime(time.Now(), tok))
+	life := h.lifetime(time.Now(), tok)
+	if sock != nil && h.detachMultiplexed(w, r, sock, overTLS, mx, f, life) {
+		detached = true
+		return nil
+	}
+	return h.followAll(r, mx, out, m, life)
+}
+
+// detachMultiplexed takes a multiplexed stream's connection over, as
+// detach does for a stream of one context: its contexts' changes then go
+// to the detached stream's watcher, which writes them.
+func (h *Handler) detachMultiplexed(w http.ResponseWriter, r *http.Request, sock net.Conn, overTLS bool, mx *multiplexed, f wireFormat, life lifetime) bool {
+	if !passesBodyThrough(w, true) {
+		return false
+	}
+	raw, err := rawSocket(sock)
+	if err != nil {
+		return false
+	}
+	s := &detachedStream{
+		detachedSocket: detachedSocket{sock: sock, raw: raw, overTLS: overTLS}, h: h,
+		m: h.metrics[f.transport()], key: mx.keys[0], life: life,
+	}
+	s.members = make([]streamMember, len(mx.subs))
+	for i := range mx.subs {
+		s.members[i] = streamMember{sub: mx.subs[i], st: &mx.states[i], changed: &mx.changed[i]}
+	}
+	if !s.takeOver(w, r) {
+		return false
+	}
+	watch := watcherFunc(s.changed)
+	mx.notify.Store(&watch)
+	return true
 }
 
 // serveMultiplexedPoll suspends a GET of several contexts until one of
@@ -326,7 +379,12 @@ func (h *Handler) subscribeAll(w http.ResponseWriter, keys []string, resume []Cu
 	if tok != nil {
 		identity = tok.subject
 	}
-	mx := &multiplexed{keys: keys, wake: make(chan struct{}, 1), changed: make([]atomic.Bool, len(keys))}
+	mx := &multiplexed{keys: keys, wake: make(chan struct{}, 1), changed: make([]atomic.Bool, len(keys)),
+		subs: make([]*Subscriber, 0, len(keys)), states: make([]streamState, 0, len(keys))}
+	signal := watcherFunc(mx.signal)
+	mx.notify.Store(&signal)
+	// One allocation for every context's encoding, not one each.
+	encodings := make([]memberEncoding, len(keys))
 	for i, key := range keys {
 		sub, err := h.hub.SubscribeAs(key, identity)
 		if err != nil {
@@ -342,18 +400,15 @@ func (h *Handler) subscribeAll(w http.ResponseWriter, keys []string, resume []Cu
 		mx.changed[i].Store(true) // to write what it has from the client's cursor
 		sub.watch(func() func() {
 			mx.changed[i].Store(true)
-			select {
-			case mx.wake <- struct{}{}:
-			default:
-			}
-			return nil
+			return (*mx.notify.Load())()
 		})
 		after := sub.Start()
 		if resume != nil {
 			after = sub.Resume(resume[i])
 		}
 		mx.subs = append(mx.subs, sub)
-		mx.states = append(mx.states, streamState{f: memberEncoding{f: f, mx: mx, i: i}, after: after})
+		encodings[i] = memberEncoding{f: f, mx: mx, i: i}
+		mx.states = append(mx.states, streamState{f: &encodings[i], after: after})
 	}
 	return mx, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -39,11 +40,26 @@ func decodeMultiplexed(t *testing.T, data string) multiplexedEvent {
 	return e
 }
 
+// TestOneStreamFollowsSeveralContexts runs a multiplexed SSE stream taken
+// over from net/http (the default over HTTP/1.1) and one left on its path.
 func TestOneStreamFollowsSeveralContexts(t *testing.T) {
-	s := startCaddy(t, "comet {\n\t\thistory 3\n\t}", multiplexSite)
+	for _, detach := range []string{"on", "off"} {
+		t.Run("detach "+detach, func(t *testing.T) {
+			testOneStreamFollowsSeveralContexts(t, detach == "on",
+				strings.Replace(multiplexSite, "heartbeat off", "heartbeat off\n\t\tdetach "+detach, 1))
+		})
+	}
+}
+
+func testOneStreamFollowsSeveralContexts(t *testing.T, detached bool, site string) {
+	s := startCaddy(t, "comet {\n\t\thistory 3\n\t}", site)
 	hub := s.hub(DefaultHubName)
 	resp, sse := s.openSSE("/m?room=a&room=b&room=c")
 	waitFor(t, "the stream to follow three contexts", func() bool { return hub.SubscriberCount() == 3 })
+	// A detached stream's body ends with the connection, not in chunks.
+	if chunked := len(resp.TransferEncoding) != 0; chunked == detached {
+		t.Errorf("Transfer-Encoding %q, want a detached stream: %v", resp.TransferEncoding, detached)
+	}
 	opened := strings.Split(resp.Header.Get(HeaderCursor), ",")
 	if len(opened) != 3 {
 		t.Fatalf("the stream opened at %q, want a cursor for each of three contexts", resp.Header.Get(HeaderCursor))
@@ -256,5 +272,35 @@ func TestOneLongPollWaitsOnSeveralContexts(t *testing.T) {
 	if resp.Header.Get(HeaderMissed) != "2" || resp.Header.Get(HeaderContext) != "room-a" || body != "late2" {
 		t.Errorf("after a gap: %s %q, missed %q in %q; want late2 from room-a with 2 missed",
 			resp.Status, body, resp.Header.Get(HeaderMissed), resp.Header.Get(HeaderContext))
+	}
+}
+
+// TestMultiplexedStreamsOverHTTPS follows two contexts on one stream over
+// HTTP/1.1 (taken over with its TLS connection), HTTP/2 and HTTP/3.
+func TestMultiplexedStreamsOverHTTPS(t *testing.T) {
+	s, cfg := startTLSCaddy(t, "", multiplexSite)
+	hub := s.hub(DefaultHubName)
+	for _, proto := range []int{1, 2, 3} {
+		t.Run(protoNames[proto], func(t *testing.T) {
+			waitFor(t, "the last subscribers to leave", func() bool { return hub.SubscriberCount() == 0 })
+			a, b := fmt.Sprintf("a%d", proto), fmt.Sprintf("b%d", proto)
+			client := tlsClient(cfg, proto)
+			defer client.CloseIdleConnections()
+			resp := s.openStream(client, "/m?room="+a+"&room="+b, "text/event-stream")
+			defer resp.Body.Close()
+			if resp.ProtoMajor != proto {
+				t.Fatalf("answered over %s", resp.Proto)
+			}
+			sse := newSSEParser(resp.Body)
+			waitFor(t, "the stream to follow two contexts", func() bool { return hub.SubscriberCount() == 2 })
+			s.publish("/m?room="+b, "to b")
+			s.publish("/m?room="+a, "to a")
+			for _, want := range []string{"room-" + b + " to b", "room-" + a + " to a"} {
+				e := decodeMultiplexed(t, nextWithin(t, sse, 5*time.Second).Data)
+				if got := e.Context + " " + e.Data; got != want {
+					t.Errorf("got %q, want %q", got, want)
+				}
+			}
+		})
 	}
 }
