@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -228,5 +229,37 @@ func (h countingHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		h.pipelines.Add(1)
 		return next(ctx, cmds)
+	}
+}
+
+// TestBatchOnARouteWithTokens: a route's batch needs a token that allows
+// publishing to the route's context, as a single publish does, and an
+// idempotent retry of it is answered without publishing again.
+func TestBatchOnARouteWithTokens(t *testing.T) {
+	t.Setenv("COMET_TEST_KEY", testSecret)
+	s := startCaddy(t, "", `comet /p/* {
+		auth publish {
+			hmac_secret {env.COMET_TEST_KEY}
+		}
+	}`)
+	tok := mint(t, []byte(testSecret), jose.HS256, "backend", time.Minute, grants{Publish: []string{"/p/x"}})
+	body := batchOf(`{"data":"1"}`, `{"data":"2"}`)
+	for _, tc := range []struct {
+		path   string
+		header []string
+		status int
+	}{
+		{"/p/x", nil, http.StatusUnauthorized},
+		{"/p/y", bearer(tok), http.StatusForbidden},
+		{"/p/x", append(bearer(tok), HeaderIdempotencyKey, "b-1"), http.StatusOK},
+		{"/p/x", append(bearer(tok), HeaderIdempotencyKey, "b-1"), http.StatusOK},
+	} {
+		resp, _, text := postBatch(t, s.base+tc.path, body, tc.header...)
+		if resp.StatusCode != tc.status {
+			t.Errorf("%s %v: %s %q, want %d", tc.path, tc.header, resp.Status, text, tc.status)
+		}
+	}
+	if id := lastID(t, s.hub(DefaultHubName), "/p/x"); id != 2 {
+		t.Errorf("/p/x is at id %d after a batch of two and its retry, want 2", id)
 	}
 }

@@ -304,3 +304,39 @@ func TestMultiplexedStreamsOverHTTPS(t *testing.T) {
 		})
 	}
 }
+
+// TestMultiplexedStreamInClusterMode follows two contexts on one node
+// while another node, sharing Redis, publishes to them; the stream's
+// cursor then resumes on the first node from where it stood.
+func TestMultiplexedStreamInClusterMode(t *testing.T) {
+	r := startRedis(t)
+	s := startCaddy(t, brokerOption(r, ""), multiplexSite)
+	other := redisHub(t, r, HubConfig{History: 500})
+	defer other.Close()
+	hub := s.hub(DefaultHubName)
+
+	resp, sse := s.openSSE("/m?room=a&room=b")
+	waitFor(t, "the stream to follow two contexts", func() bool { return hub.SubscriberCount() == 2 })
+	ra, err := other.Publish("room-a", Event{Data: []byte("from the other node")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := nextWithin(t, sse, 5*time.Second)
+	if e := decodeMultiplexed(t, ev.Data); e.Context != "room-a" || e.Data != "from the other node" || !strings.HasPrefix(ev.ID, ra.Cursor.String()+",") {
+		t.Fatalf("got %+v at %q, want room-a's event at %s first", e, ev.ID, ra.Cursor)
+	}
+	resume := sse.lastID
+	resp.Body.Close()
+	waitFor(t, "the stream to leave", func() bool { return hub.SubscriberCount() == 0 })
+
+	rb, err := other.Publish("room-b", Event{Data: []byte("while away")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, sse = s.openSSE("/m?room=a&room=b", "Last-Event-ID", resume)
+	defer resp.Body.Close()
+	ev = nextWithin(t, sse, 5*time.Second)
+	if e := decodeMultiplexed(t, ev.Data); e.Context != "room-b" || e.Data != "while away" || ev.ID != ra.Cursor.String()+","+rb.Cursor.String() {
+		t.Errorf("after resuming: %+v at %q, want room-b's event, the stream at %s,%s", e, ev.ID, ra.Cursor, rb.Cursor)
+	}
+}
