@@ -297,6 +297,18 @@ func quietRaceEnv() []string {
 	return append(os.Environ(), "GORACE=atexit_sleep_ms=0")
 }
 
+// tryGet GETs url and returns the body, or false if the request failed,
+// for conditions polled while servers come and go.
+func tryGet(client *http.Client, url string) (string, bool) {
+	resp, err := client.Get(url)
+	if err != nil {
+		return "", false
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return string(body), err == nil
+}
+
 // headSubscribers returns the subscriber count a HEAD reports through the
 // X-Subscribers header, or -1 if the server does not answer.
 func headSubscribers(client *http.Client, url string) int {
