@@ -489,7 +489,11 @@ func TestAdminListsWhoIsSubscribed(t *testing.T) {
 	p := s.startPoll("/room", bearer(tokenFor("alice"))...)
 	sse := s.openStream(nil, "/room", "text/event-stream", bearer(tokenFor("alice"))...)
 	ndjson := s.openStream(nil, "/room", "application/x-ndjson", bearer(tokenFor("bob"))...)
-	waitFor(t, "three subscribers", func() bool { return hub.SubscriberCount() == 3 })
+	// A subscriber counts in the hub before its context has its identity.
+	waitFor(t, "three subscribers with their identities", func() bool {
+		page, _, _ := hub.Identities("/room", "", 10)
+		return len(page) == 2 && page[0].Subscribers == 2 && page[1].Subscribers == 1
+	})
 
 	type detail struct {
 		Subscribers int
