@@ -443,21 +443,30 @@ func (h *Handler) serveDelete(w http.ResponseWriter, key string) error {
 // Last-Event-ID header, the last_event_id query parameter (for clients that
 // cannot set headers) or the ETag in If-None-Match, in that order.
 func requestCursor(r *http.Request) (cur Cursor, ok bool, err error) {
+	text, etag := cursorSent(r)
+	switch {
+	case text == "":
+		return Cursor{}, false, nil
+	case etag:
+		cur, err = parseETag(text)
+	default:
+		cur, err = ParseCursor(text)
+	}
+	return cur, true, err
+}
+
+// cursorSent returns the cursor the client sent back, as sent, from where
+// requestCursor says; etag says it is If-None-Match's value.
+func cursorSent(r *http.Request) (text string, etag bool) {
 	if v := r.Header.Get("Last-Event-ID"); v != "" {
-		cur, err = ParseCursor(v)
-		return cur, true, err
+		return v, false
 	}
 	if r.URL.RawQuery != "" {
 		if v := r.URL.Query().Get("last_event_id"); v != "" {
-			cur, err = ParseCursor(v)
-			return cur, true, err
+			return v, false
 		}
 	}
-	if v := r.Header.Get("If-None-Match"); v != "" {
-		cur, err = parseETag(v)
-		return cur, true, err
-	}
-	return Cursor{}, false, nil
+	return r.Header.Get("If-None-Match"), true
 }
 
 var errMessageTooLarge = errors.New("message too large")

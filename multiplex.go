@@ -149,21 +149,15 @@ func parseComposite(text string, n int) ([]Cursor, error) {
 	return cursors, nil
 }
 
-// requestCursorText returns the cursor the client sent back, as text, from
-// where requestCursor looks.
+// requestCursorText returns the cursor of several contexts the client sent
+// back, as text: an entity tag's whole value (its commas are the cursor's),
+// unquoted.
 func requestCursorText(r *http.Request) string {
-	if v := r.Header.Get("Last-Event-ID"); v != "" {
-		return v
+	text, etag := cursorSent(r)
+	if etag {
+		text = strings.Trim(strings.TrimPrefix(strings.TrimSpace(text), "W/"), `"`)
 	}
-	if r.URL.RawQuery != "" {
-		if v := r.URL.Query().Get("last_event_id"); v != "" {
-			return v
-		}
-	}
-	if v := strings.TrimSpace(r.Header.Get("If-None-Match")); v != "" {
-		return strings.Trim(strings.TrimPrefix(v, "W/"), `"`)
-	}
-	return ""
+	return text
 }
 
 // serveMultiplexed keeps a GET open and writes every event of each of its
