@@ -166,8 +166,11 @@ func requestCursorText(r *http.Request) string {
 // gaps, and one cursor for them all.
 func (h *Handler) serveMultiplexed(w http.ResponseWriter, r *http.Request, keys []string, f wireFormat, tok *token) error {
 	m := h.metrics[f.transport()]
-	resume, err := h.authorizeAndResume(w, r, keys)
-	if resume == nil && err != nil {
+	if refused, err := h.authorizeRest(w, r, keys); refused {
+		return err // answered; err is what writing the answer gave
+	}
+	resume, err := multiplexedResume(r, len(keys))
+	if err != nil {
 		return err
 	}
 	mx, err := h.subscribeAll(w, keys, resume, f, tok, m)
@@ -243,8 +246,11 @@ func (h *Handler) detachMultiplexed(w http.ResponseWriter, r *http.Request, sock
 // they came, so that the next poll gets what they have.
 func (h *Handler) serveMultiplexedPoll(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, keys []string, tok *token) error {
 	m := h.metrics[transportLongPoll]
-	resume, err := h.authorizeAndResume(w, r, keys)
-	if resume == nil && err != nil {
+	if refused, err := h.authorizeRest(w, r, keys); refused {
+		return err // answered; err is what writing the answer gave
+	}
+	resume, err := multiplexedResume(r, len(keys))
+	if err != nil {
 		return err
 	}
 	mx, err := h.subscribeAll(w, keys, resume, formatNDJSON, tok, m)
@@ -335,18 +341,14 @@ func (h *Handler) answerMultiplexedPoll(w http.ResponseWriter, repl *caddy.Repla
 	return writePollAnswer(w, a)
 }
 
-// authorizeAndResume checks the token for every context (authorizeRest)
-// and parses the client's cursor of them all, if it sent one. A nil cursor with a nil error: none was sent.
-// A refusal is answered; the error is then for Caddy.
-func (h *Handler) authorizeAndResume(w http.ResponseWriter, r *http.Request, keys []string) ([]Cursor, error) {
-	if refused, err := h.authorizeRest(w, r, keys); refused {
-		return nil, err
-	}
+// multiplexedResume parses the client's cursor of n contexts, if it sent
+// one: nil if it did not, a 400 for Caddy if it is not one of n contexts.
+func multiplexedResume(r *http.Request, n int) ([]Cursor, error) {
 	text := requestCursorText(r)
 	if text == "" {
 		return nil, nil
 	}
-	resume, err := parseComposite(text, len(keys))
+	resume, err := parseComposite(text, n)
 	if err != nil {
 		return nil, caddyhttp.Error(http.StatusBadRequest, err)
 	}

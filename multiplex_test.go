@@ -213,6 +213,11 @@ func TestMultiplexedContextsAreEachAuthorized(t *testing.T) {
 		if resp.StatusCode != tc.status {
 			t.Errorf("%s with a token for a and b: %s, want %d", tc.path, resp.Status, tc.status)
 		}
+		// A refused request subscribes to nothing, and holds nothing.
+		waitFor(t, "the request's subscribers to leave", func() bool { return s.hub(DefaultHubName).SubscriberCount() == 0 })
+		if _, ok := s.hub(DefaultHubName).Inspect("room-c"); ok {
+			t.Errorf("%s: the refused context room-c was created", tc.path)
+		}
 	}
 }
 
