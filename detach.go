@@ -285,24 +285,33 @@ type detachedStream struct {
 // its client leaving, and a goroutine is started only for work that may
 // wait (see kick).
 func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, overTLS bool, sub *Subscriber, after Cursor, f wireFormat, key string, life lifetime) bool {
-	if !passesBodyThrough(w, true) {
+	s := h.newDetachedStream(w, sock, overTLS, f, key, life)
+	if s == nil {
 		return false
 	}
-	raw, err := rawSocket(sock)
-	if err != nil {
-		return false
-	}
-	s := &detachedStream{
-		detachedSocket: detachedSocket{sock: sock, raw: raw, overTLS: overTLS}, h: h,
-		m: h.metrics[f.transport()], key: key, life: life,
-		own: streamState{f: f, after: after},
-	}
+	s.own = streamState{f: f, after: after}
 	s.members = []streamMember{{sub: sub, st: &s.own}}
 	if !s.takeOver(w, r) {
 		return false
 	}
 	sub.watch(s.changed)
 	return true
+}
+
+// newDetachedStream returns a stream to take sock over with, without its
+// members yet, or nil if the response or the socket cannot be.
+func (h *Handler) newDetachedStream(w http.ResponseWriter, sock net.Conn, overTLS bool, f wireFormat, key string, life lifetime) *detachedStream {
+	if !passesBodyThrough(w, true) {
+		return nil
+	}
+	raw, err := rawSocket(sock)
+	if err != nil {
+		return nil
+	}
+	return &detachedStream{
+		detachedSocket: detachedSocket{sock: sock, raw: raw, overTLS: overTLS}, h: h,
+		m: h.metrics[f.transport()], key: key, life: life,
+	}
 }
 
 // takeOver takes the stream's connection over from net/http, with what

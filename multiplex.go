@@ -216,16 +216,9 @@ func (h *Handler) serveMultiplexed(w http.ResponseWriter, r *http.Request, keys 
 // detach does for a stream of one context: its contexts' changes then go
 // to the detached stream's watcher, which writes them.
 func (h *Handler) detachMultiplexed(w http.ResponseWriter, r *http.Request, sock net.Conn, overTLS bool, mx *multiplexed, f wireFormat, life lifetime) bool {
-	if !passesBodyThrough(w, true) {
+	s := h.newDetachedStream(w, sock, overTLS, f, mx.keys[0], life)
+	if s == nil {
 		return false
-	}
-	raw, err := rawSocket(sock)
-	if err != nil {
-		return false
-	}
-	s := &detachedStream{
-		detachedSocket: detachedSocket{sock: sock, raw: raw, overTLS: overTLS}, h: h,
-		m: h.metrics[f.transport()], key: mx.keys[0], life: life,
 	}
 	s.members = make([]streamMember, len(mx.subs))
 	for i := range mx.subs {
