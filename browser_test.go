@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -318,6 +319,7 @@ func TestTokensInTheBrowser(t *testing.T) {
 	for _, tc := range []struct{ transport, context string }{
 		{"sse", "/private/sse"},
 		{"longpoll", "/private/poll"},
+		{"websocket", "/private/ws"},
 	} {
 		t.Run(tc.transport, func(t *testing.T) {
 			short := mint(t, []byte(testSecret), jose.HS256, "alice", 1500*time.Millisecond, grants{Subscribe: []string{tc.context}})
@@ -359,5 +361,94 @@ func TestTokensInTheBrowser(t *testing.T) {
 			waitJS(t, tab, "the tokens asked for", `String(window.tokensAsked)`, "2", time.Second)
 			runJS(t, tab, "closing", `window.sub.close()`)
 		})
+	}
+}
+
+// TestWebSocketInTheBrowser subscribes Chromium over WebSocket, and over
+// the fallbacks where the route does not serve it: SSE, then long poll.
+func TestWebSocketInTheBrowser(t *testing.T) {
+	browser := startBrowser(t)
+	client, err := filepath.Abs("client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pages := t.TempDir()
+	if err := os.WriteFile(filepath.Join(pages, "index.html"), []byte(`<!doctype html>
+<script src="/client/comet.js"></script>
+<script>
+  window.got = {};
+  window.subs = {};
+  window.sockets = 0;
+  const OwnWebSocket = WebSocket;
+  window.WebSocket = function (url) { window.sockets++; return new OwnWebSocket(url); };
+  window.start = (path) => {
+    window.got[path] = [];
+    window.subs[path] = Comet.subscribe(path, {
+      transport: 'websocket',
+      onEvent: (e) => window.got[path].push(e.data + '@' + e.id),
+    });
+  };
+</script>`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := startCaddy(t, "", fmt.Sprintf(`handle_path /client/* {
+		root * %s
+		file_server
+	}
+	comet /ws/*
+	comet /sse/* {
+		transports sse longpoll
+	}
+	comet /poll/* {
+		transports longpoll
+	}
+	comet /expiring/* {
+		expiration 400ms
+	}
+	root * %s
+	file_server`, client, pages))
+	hub := s.hub(DefaultHubName)
+	tab := page(t, browser, s.base+"/")
+
+	for _, tc := range []struct{ path, transport string }{
+		{"/ws/a", "websocket"},
+		{"/sse/a", "sse"},
+		{"/poll/a", "longpoll"},
+	} {
+		t.Run(tc.transport, func(t *testing.T) {
+			runJS(t, tab, "subscribing", fmt.Sprintf(`window.start(%q)`, tc.path))
+			waitJS(t, tab, "the transport", fmt.Sprintf(`window.subs[%q].transport`, tc.path), tc.transport, 10*time.Second)
+			waitFor(t, "the page to subscribe", func() bool {
+				info, ok := hub.Inspect(tc.path)
+				return ok && info.Subscribers == 1
+			})
+			time.Sleep(100 * time.Millisecond) // a long poll starts with HEAD
+			for _, d := range []string{"one", "two"} {
+				if _, err := hub.Publish(tc.path, Event{Data: []byte(d)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want := "one@1,two@2"
+			waitJS(t, tab, "the events", fmt.Sprintf(`window.got[%q].join(',')`, tc.path), want, 10*time.Second)
+		})
+	}
+
+	// A socket the server closes (at its expiration, here) comes back
+	// from its cursor: nothing published meanwhile is missed.
+	runJS(t, tab, "subscribing", `window.start('/expiring/a')`)
+	waitJS(t, tab, "the socket", `String(window.sockets)`, "4", 10*time.Second) // one per subscription
+	var want []string
+	for i := range 6 {
+		time.Sleep(150 * time.Millisecond)
+		hub.Publish("/expiring/a", Event{Data: []byte(fmt.Sprint(i))})
+		want = append(want, fmt.Sprintf("%d@%d", i, i+1))
+	}
+	waitJS(t, tab, "every event across reconnections", `window.got['/expiring/a'].join(',')`, strings.Join(want, ","), 10*time.Second)
+	sockets, err := chromedp.Run(tab, chromedp.Evaluate[string](`String(window.sockets)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := strconv.Atoi(sockets); n < 5 {
+		t.Errorf("%s sockets in all: the expiring one did not reconnect", sockets)
 	}
 }

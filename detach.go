@@ -275,7 +275,10 @@ type detachedStream struct {
 	broken  error          // a write failed: the client is gone or stopped reading
 	done    bool           // the stream ended: leave the socket alone
 	timer   *time.Timer    // heartbeat and expiration; nil: neither
-	leaving takeover.Watch // reports the client leaving
+	leaving takeover.Watch // reports the client leaving, or speaking
+	// ws is the session of a WebSocket, whose client's frames are read
+	// (see websocket.go); nil for a stream, whose client only leaves.
+	ws *wsSession
 }
 
 // detach takes the stream's connection over from net/http and returns
@@ -285,13 +288,13 @@ type detachedStream struct {
 // its client leaving, and a goroutine is started only for work that may
 // wait (see kick).
 func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, overTLS bool, sub *Subscriber, after Cursor, f wireFormat, key string, life lifetime) bool {
-	s := h.newDetachedStream(w, sock, overTLS, f, key, life)
+	s := h.newDetachedStream(w, sock, overTLS, f, f.transport(), key, life)
 	if s == nil {
 		return false
 	}
 	s.own = streamState{f: f, after: after}
 	s.members = []streamMember{{sub: sub, st: &s.own}}
-	if !s.takeOver(w, r) {
+	if s.takeOver(w, r, hijack) != takenOver {
 		return false
 	}
 	sub.watch(s.changed)
@@ -300,7 +303,7 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, 
 
 // newDetachedStream returns a stream to take sock over with, without its
 // members yet, or nil if the response or the socket cannot be.
-func (h *Handler) newDetachedStream(w http.ResponseWriter, sock net.Conn, overTLS bool, f wireFormat, key string, life lifetime) *detachedStream {
+func (h *Handler) newDetachedStream(w http.ResponseWriter, sock net.Conn, overTLS bool, f streamEncoding, t transport, key string, life lifetime) *detachedStream {
 	if !passesBodyThrough(w, true) {
 		return nil
 	}
@@ -310,27 +313,45 @@ func (h *Handler) newDetachedStream(w http.ResponseWriter, sock net.Conn, overTL
 	}
 	return &detachedStream{
 		detachedSocket: detachedSocket{sock: sock, raw: raw, overTLS: overTLS}, h: h,
-		m: h.metrics[f.transport()], key: key, life: life,
+		m: h.metrics[t], key: key, life: life,
 	}
 }
 
-// takeOver takes the stream's connection over from net/http, with what
-// the stream will write first marked as to do, and returns false, having
-// changed nothing, when it cannot. The caller then has its subscribers
-// tell the stream of changes (changed).
-func (s *detachedStream) takeOver(w http.ResponseWriter, r *http.Request) bool {
-	leaving, ok := takeover.WatchHangUp(s.raw, s.left)
-	if !ok {
-		return false
+// takeoverResult is how taking a stream's connection over went.
+type takeoverResult int
+
+const (
+	// notTakenOver: nothing changed, net/http still has the connection.
+	notTakenOver takeoverResult = iota
+	takenOver
+	// hijackFailed: the connection was taken from net/http but could not
+	// be used; the request is over.
+	hijackFailed
+)
+
+// takeOver takes the stream's connection over from net/http with hijack,
+// with what the stream will write first marked as to do. The caller then
+// has its subscribers tell the stream of changes (changed).
+func (s *detachedStream) takeOver(w http.ResponseWriter, r *http.Request, hijack func(http.ResponseWriter, *http.Request) (net.Conn, error)) takeoverResult {
+	var leaving takeover.Watch
+	var ok bool
+	if s.ws != nil {
+		leaving, ok = takeover.WatchReadable(s.raw, s.readable)
+	} else {
+		leaving, ok = takeover.WatchHangUp(s.raw, s.left)
 	}
-	// Hijack flushes what is buffered; the connection it returns is sock,
-	// maybe wrapped by Caddy to count the bytes read, and the wrapper
-	// would keep net/http's buffers alive. The buffered reader may hold
-	// bytes the client sent after its request; a stream has no use for
-	// them.
-	if _, _, err := http.NewResponseController(w).Hijack(); err != nil {
+	if !ok {
+		return notTakenOver
+	}
+	// The connection hijack returns is sock, maybe wrapped by Caddy to
+	// count the bytes read, and the wrapper would keep net/http's buffers
+	// alive: the stream keeps sock.
+	if _, err := hijack(w, r); err != nil {
 		leaving.Stop()
-		return false
+		if s.ws != nil {
+			return hijackFailed
+		}
+		return notTakenOver
 	}
 	s.leaving = leaving
 	s.lastWrite.Store(time.Now().UnixNano())
@@ -341,7 +362,15 @@ func (s *detachedStream) takeOver(w http.ResponseWriter, r *http.Request) bool {
 	// socket's deadlines: the stream's timers and waiting writes start
 	// after.
 	context.AfterFunc(r.Context(), s.begin)
-	return true
+	return takenOver
+}
+
+// hijack takes a stream's connection from net/http, which flushes what
+// it buffered. Its buffered reader may hold bytes the client sent after
+// its request; a stream has no use for them.
+func hijack(w http.ResponseWriter, _ *http.Request) (net.Conn, error) {
+	conn, _, err := http.NewResponseController(w).Hijack()
+	return conn, err
 }
 
 // changed is the stream's watcher: it runs on a publisher's goroutine and
@@ -462,10 +491,17 @@ func (s *detachedStream) onTimer(now time.Time) bool {
 		// An event is half written; finishing it is the heartbeat.
 		s.kick()
 	case hb > 0 && now.Sub(time.Unix(0, s.lastWrite.Load())) >= hb:
+		if s.ws != nil && s.ws.pongOverdue() {
+			s.last = appendWSClose(nil, closeNoPong, "no pong")
+			return s.endLocked()
+		}
 		step := s.members[0].st.step(Delivery{}, false, errTick)
 		waiting := s.waitForRoom()
 		s.send(true, step.frame)
 		s.stopWaiting(waiting)
+		if s.ws != nil {
+			s.ws.pinged()
+		}
 	}
 	return s.ok()
 }

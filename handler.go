@@ -258,14 +258,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	switch r.Method {
 	case http.MethodGet:
 		w.Header().Add("Vary", "Accept")
-		t := requestedTransport(r.Header.Get("Accept"))
+		t := requestedTransport(r)
 		if h.transports&t == 0 {
 			return caddyhttp.Error(http.StatusNotAcceptable, fmt.Errorf(
-				"this route does not serve %s; it serves: %s (long poll: any Accept; sse: Accept: text/event-stream; stream: Accept: application/x-ndjson)",
+				"this route does not serve %s; it serves: %s (long poll: any Accept; sse: Accept: text/event-stream; stream: Accept: application/x-ndjson; websocket: an upgrade)",
 				t, h.transports))
 		}
 		if keys != nil {
 			switch t {
+			case transportWebSocket:
+				return caddyhttp.Error(http.StatusBadRequest, errors.New("a WebSocket follows one context; use SSE or NDJSON for several"))
 			case transportSSE:
 				return h.serveMultiplexed(w, r, keys, formatSSE, tok)
 			case transportStream:
@@ -274,6 +276,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			return h.serveMultiplexedPoll(w, r, repl, keys, tok)
 		}
 		switch t {
+		case transportWebSocket:
+			return h.serveWebSocket(w, r, repl, key, tok)
 		case transportSSE:
 			return h.serveStream(w, r, repl, key, formatSSE, tok)
 		case transportStream:

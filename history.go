@@ -30,7 +30,7 @@ type Event struct {
 type memoSlot int
 
 // memoSlots is how many derived values an event can carry.
-const memoSlots = 4
+const memoSlots = 6
 
 type eventMemo [memoSlots]atomic.Pointer[any]
 

@@ -216,7 +216,7 @@ func (h *Handler) serveMultiplexed(w http.ResponseWriter, r *http.Request, keys 
 // detach does for a stream of one context: its contexts' changes then go
 // to the detached stream's watcher, which writes them.
 func (h *Handler) detachMultiplexed(w http.ResponseWriter, r *http.Request, sock net.Conn, overTLS bool, mx *multiplexed, f wireFormat, life lifetime) bool {
-	s := h.newDetachedStream(w, sock, overTLS, f, mx.keys[0], life)
+	s := h.newDetachedStream(w, sock, overTLS, f, f.transport(), mx.keys[0], life)
 	if s == nil {
 		return false
 	}
@@ -224,7 +224,7 @@ func (h *Handler) detachMultiplexed(w http.ResponseWriter, r *http.Request, sock
 	for i := range mx.subs {
 		s.members[i] = streamMember{sub: mx.subs[i], st: &mx.states[i], changed: &mx.changed[i]}
 	}
-	if !s.takeOver(w, r) {
+	if s.takeOver(w, r, hijack) != takenOver {
 		return false
 	}
 	watch := watcherFunc(s.changed)

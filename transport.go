@@ -2,6 +2,7 @@ package comet
 
 import (
 	"fmt"
+	"net/http"
 	"strings"
 )
 
@@ -12,8 +13,9 @@ const (
 	transportLongPoll transport = 1 << iota
 	transportSSE
 	transportStream
+	transportWebSocket
 
-	allTransports = transportLongPoll | transportSSE | transportStream
+	allTransports = transportLongPoll | transportSSE | transportStream | transportWebSocket
 )
 
 var transportNames = []struct {
@@ -23,6 +25,7 @@ var transportNames = []struct {
 	{"longpoll", transportLongPoll},
 	{"sse", transportSSE},
 	{"stream", transportStream},
+	{"websocket", transportWebSocket},
 }
 
 // String lists the transports in the set by name.
@@ -45,7 +48,7 @@ func parseTransports(names []string) (transport, error) {
 	for _, name := range names {
 		t := transportNamed(name)
 		if t == 0 {
-			return 0, fmt.Errorf("unknown transport %q: want longpoll, sse or stream", name)
+			return 0, fmt.Errorf("unknown transport %q: want longpoll, sse, stream or websocket", name)
 		}
 		set |= t
 	}
@@ -61,11 +64,40 @@ func transportNamed(name string) transport {
 	return 0
 }
 
-// requestedTransport picks the transport a GET asks for by its Accept
+// requestedTransport picks the transport a GET asks for: WebSocket when
+// it asks to upgrade to it, else what its Accept header asks for.
+func requestedTransport(r *http.Request) transport {
+	if isWebSocketUpgrade(r) {
+		return transportWebSocket
+	}
+	return acceptedTransport(r.Header.Get("Accept"))
+}
+
+// isWebSocketUpgrade reports whether a GET asks to upgrade its connection
+// to WebSocket (RFC 6455 §4.2.1); the handshake checks the rest.
+func isWebSocketUpgrade(r *http.Request) bool {
+	return r.ProtoMajor == 1 && headerHasToken(r.Header, "Upgrade", "websocket") &&
+		headerHasToken(r.Header, "Connection", "upgrade")
+}
+
+// headerHasToken reports whether a comma-separated header lists token,
+// in any case.
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for part := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(part), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// acceptedTransport picks the transport a GET asks for by its Accept
 // header: the first of the SSE and NDJSON media types it accepts (with a
 // q above 0) asks for that stream; anything else is a long poll, as in
 // the seed.
-func requestedTransport(accept string) transport {
+func acceptedTransport(accept string) transport {
 	for part := range strings.SplitSeq(accept, ",") {
 		mediaType, params, _ := strings.Cut(part, ";")
 		if refused(params) {

@@ -16,7 +16,7 @@ func TestRequestedTransport(t *testing.T) {
 		"text/event-stream;q=0.001":               transportSSE,
 		"text/event-streams":                      transportLongPoll,
 	} {
-		if got := requestedTransport(accept); got != want {
+		if got := acceptedTransport(accept); got != want {
 			t.Errorf("Accept %q: %s, want %s", accept, got, want)
 		}
 	}
@@ -29,7 +29,10 @@ func TestParseTransports(t *testing.T) {
 	if set, err := parseTransports([]string{"sse", "longpoll"}); err != nil || set.String() != "longpoll, sse" {
 		t.Errorf("sse longpoll: %q, %v", set, err)
 	}
-	if _, err := parseTransports([]string{"websocket"}); err == nil {
-		t.Error("websocket accepted")
+	if set, err := parseTransports([]string{"websocket", "stream"}); err != nil || set.String() != "stream, websocket" {
+		t.Errorf("websocket stream: %q, %v", set, err)
+	}
+	if _, err := parseTransports([]string{"websockets"}); err == nil {
+		t.Error("an unknown transport accepted")
 	}
 }

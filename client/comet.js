@@ -6,7 +6,8 @@
 //   const sub = Comet.subscribe('/events/news', {
 //     onEvent(e) { ... e.id, e.cursor, e.type, e.data (text) ... },
 //     onGap(missed) { ... missed: a count, or 'unknown' ... },
-//     transport: 'auto',        // 'sse' (EventSource), 'longpoll', or auto: SSE where available
+//     transport: 'auto',        // 'websocket' (falling back to SSE, then long poll), 'sse'
+//                               // (EventSource), 'longpoll', or auto: SSE where available
 //     lastEventId: savedCursor, // resume from a cursor kept from an earlier page
 //     types: ['price'],         // SSE event types to receive besides the default 'message'
 //     token: () => fetch('/my-token').then((r) => r.text()),  // on routes with auth
@@ -82,13 +83,27 @@
     const onEvent = opts.onEvent || function () {};
     const onGap = opts.onGap || function () {};
     const onDeleted = opts.onDeleted || function () {};
-    const useSSE = opts.transport === 'sse' ||
-      ((opts.transport || 'auto') === 'auto' && typeof EventSource === 'function');
     // Several contexts: events and gaps say which (the server names it),
     // and the cursor covers them all.
     const urls = Array.isArray(target) ? target : [target];
     const multi = urls.length > 1;
     const url = multi ? multiplexed(urls) : urls[0];
+    // The transports to use, best first: a WebSocket that cannot be opened
+    // (a proxy that does not pass upgrades, a route without websocket)
+    // gives way to the next one, for good.
+    const hasSSE = typeof EventSource === 'function';
+    let transports;
+    switch (opts.transport || 'auto') {
+      case 'websocket':
+        transports = [];
+        if (typeof WebSocket === 'function' && !multi) transports.push('websocket'); // one context per socket
+        if (hasSSE) transports.push('sse');
+        transports.push('longpoll');
+        break;
+      case 'sse': transports = ['sse']; break;
+      case 'longpoll': transports = ['longpoll']; break;
+      default: transports = [hasSSE ? 'sse' : 'longpoll'];
+    }
 
     const state = { cursor: opts.lastEventId || null, closed: false, failures: 0, timer: null, stop: null, token: null };
 
@@ -178,10 +193,64 @@
         state.closed = true;
         onDeleted(multi ? JSON.parse(e.data).context : undefined);
       });
-      es.onopen = () => { state.failures = 0; };
+      let opened = false;
+      es.onopen = () => { opened = true; state.failures = 0; };
       es.onerror = () => {
         es.close();
+        if (!opened && transports.length > 1) {
+          transports.shift(); // a fallback that cannot be opened either
+          connect();
+          return;
+        }
         retry(0);
+      };
+    }
+
+    // connectWS subscribes over a WebSocket: one JSON message per event
+    // or notice, as the NDJSON stream's lines. Like EventSource, it cannot
+    // set headers: the cursor goes in the query, the token in a cookie.
+    function connectWS() {
+      setTokenCookie(state.token);
+      const u = new URL(withCursor(url), global.location ? global.location.href : undefined);
+      u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
+      const sock = new WebSocket(u.toString());
+      let opened = false;
+      let next = () => retry(0); // what to do once the socket is closed
+      state.stop = () => sock.close();
+      sock.onopen = () => { opened = true; state.failures = 0; };
+      sock.onmessage = (m) => {
+        const line = JSON.parse(m.data);
+        switch (line.control) {
+          case undefined:
+            deliver(line.cursor, line.type, line.data !== undefined ? line.data : atob(line.data_base64 || ''));
+            break;
+          case 'open':
+            state.cursor = line.cursor; // where the socket starts: resuming from it misses nothing
+            break;
+          case 'missed':
+            if (line.cursor) state.cursor = line.cursor;
+            gap(line.missed);
+            break;
+          case 'reconnect':
+            state.failures = 0;
+            // The token expired: come back at once with a fresh one.
+            if (line.reason === 'unauthorized') next = connect;
+            break;
+          case 'deleted':
+            state.closed = true;
+            onDeleted(undefined);
+            break;
+        }
+      };
+      sock.onclose = () => {
+        if (state.closed) return;
+        if (!opened) {
+          // The upgrade failed: the next transport, at once.
+          transports.shift();
+          connect();
+          return;
+        }
+        next();
       };
     }
 
@@ -240,12 +309,18 @@
         return;
       }
       if (state.closed) return;
-      if (useSSE) connectSSE(); else connectLongPoll();
+      switch (transports[0]) {
+        case 'websocket': connectWS(); break;
+        case 'sse': connectSSE(); break;
+        default: connectLongPoll();
+      }
     }
 
     connect();
     return {
       get cursor() { return state.cursor; },
+      // The transport in use: 'websocket', 'sse' or 'longpoll'.
+      get transport() { return transports[0]; },
       close() {
         state.closed = true;
         clearTimeout(state.timer);

@@ -28,8 +28,10 @@ var (
 
 // Watch is one socket's registration with the hang-up watcher.
 type Watch struct {
-	raw syscall.RawConn
-	id  uint64
+	raw    syscall.RawConn
+	id     uint64
+	events uint32 // what is watched for, besides EPOLLONESHOT
+	fn     func()
 }
 
 // HangUpsWatched starts the process's hang-up watcher the first time it
@@ -53,22 +55,60 @@ func HangUpsWatched() error {
 // goroutine, when the client closes its end of the socket (a half-close
 // too). It reports false if the socket cannot be watched.
 func WatchHangUp(raw syscall.RawConn, hungUp func()) (Watch, bool) {
+	return watch(raw, syscall.EPOLLRDHUP, hungUp)
+}
+
+// WatchReadable arranges for readable to be called, once, on the watcher's
+// goroutine, when the client sent something or closed its end of the
+// socket; Rearm asks for the next time. It is for a connection whose client
+// speaks now and then (a WebSocket's pongs), read by a goroutine started
+// only when there is something to read. It reports false if the socket
+// cannot be watched.
+func WatchReadable(raw syscall.RawConn, readable func()) (Watch, bool) {
+	return watch(raw, syscall.EPOLLIN|syscall.EPOLLRDHUP, readable)
+}
+
+func watch(raw syscall.RawConn, events uint32, fn func()) (Watch, bool) {
 	if HangUpsWatched() != nil {
 		return Watch{}, false
 	}
 	w := theWatcher
 	id := w.nextID.Add(1)
-	w.watched.Store(id, hungUp)
-	ev := syscall.EpollEvent{Events: syscall.EPOLLRDHUP | syscall.EPOLLONESHOT, Fd: int32(id), Pad: int32(id >> 32)}
-	var cerr error
-	err := raw.Control(func(fd uintptr) {
-		cerr = syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
-	})
-	if err != nil || cerr != nil {
+	w.watched.Store(id, fn)
+	lw := Watch{raw: raw, id: id, events: events, fn: fn}
+	if !lw.ctl(syscall.EPOLL_CTL_ADD) {
 		w.watched.Delete(id)
 		return Watch{}, false
 	}
-	return Watch{raw: raw, id: id}, true
+	return lw, true
+}
+
+// Rearm asks for the watch's function to be called again, once, the next
+// time the socket is readable: at once if it is readable now, so nothing
+// sent between the last read and Rearm goes unnoticed. It reports false if
+// the socket cannot be watched any more. The caller must not rearm a watch
+// after Stop: the socket may have been closed and its number reused.
+func (lw Watch) Rearm() bool {
+	if lw.raw == nil {
+		return false
+	}
+	theWatcher.watched.Store(lw.id, lw.fn)
+	if !lw.ctl(syscall.EPOLL_CTL_MOD) {
+		theWatcher.watched.Delete(lw.id)
+		return false
+	}
+	return true
+}
+
+// ctl adds the watch's socket to the watcher's epoll instance, or modifies
+// its registration, armed for one report.
+func (lw Watch) ctl(op int) bool {
+	ev := syscall.EpollEvent{Events: lw.events | syscall.EPOLLONESHOT, Fd: int32(lw.id), Pad: int32(lw.id >> 32)}
+	var cerr error
+	err := lw.raw.Control(func(fd uintptr) {
+		cerr = syscall.EpollCtl(theWatcher.epfd, op, int(fd), &ev)
+	})
+	return err == nil && cerr == nil
 }
 
 // Stop ends the watch, before the socket is closed or given to another

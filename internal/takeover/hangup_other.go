@@ -18,6 +18,12 @@ func HangUpsWatched() error { return errors.ErrUnsupported }
 // WatchHangUp is not supported on this platform.
 func WatchHangUp(syscall.RawConn, func()) (Watch, bool) { return Watch{}, false }
 
+// WatchReadable is not supported on this platform.
+func WatchReadable(syscall.RawConn, func()) (Watch, bool) { return Watch{}, false }
+
+// Rearm does nothing: there is no watch.
+func (Watch) Rearm() bool { return false }
+
 // Stop does nothing.
 func (Watch) Stop() {}
 

@@ -202,3 +202,49 @@ func TestDiscardUnreadDropsWhatTheClientSent(t *testing.T) {
 		t.Errorf("the client read %q, %v; want the last words and an end of stream", got, err)
 	}
 }
+
+// TestReadablesAreReportedOnceAndRearmed watches a socket for what its
+// client sends: once per arming, at once on rearming when something is
+// already there, and a hang-up too.
+func TestReadablesAreReportedOnceAndRearmed(t *testing.T) {
+	if HangUpsWatched() != nil {
+		t.Skip("sockets are watched with epoll, on Linux")
+	}
+	server, client := tcpPair(t)
+	readable := make(chan struct{}, 4)
+	w, ok := WatchReadable(rawOf(t, server), func() { readable <- struct{}{} })
+	if !ok {
+		t.Fatal("cannot watch a TCP socket")
+	}
+	expect := func(what string, want bool) {
+		t.Helper()
+		select {
+		case <-readable:
+			if !want {
+				t.Errorf("%s: reported", what)
+			}
+		case <-time.After(200 * time.Millisecond):
+			if want {
+				t.Errorf("%s: not reported", what)
+			}
+		}
+	}
+	expect("nothing sent", false)
+	io.WriteString(client, "ping")
+	expect("bytes sent", true)
+	io.WriteString(client, "more")
+	expect("more bytes before rearming", false)
+	if !w.Rearm() {
+		t.Fatal("rearming failed")
+	}
+	expect("bytes unread when rearmed", true)
+	buf := make([]byte, 16)
+	if n, _ := server.Read(buf); string(buf[:n]) != "pingmore" {
+		t.Errorf("read %q", buf[:n])
+	}
+	w.Rearm()
+	expect("everything read", false)
+	client.Close()
+	expect("a hang-up", true)
+	w.Stop()
+}

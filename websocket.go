@@ -1,0 +1,548 @@
+package comet
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddy-comet/comet/internal/takeover"
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+	"go.uber.org/zap"
+)
+
+// WebSocket subscribers.
+//
+// A GET that asks to upgrade to WebSocket subscribes like a stream: the
+// socket gets the NDJSON stream's lines, one text message each (see
+// websocket_wire.go), and its client may send messages too: a cursor to go
+// on from, or, where the route lets it, an event to publish. Over
+// HTTP/1.1 the socket is taken over like a detached stream (see detach.go):
+// publishers write its frames, a timer sends its pings, and what the client
+// sends wakes the hang-up watcher, which starts a goroutine to read it and
+// ends it once nothing is left to read. Without detaching (detach off, or
+// a platform without epoll), a goroutine writes and another reads.
+
+// wsReadTimeout bounds how long reading a frame the client began to send
+// may take.
+const wsReadTimeout = 10 * time.Second
+
+// serveWebSocket subscribes a GET that asks to upgrade to WebSocket.
+func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, tok *token) error {
+	if err := checkWebSocketHandshake(w, r); err != nil {
+		return err
+	}
+	m := h.metrics[transportWebSocket]
+	life := h.lifetime(time.Now(), tok)
+	sub, after, err := h.subscribe(w, r, key, tok, m)
+	if sub == nil {
+		return err
+	}
+	repl.Set("comet.cursor", after.String())
+	repl.Set("comet.event.id", after.ID)
+	repl.Set("comet.subscribers", sub.ContextSubscribers())
+	w.Header().Set(HeaderCursor, after.String())
+	w.Header().Del("Vary") // the answer is the upgrade, not a representation
+
+	sess := &wsSession{h: h, key: key, tok: tok}
+	open := appendWSText(nil, formatNDJSON.open(nil, after))
+	sock, overTLS := h.detachableSocket(w, r)
+	if sock != nil {
+		s := h.newDetachedStream(w, sock, overTLS, webSocketOf, transportWebSocket, key, life)
+		if s != nil {
+			s.own = streamState{f: webSocketOf, after: after}
+			s.members = []streamMember{{sub: sub, st: &s.own}}
+			s.ws = sess
+			s.pending = open
+			switch s.takeOver(w, r, sess.upgrade) {
+			case takenOver:
+				sub.watch(s.changed)
+				return nil
+			case hijackFailed:
+				h.unsubscribe(sub, m)
+				return nil
+			}
+		}
+	}
+	defer h.unsubscribe(sub, m)
+	conn, err := sess.upgrade(w, r)
+	if err != nil {
+		return nil // the client was answered, or is gone
+	}
+	defer conn.Close()
+	h.holdWebSocket(conn, sess, sub, after, open, life, m)
+	return nil
+}
+
+// checkWebSocketHandshake refuses, as HTTP, an upgrade that cannot be
+// accepted, before anything is subscribed (RFC 6455 §4.2.2).
+func checkWebSocketHandshake(w http.ResponseWriter, r *http.Request) error {
+	if v := r.Header.Get("Sec-WebSocket-Version"); v != "13" {
+		w.Header().Set("Sec-WebSocket-Version", "13")
+		return caddyhttp.Error(http.StatusUpgradeRequired, fmt.Errorf("WebSocket version %q: this server speaks 13", v))
+	}
+	if len(r.Header.Get("Sec-WebSocket-Key")) != 24 {
+		return caddyhttp.Error(http.StatusBadRequest, errors.New("a WebSocket handshake needs a Sec-WebSocket-Key of 16 bytes in base64"))
+	}
+	return nil
+}
+
+// wsSession is what a WebSocket subscriber's two directions share: the
+// route, the socket's context and the token that allowed it, and when the
+// client last spoke. Its methods decide what the client's frames get,
+// whichever way the connection is held.
+type wsSession struct {
+	h   *Handler
+	key string
+	tok *token
+
+	// prefix is what the client sent right after its handshake, read
+	// from net/http's buffer: it is read before the socket.
+	prefix []byte
+	// lastPing and lastRead are when the last ping went out and when the
+	// client last sent a frame, in Unix nanoseconds.
+	lastPing, lastRead atomic.Int64
+}
+
+// upgrade answers the handshake and takes the connection from net/http,
+// keeping what the client sent after its request. The upgrader writes the
+// response's headers as Caddy's handlers set them, with the accept key.
+func (ss *wsSession) upgrade(w http.ResponseWriter, r *http.Request) (net.Conn, error) {
+	u := ws.HTTPUpgrader{Header: w.Header().Clone(), Timeout: time.Duration(ss.h.WriteTimeout)}
+	conn, rw, _, err := u.Upgrade(r, w)
+	if err != nil {
+		if conn != nil {
+			_ = conn.Close()
+		}
+		return nil, err
+	}
+	if n := rw.Reader.Buffered(); n > 0 {
+		ss.prefix, _ = rw.Reader.Peek(n)
+		ss.prefix = append([]byte(nil), ss.prefix...)
+	}
+	ss.lastRead.Store(time.Now().UnixNano())
+	return conn, nil
+}
+
+// pongOverdue reports whether the client answered nothing since the last
+// ping: when the next one is due, it is gone.
+func (ss *wsSession) pongOverdue() bool {
+	ping := ss.lastPing.Load()
+	return ping != 0 && ss.lastRead.Load() < ping
+}
+
+// pinged notes that a heartbeat went out.
+func (ss *wsSession) pinged() { ss.lastPing.Store(time.Now().UnixNano()) }
+
+// wsOutcome is what a client's frame leads to.
+type wsOutcome struct {
+	reply  []byte  // written back at once: a pong, a receipt, last words
+	resume *Cursor // go on from this cursor
+	end    bool    // the socket is over once reply is written
+}
+
+// wsReader reads a client's frames. It is made only while there is
+// something to read, so that an idle socket holds no buffer.
+type wsReader struct {
+	br *bufio.Reader
+	rd wsutil.Reader
+}
+
+var wsReaders = sync.Pool{New: func() any { return &wsReader{br: bufio.NewReaderSize(nil, 4<<10)} }}
+
+// newWSReader returns a reader of src, which starts with what the session
+// read before, if anything.
+func (ss *wsSession) newWSReader(src io.Reader) *wsReader {
+	if ss.prefix != nil {
+		src = io.MultiReader(bytesReader(ss.prefix), src)
+		ss.prefix = nil
+	}
+	r := wsReaders.Get().(*wsReader)
+	r.br.Reset(src)
+	r.rd = wsutil.Reader{
+		Source: r.br, State: ws.StateServerSide, CheckUTF8: true,
+		MaxMessageSize: ss.h.MaxMessageSize,
+	}
+	return r
+}
+
+func (r *wsReader) release() {
+	r.br.Reset(nil)
+	r.rd = wsutil.Reader{}
+	wsReaders.Put(r)
+}
+
+func bytesReader(b []byte) io.Reader {
+	return &prefixReader{b}
+}
+
+type prefixReader struct{ b []byte }
+
+func (p *prefixReader) Read(b []byte) (int, error) {
+	if len(p.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(b, p.b)
+	p.b = p.b[n:]
+	return n, nil
+}
+
+// readFrame reads one frame, or a whole message with the control frames
+// between its parts, and decides what it leads to.
+func (ss *wsSession) readFrame(r *wsReader) wsOutcome {
+	var replies []byte
+	control := func(hdr ws.Header, body io.Reader) (wsOutcome, error) {
+		payload := make([]byte, hdr.Length)
+		if _, err := io.ReadFull(body, payload); err != nil {
+			return wsOutcome{end: true}, err
+		}
+		out := ss.control(hdr.OpCode, payload)
+		replies = append(replies, out.reply...)
+		return out, nil
+	}
+	r.rd.OnIntermediate = func(hdr ws.Header, body io.Reader) error {
+		if out, err := control(hdr, body); err != nil || out.end {
+			return errClientClosed
+		}
+		return nil
+	}
+	hdr, err := r.rd.NextFrame()
+	if err != nil {
+		return ss.readFailed(err, replies)
+	}
+	ss.lastRead.Store(time.Now().UnixNano())
+	if hdr.OpCode.IsControl() {
+		out, err := control(hdr, &r.rd)
+		if err != nil {
+			return ss.readFailed(err, replies)
+		}
+		return out
+	}
+	msg, err := io.ReadAll(&r.rd)
+	ss.lastRead.Store(time.Now().UnixNano())
+	if err != nil {
+		return ss.readFailed(err, replies)
+	}
+	if hdr.OpCode != ws.OpText {
+		return wsOutcome{reply: appendWSClose(replies, ws.StatusUnsupportedData, "send text messages"), end: true}
+	}
+	out := ss.message(msg)
+	out.reply = append(replies, out.reply...)
+	return out
+}
+
+// errClientClosed ends a read at a close frame between a message's parts.
+var errClientClosed = errors.New("the client closed the socket")
+
+// readFailed decides how a socket ends whose frame could not be read: with
+// a close frame that says what was wrong with it, or without a word when
+// the client left.
+func (ss *wsSession) readFailed(err error, replies []byte) wsOutcome {
+	var code ws.StatusCode
+	var pe ws.ProtocolError
+	switch {
+	case errors.Is(err, errClientClosed):
+		return wsOutcome{reply: replies, end: true}
+	case errors.Is(err, wsutil.ErrMessageTooLarge), errors.Is(err, wsutil.ErrFrameTooLarge):
+		code = ws.StatusMessageTooBig
+	case errors.Is(err, wsutil.ErrInvalidUTF8):
+		code = ws.StatusInvalidFramePayloadData
+	case errors.As(err, &pe):
+		code = ws.StatusProtocolError
+	default:
+		return wsOutcome{end: true} // gone, or stopped halfway through a frame
+	}
+	return wsOutcome{reply: appendWSClose(replies, code, truncateReason(err.Error())), end: true}
+}
+
+// truncateReason keeps a close reason within a control frame's 125 bytes.
+func truncateReason(s string) string {
+	if len(s) > 120 {
+		return s[:120]
+	}
+	return s
+}
+
+// control answers a control frame: a ping with a pong, a close with a
+// close, as RFC 6455 §5.5 asks.
+func (ss *wsSession) control(op ws.OpCode, payload []byte) wsOutcome {
+	switch op {
+	case ws.OpPing:
+		return wsOutcome{reply: appendWSFrame(nil, ws.OpPong, payload)}
+	case ws.OpClose:
+		code, reason := ws.ParseCloseFrameData(payload)
+		if err := ws.CheckCloseFrameData(code, reason); err != nil {
+			return wsOutcome{reply: appendWSClose(nil, ws.StatusProtocolError, err.Error()), end: true}
+		}
+		if code.Empty() {
+			return wsOutcome{reply: appendWSFrame(nil, ws.OpClose, nil), end: true}
+		}
+		return wsOutcome{reply: appendWSClose(nil, code, ""), end: true}
+	}
+	return wsOutcome{} // a pong: the client is there
+}
+
+// message answers a client's text message: a cursor to go on from, or an
+// event to publish, which gets a receipt or why it was refused.
+func (ss *wsSession) message(msg []byte) wsOutcome {
+	req, err := parseWSRequest(msg)
+	if err != nil {
+		return wsOutcome{reply: wsReplyFrame(wsReply{Control: "error", Status: http.StatusBadRequest, Error: err.Error()})}
+	}
+	if req.Cursor != nil {
+		cur, err := ParseCursor(*req.Cursor)
+		if err != nil {
+			return wsOutcome{reply: wsReplyFrame(wsReply{Control: "error", Status: http.StatusBadRequest, Error: err.Error()})}
+		}
+		return wsOutcome{resume: &cur}
+	}
+	return wsOutcome{reply: wsReplyFrame(ss.publish(req.Publish))}
+}
+
+// publish publishes a client's event on the socket's context, if the route
+// lets clients publish and, with tokens, the socket's token allows it.
+func (ss *wsSession) publish(p *wsPublish) wsReply {
+	h := ss.h
+	refuse := func(status int, err error) wsReply {
+		return wsReply{Control: "error", Ref: p.Ref, Status: status, Error: err.Error()}
+	}
+	switch {
+	case !h.publishes():
+		return refuse(http.StatusMethodNotAllowed, errors.New("this route does not take events from clients"))
+	case h.Auth != nil && h.Auth.Publish && (ss.tok == nil || !grantsContext(ss.tok.grants.Publish, ss.key)):
+		return refuse(http.StatusForbidden, errors.New("the token does not allow to publish to this context"))
+	}
+	ev := p.event()
+	if int64(len(ev.Data)) > h.MaxMessageSize {
+		countPublishError(h.Hub, errMessageTooLarge)
+		return refuse(http.StatusRequestEntityTooLarge, errMessageTooLarge)
+	}
+	var rcpt Receipt
+	var replayed bool
+	var err error
+	if p.IdempotencyKey == "" {
+		rcpt, err = h.hub.Publish(ss.key, ev)
+	} else {
+		var receipts []Receipt
+		receipts, replayed, err = h.hub.PublishOnce(p.IdempotencyKey, []Publication{{Key: ss.key, Event: ev}})
+		if err == nil {
+			rcpt = receipts[0]
+		}
+	}
+	if err != nil {
+		countPublishError(h.Hub, err)
+		return refuse(hubStatus(err), err)
+	}
+	return wsReply{Control: "receipt", Ref: p.Ref, ID: rcpt.Cursor.ID, Cursor: rcpt.Cursor.String(), Replayed: replayed}
+}
+
+// holdWebSocket serves a socket that is not detached: this goroutine
+// writes, and another reads what the client sends.
+func (h *Handler) holdWebSocket(conn net.Conn, ss *wsSession, sub *Subscriber, after Cursor, open []byte, life lifetime, m *transportMetrics) {
+	out := &heldSocket{conn: conn, timeout: time.Duration(h.WriteTimeout)}
+	if out.write(open) != nil {
+		return
+	}
+	ctx, cancel := life.bound(context.Background())
+	defer cancel()
+	// wake wakes the writer: the reader has a cursor for it, or the
+	// heartbeat is due. One pending wake is enough.
+	wake := make(chan time.Time, 1)
+	poke := func() {
+		select {
+		case wake <- time.Time{}:
+		default:
+		}
+	}
+	var resume atomic.Pointer[Cursor]
+	left := make(chan struct{})
+	go func() {
+		defer close(left)
+		defer cancel()
+		h.readHeldWebSocket(conn, ss, out, func(cur Cursor) {
+			resume.Store(&cur)
+			poke()
+		})
+	}()
+	defer func() { <-left }()
+	defer conn.Close() // ends the reader
+
+	hb := time.Duration(h.Heartbeat)
+	var heartbeatDue atomic.Bool
+	var heartbeat *time.Timer
+	if hb > 0 {
+		heartbeat = time.AfterFunc(hb, func() { heartbeatDue.Store(true); poke() })
+		defer heartbeat.Stop()
+	}
+	st := streamState{f: webSocketOf, after: after}
+	for {
+		d, err := sub.next(ctx, st.after, wake)
+		if cur := resume.Swap(nil); cur != nil {
+			st = streamState{f: webSocketOf, after: sub.Resume(*cur)}
+			continue
+		}
+		switch {
+		case err == nil, errors.Is(err, ErrHubClosed), errors.Is(err, ErrContextDeleted):
+		case errors.Is(err, errTick):
+			if !heartbeatDue.Swap(false) {
+				continue
+			}
+			heartbeat.Reset(hb)
+			if ss.pongOverdue() {
+				_ = out.write(appendWSClose(nil, closeNoPong, "no pong"))
+				return
+			}
+			ss.pinged()
+		default:
+			select {
+			case <-left:
+				return // the client left
+			default:
+				err = life.why
+			}
+		}
+		step := st.step(d, err == nil, err)
+		werr := out.write(step.notice, step.frame)
+		h.countStream(m, step, werr == nil)
+		if step.end {
+			return
+		}
+		if werr != nil {
+			if writeTimedOut(werr) {
+				countDropped(h.Hub, droppedSlow)
+				h.limitLog.Warn("dropped a WebSocket whose reader stopped reading",
+					zap.String("hub", h.Hub), zap.String("context", ss.key), zap.Duration("write_timeout", out.timeout))
+			}
+			return
+		}
+	}
+}
+
+// readHeldWebSocket reads what the client of a socket that is not
+// detached sends, until it leaves or the socket ends.
+func (h *Handler) readHeldWebSocket(conn net.Conn, ss *wsSession, out *heldSocket, resume func(Cursor)) {
+	r := ss.newWSReader(conn)
+	defer r.release()
+	for {
+		o := ss.readFrame(r)
+		if len(o.reply) > 0 && out.write(o.reply) != nil {
+			return
+		}
+		if o.end {
+			return
+		}
+		if o.resume != nil {
+			resume(*o.resume)
+		}
+	}
+}
+
+// heldSocket is a socket that two goroutines write to: the writer, and
+// the reader with its answers.
+type heldSocket struct {
+	mu      sync.Mutex
+	conn    net.Conn
+	timeout time.Duration
+}
+
+func (s *heldSocket) write(parts ...[]byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.timeout > 0 {
+		_ = s.conn.SetWriteDeadline(time.Now().Add(s.timeout))
+	}
+	for _, p := range parts {
+		if len(p) == 0 {
+			continue
+		}
+		if _, err := s.conn.Write(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readable runs on the hang-up watcher's goroutine when the client of a
+// detached socket sent something, or left: a goroutine reads it.
+func (s *detachedStream) readable() { go s.readClient() }
+
+// readClient reads and answers what the client of a detached socket sent,
+// until nothing is left to read, then asks the watcher to tell it of the
+// next time.
+func (s *detachedStream) readClient() {
+	ss := s.ws
+	r := ss.newWSReader(s.sock)
+	defer r.release()
+	for {
+		_ = s.sock.SetReadDeadline(time.Now().Add(wsReadTimeout))
+		o := ss.readFrame(r)
+		if !s.answer(o) {
+			return
+		}
+		if !s.hasUnread(r) {
+			break
+		}
+	}
+	_ = s.sock.SetReadDeadline(time.Time{})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.done && !s.leaving.Rearm() {
+		s.gone.Store(true)
+		s.kick()
+	}
+}
+
+// answer writes what a client's frame gets, after anything half written,
+// and moves the stream to the cursor the client sent, if it did. It
+// returns false when the socket is over.
+func (s *detachedStream) answer(o wsOutcome) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done {
+		return false
+	}
+	waiting := s.waitForRoom()
+	defer s.stopWaiting(waiting)
+	if len(o.reply) > 0 && s.ok() {
+		s.send(true, s.pending, o.reply)
+	}
+	if o.end || s.broken != nil {
+		s.gone.Store(true)
+		s.kick()
+		return false
+	}
+	if o.resume != nil {
+		mem := s.members[0]
+		*mem.st = streamState{f: mem.st.f, after: mem.sub.Resume(*o.resume)}
+		if s.catchUp(true) {
+			s.kick()
+		}
+	}
+	return true
+}
+
+// hasUnread reports whether the client sent more than was read: in the
+// reader's buffer, in the socket, or, over TLS, in the connection's
+// buffer of records already received.
+func (s *detachedStream) hasUnread(r *wsReader) bool {
+	if r.br.Buffered() > 0 || takeover.HasUnread(s.raw) {
+		return true
+	}
+	if !s.overTLS {
+		return false
+	}
+	// A read past its deadline returns what crypto/tls holds already and
+	// otherwise fails at once, without harm to the connection.
+	_ = s.sock.SetReadDeadline(aLongTimeAgo)
+	_, err := r.br.Peek(1)
+	return err == nil
+}

@@ -1,0 +1,514 @@
+package comet
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// wsClient is a WebSocket client for tests, made of gobwas/ws's frame
+// functions so that a test can also send what a browser never would.
+type wsClient struct {
+	t    testing.TB
+	conn net.Conn
+	r    io.Reader
+	// answerPings makes next answer pings with pongs, as browsers do.
+	answerPings bool
+	pings       int
+}
+
+// dialWS opens a WebSocket to url (ws:// or wss://).
+func dialWS(t testing.TB, url string, tlsConfig *tls.Config, header ...string) *wsClient {
+	t.Helper()
+	c, resp, err := tryDialWS(url, tlsConfig, header...)
+	if err != nil {
+		t.Fatalf("dialing %s: %v (%v)", url, err, resp)
+	}
+	c.t = t
+	t.Cleanup(func() { c.conn.Close() })
+	return c
+}
+
+func tryDialWS(url string, tlsConfig *tls.Config, header ...string) (*wsClient, error, error) {
+	h := http.Header{}
+	for i := 0; i+1 < len(header); i += 2 {
+		h.Set(header[i], header[i+1])
+	}
+	var status error
+	d := ws.Dialer{
+		Header:    ws.HandshakeHeaderHTTP(h),
+		TLSConfig: tlsConfig,
+		Timeout:   5 * time.Second,
+		OnStatusError: func(status_ int, reason []byte, resp io.Reader) {
+			body, _ := io.ReadAll(io.LimitReader(resp, 1024))
+			status = &handshakeStatus{status_, string(body)}
+		},
+	}
+	conn, br, _, err := d.Dial(context.Background(), url)
+	if err != nil {
+		if status != nil {
+			return nil, status, err
+		}
+		return nil, nil, err
+	}
+	var r io.Reader = conn
+	if br != nil {
+		r = io.MultiReader(br, conn)
+	}
+	return &wsClient{conn: conn, r: r, answerPings: true}, nil, nil
+}
+
+type handshakeStatus struct {
+	status int
+	body   string
+}
+
+func (h *handshakeStatus) Error() string { return http.StatusText(h.status) + ": " + h.body }
+
+// next returns the next data or close frame within d, answering pings
+// meanwhile if the client does.
+func (c *wsClient) next(d time.Duration) (ws.OpCode, []byte, error) {
+	c.conn.SetReadDeadline(time.Now().Add(d))
+	for {
+		f, err := ws.ReadFrame(c.r)
+		if err != nil {
+			return 0, nil, err
+		}
+		if f.Header.Masked {
+			c.t.Errorf("the server sent a masked frame")
+		}
+		switch f.Header.OpCode {
+		case ws.OpPing:
+			c.pings++
+			if c.answerPings {
+				c.send(ws.OpPong, f.Payload)
+			}
+			continue
+		case ws.OpPong:
+			continue
+		}
+		return f.Header.OpCode, f.Payload, nil
+	}
+}
+
+// message returns the next message, decoded.
+func (c *wsClient) message(d time.Duration) map[string]any {
+	c.t.Helper()
+	op, payload, err := c.next(d)
+	if err != nil {
+		c.t.Fatalf("reading a message: %v", err)
+	}
+	if op != ws.OpText {
+		c.t.Fatalf("got a frame of opcode %v (%q), want a text message", op, payload)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(payload, &m); err != nil {
+		c.t.Fatalf("a message that is not JSON: %q", payload)
+	}
+	return m
+}
+
+// closed expects the server's close frame with code, then the end of the
+// connection.
+func (c *wsClient) closed(d time.Duration, code ws.StatusCode) string {
+	c.t.Helper()
+	op, payload, err := c.next(d)
+	if err != nil {
+		c.t.Fatalf("waiting for a close frame: %v", err)
+	}
+	if op != ws.OpClose {
+		c.t.Fatalf("got opcode %v (%q), want a close frame", op, payload)
+	}
+	got, reason := ws.ParseCloseFrameData(payload)
+	if got != code {
+		c.t.Errorf("close code %d (%q), want %d", got, reason, code)
+	}
+	if _, err := ws.ReadFrame(c.r); err == nil {
+		c.t.Error("the server sent a frame after its close frame")
+	}
+	return reason
+}
+
+// send sends one masked frame, as a client must.
+func (c *wsClient) send(op ws.OpCode, payload []byte) {
+	f := ws.MaskFrame(ws.NewFrame(op, true, payload))
+	c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if err := ws.WriteFrame(c.conn, f); err != nil {
+		c.t.Errorf("sending a frame: %v", err)
+	}
+}
+
+func (c *wsClient) sendJSON(v any) {
+	b, _ := json.Marshal(v)
+	c.send(ws.OpText, b)
+}
+
+// expectEvents reads n event messages and returns their cursors, checking
+// their data.
+func (c *wsClient) expectEvents(data ...string) []string {
+	c.t.Helper()
+	var cursors []string
+	for _, want := range data {
+		m := c.message(5 * time.Second)
+		if m["data"] != want || m["cursor"] == nil {
+			c.t.Fatalf("got %v, want an event with data %q", m, want)
+		}
+		cursors = append(cursors, m["cursor"].(string))
+	}
+	return cursors
+}
+
+// receiptAndEvent reads the two messages a publish over the socket leads
+// to, in either order: the event may be written to the socket before the
+// receipt.
+func (c *wsClient) receiptAndEvent() (receipt, event map[string]any) {
+	c.t.Helper()
+	for range 2 {
+		m := c.message(5 * time.Second)
+		if m["control"] == "receipt" {
+			receipt = m
+		} else {
+			event = m
+		}
+	}
+	if receipt == nil || event == nil {
+		c.t.Fatalf("got %v and %v, want a receipt and an event", receipt, event)
+	}
+	return receipt, event
+}
+
+// readFor reads for d, answering pings, and fails on anything else.
+func (c *wsClient) readFor(d time.Duration) {
+	c.t.Helper()
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		op, payload, err := c.next(time.Until(end))
+		if err == nil {
+			c.t.Fatalf("got opcode %v (%q) while idle", op, payload)
+		}
+		if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+			c.t.Fatalf("reading: %v", err)
+		}
+	}
+}
+
+func wsURL(s *testServer, path string) string {
+	return "ws" + strings.TrimPrefix(s.base, "http") + path
+}
+
+func TestWebSocketDeliversAndResumes(t *testing.T) {
+	for _, detach := range []string{"on", "off"} {
+		t.Run("detach "+detach, func(t *testing.T) {
+			s := startCaddy(t, "", `
+	route /ctx/* {
+		comet {
+			detach `+detach+`
+		}
+	}`)
+			c := dialWS(t, wsURL(s, "/ctx/a"), nil)
+			open := c.message(5 * time.Second)
+			if open["control"] != "open" || open["cursor"] == nil {
+				t.Fatalf("first message %v, want open with the cursor", open)
+			}
+			for _, d := range []string{"one", "two", "three"} {
+				s.publish("/ctx/a", d)
+			}
+			cursors := c.expectEvents("one", "two", "three")
+
+			// The cursor of "one" resumes from "two", from the query string...
+			c2 := dialWS(t, wsURL(s, "/ctx/a?last_event_id="+cursors[0]), nil)
+			c2.message(5 * time.Second) // open
+			c2.expectEvents("two", "three")
+			// ...from Last-Event-ID...
+			c3 := dialWS(t, wsURL(s, "/ctx/a"), nil, "Last-Event-ID", cursors[0])
+			c3.message(5 * time.Second)
+			c3.expectEvents("two", "three")
+			// ...and from the client's message, at any time.
+			c4 := dialWS(t, wsURL(s, "/ctx/a"), nil)
+			c4.message(5 * time.Second)
+			c4.sendJSON(map[string]any{"cursor": cursors[0]})
+			c4.expectEvents("two", "three")
+			s.publish("/ctx/a", "four")
+			c4.expectEvents("four")
+			c.expectEvents("four")
+
+			// A bad message is answered, and the socket goes on.
+			c.send(ws.OpText, []byte(`{"nonsense": 1}`))
+			if m := c.message(5 * time.Second); m["control"] != "error" || m["status"] != 400.0 {
+				t.Errorf("a bad message got %v, want an error", m)
+			}
+			s.publish("/ctx/a", "five")
+			c.expectEvents("five")
+
+			// Deleting the context ends its sockets with their own code.
+			s.do("DELETE", "/ctx/a", "")
+			if m := c.message(5 * time.Second); m["control"] != "deleted" {
+				t.Errorf("got %v, want deleted", m)
+			}
+			c.closed(5*time.Second, closeDeleted)
+		})
+	}
+}
+
+func TestWebSocketHandshakeRefusals(t *testing.T) {
+	s := startCaddy(t, "", `
+	route /ctx/* {
+		comet {
+			transports longpoll sse
+		}
+	}
+	route /all/* {
+		comet
+	}`)
+	_, status, _ := tryDialWS(wsURL(s, "/ctx/a"), nil)
+	if hs, ok := status.(*handshakeStatus); !ok || hs.status != http.StatusNotAcceptable {
+		t.Errorf("a route without websocket answered %v, want 406", status)
+	}
+	_, status, _ = tryDialWS(wsURL(s, "/all/a?last_event_id=bogus"), nil)
+	if hs, ok := status.(*handshakeStatus); !ok || hs.status != http.StatusBadRequest {
+		t.Errorf("a bad cursor answered %v, want 400", status)
+	}
+	// A wrong version gets 426 and the version this server speaks.
+	req, _ := http.NewRequest("GET", s.base+"/all/a", nil)
+	req.Header.Set("Upgrade", "websocket")
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Sec-WebSocket-Version", "8")
+	req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUpgradeRequired || resp.Header.Get("Sec-WebSocket-Version") != "13" {
+		t.Errorf("version 8 answered %d with %q", resp.StatusCode, resp.Header.Get("Sec-WebSocket-Version"))
+	}
+	// The subscriber of a refused handshake is not left behind.
+	if n := s.hub("default").SubscriberCount(); n != 0 {
+		t.Errorf("%d subscribers after refused handshakes", n)
+	}
+}
+
+func TestWebSocketRefusesBadFrames(t *testing.T) {
+	for _, detach := range []string{"on", "off"} {
+		t.Run("detach "+detach, func(t *testing.T) {
+			s := startCaddy(t, "", `
+	route /ctx/* {
+		comet {
+			detach `+detach+`
+			max_message_size 1KiB
+		}
+	}`)
+			open := func() *wsClient {
+				c := dialWS(t, wsURL(s, "/ctx/a"), nil)
+				c.message(5 * time.Second)
+				return c
+			}
+			c := open()
+			ws.WriteFrame(c.conn, ws.NewTextFrame([]byte(`{"cursor":""}`))) // unmasked
+			c.closed(5*time.Second, ws.StatusProtocolError)
+
+			c = open()
+			c.send(ws.OpBinary, []byte{1, 2, 3})
+			c.closed(5*time.Second, ws.StatusUnsupportedData)
+
+			c = open()
+			c.send(ws.OpText, []byte(strings.Repeat("x", 2048)))
+			c.closed(5*time.Second, ws.StatusMessageTooBig)
+
+			c = open()
+			c.send(ws.OpText, []byte{'"', 0xff, 0xfe, '"'})
+			c.closed(5*time.Second, ws.StatusInvalidFramePayloadData)
+
+			c = open()
+			c.send(ws.OpPing, []byte(strings.Repeat("p", 126))) // control frames hold at most 125 bytes
+			c.closed(5*time.Second, ws.StatusProtocolError)
+
+			// A close handshake: the server echoes the code and closes.
+			c = open()
+			c.send(ws.OpClose, ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye"))
+			c.closed(5*time.Second, ws.StatusNormalClosure)
+
+			// A ping is answered with its payload.
+			c = open()
+			c.answerPings = false
+			c.send(ws.OpPing, []byte("hello"))
+			c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			f, err := ws.ReadFrame(c.r)
+			if err != nil || f.Header.OpCode != ws.OpPong || string(f.Payload) != "hello" {
+				t.Errorf("a ping got %v %q %v, want its pong", f.Header.OpCode, f.Payload, err)
+			}
+
+			// A message in parts, with a ping between them, is one message.
+			c = open()
+			c.send(ws.OpPing, nil)
+			cont := func(op ws.OpCode, fin bool, p string) {
+				ws.WriteFrame(c.conn, ws.MaskFrame(ws.NewFrame(op, fin, []byte(p))))
+			}
+			cont(ws.OpText, false, `{"publish":`)
+			cont(ws.OpPing, true, "")
+			cont(ws.OpContinuation, true, `{"data":"in parts","ref":"r1"}}`)
+			receipt, event := c.receiptAndEvent()
+			if receipt["ref"] != "r1" || event["data"] != "in parts" {
+				t.Errorf("a message in parts got %v and %v, want its receipt and its event", receipt, event)
+			}
+			// The sockets closed are gone; the last two are open.
+			waitFor(t, "every socket closed", func() bool { return s.hub("default").SubscriberCount() == 2 })
+		})
+	}
+}
+
+func TestWebSocketHeartbeatAndPingTimeout(t *testing.T) {
+	for _, detach := range []string{"on", "off"} {
+		t.Run("detach "+detach, func(t *testing.T) {
+			s := startCaddy(t, "", `
+	route /ctx/* {
+		comet {
+			detach `+detach+`
+			heartbeat 150ms
+		}
+	}`)
+			alive := dialWS(t, wsURL(s, "/ctx/a"), nil)
+			alive.message(5 * time.Second)
+			alive.readFor(700 * time.Millisecond)
+			if alive.pings < 3 {
+				t.Errorf("%d pings in 700ms of heartbeat 150ms", alive.pings)
+			}
+			// The client that answered is still there.
+			s.publish("/ctx/a", "still here")
+			alive.expectEvents("still here")
+			alive.conn.Close()
+			silent := dialWS(t, wsURL(s, "/ctx/a"), nil)
+			silent.message(5 * time.Second)
+			silent.answerPings = false
+			start := time.Now()
+			silent.closed(5*time.Second, closeNoPong)
+			if waited := time.Since(start); waited < 150*time.Millisecond {
+				t.Errorf("a silent client was closed after %v, before a ping was due", waited)
+			}
+			if silent.pings == 0 {
+				t.Error("the silent client was closed without a ping")
+			}
+		})
+	}
+}
+
+func TestWebSocketEndsAtExpiration(t *testing.T) {
+	s := startCaddy(t, "", `
+	route /ctx/* {
+		comet {
+			expiration 300ms
+		}
+	}`)
+	c := dialWS(t, wsURL(s, "/ctx/a"), nil)
+	c.message(5 * time.Second)
+	m := c.message(5 * time.Second)
+	if m["control"] != "reconnect" || m["reason"] != "expired" || m["cursor"] == nil {
+		t.Errorf("got %v, want reconnect, expired, with the cursor", m)
+	}
+	c.closed(5*time.Second, closeExpired)
+}
+
+func TestWebSocketPublishes(t *testing.T) {
+	s := startCaddy(t, "", `
+	route /open/* {
+		comet
+	}
+	route /closed/* {
+		comet {
+			publish off
+		}
+	}`)
+	reader := dialWS(t, wsURL(s, "/open/a"), nil)
+	reader.message(5 * time.Second)
+	c := dialWS(t, wsURL(s, "/open/a"), nil)
+	c.message(5 * time.Second)
+	c.sendJSON(map[string]any{"publish": map[string]any{"ref": "1", "type": "chat", "data": "hello", "idempotency_key": "k1"}})
+	rcpt, ev := c.receiptAndEvent()
+	if rcpt["ref"] != "1" || rcpt["cursor"] == nil || rcpt["id"] != 1.0 {
+		t.Fatalf("publish got %v, want its receipt", rcpt)
+	}
+	if ev["data"] != "hello" || ev["type"] != "chat" || ev["cursor"] != rcpt["cursor"] {
+		t.Errorf("the publisher got %v, want the published event", ev)
+	}
+	// The same key again publishes nothing and gets the same receipt.
+	c.sendJSON(map[string]any{"publish": map[string]any{"ref": "2", "type": "chat", "data": "hello", "idempotency_key": "k1"}})
+	again := c.message(5 * time.Second)
+	if again["cursor"] != rcpt["cursor"] || again["replayed"] != true {
+		t.Errorf("a retry got %v, want %v replayed", again, rcpt)
+	}
+	if m := reader.message(5 * time.Second); m["data"] != "hello" || m["type"] != "chat" || m["cursor"] != rcpt["cursor"] {
+		t.Errorf("got %v, want the published event", m)
+	}
+	s.publish("/open/a", "after")
+	reader.expectEvents("after") // published once: the retry is not there
+
+	closed := dialWS(t, wsURL(s, "/closed/a"), nil)
+	closed.message(5 * time.Second)
+	closed.sendJSON(map[string]any{"publish": map[string]any{"ref": "x", "data": "no"}})
+	if m := closed.message(5 * time.Second); m["control"] != "error" || m["status"] != 405.0 || m["ref"] != "x" {
+		t.Errorf("publish off answered %v, want an error 405", m)
+	}
+}
+
+func TestWebSocketOverTLS(t *testing.T) {
+	s, cfg := startTLSCaddy(t, "", `
+	route /ctx/* {
+		comet {
+			heartbeat 200ms
+		}
+	}`)
+	url := "wss" + strings.TrimPrefix(s.base, "https") + "/ctx/a"
+	c := dialWS(t, url, cfg)
+	c.message(5 * time.Second)
+	for i := range 50 {
+		s.publish("/ctx/a", strings.Repeat("x", i*100))
+	}
+	for i := range 50 {
+		c.expectEvents(strings.Repeat("x", i*100))
+	}
+	// What the client sends over TLS is read too: a publish, and pongs.
+	c.sendJSON(map[string]any{"publish": map[string]any{"data": "from the socket"}})
+	if _, ev := c.receiptAndEvent(); ev["data"] != "from the socket" {
+		t.Errorf("got %v, want the event published", ev)
+	}
+	c.readFor(700 * time.Millisecond) // pings, answered
+	s.publish("/ctx/a", "after pings")
+	c.expectEvents("after pings")
+	if c.pings < 2 {
+		t.Errorf("%d pings", c.pings)
+	}
+}
+
+// The handshake's response carries the headers Caddy's handlers set.
+func TestWebSocketHandshakeKeepsHeaders(t *testing.T) {
+	s := startCaddy(t, "", `
+	header X-Site yes
+	route /ctx/* {
+		comet
+	}`)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(s.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "GET /ctx/a HTTP/1.1\r\nHost: "+strings.TrimPrefix(s.base, "http://")+"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols ||
+		resp.Header.Get("Sec-WebSocket-Accept") != "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" ||
+		resp.Header.Get("X-Site") != "yes" || resp.Header.Get(HeaderCursor) == "" {
+		t.Errorf("handshake answered %d %v", resp.StatusCode, resp.Header)
+	}
+}
