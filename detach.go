@@ -298,6 +298,7 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, 
 		return false
 	}
 	sub.watch(s.changed)
+	s.beginAfter(r)
 	return true
 }
 
@@ -358,11 +359,15 @@ func (s *detachedStream) takeOver(w http.ResponseWriter, r *http.Request, hijack
 	// The stream starts with what history holds after the cursor.
 	s.dirty.Store(true)
 	s.kicked.Store(true)
-	// Until the request is over, Caddy's cleanup may still set the
-	// socket's deadlines: the stream's timers and waiting writes start
-	// after.
-	context.AfterFunc(r.Context(), s.begin)
 	return takenOver
+}
+
+// beginAfter starts the stream once Caddy is done with the request: until
+// then, Caddy's cleanup may still set the socket's deadlines, so the
+// stream's timers and waiting writes start after. The caller calls it
+// once the stream's subscribers watch it, which ending the stream undoes.
+func (s *detachedStream) beginAfter(r *http.Request) {
+	context.AfterFunc(r.Context(), s.begin)
 }
 
 // hijack takes a stream's connection from net/http, which flushes what
@@ -406,6 +411,11 @@ func (s *detachedStream) begin() {
 	}
 	s.mu.Unlock()
 	s.kick()
+	if s.ws != nil {
+		// What the client sent with its handshake, or since, is read now.
+		s.ws.wantRead.Store(true)
+		s.startReading()
+	}
 }
 
 // kick has a goroutine do the work that may wait (see serveKicked),

@@ -239,8 +239,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	repl.Set("comet.context", key)
 
+	// An HTTP/2 WebSocket (RFC 8441) is a CONNECT that subscribes.
+	method := r.Method
+	if isWebSocketConnect(r) {
+		method = http.MethodGet
+	}
 	var tok *token // the request's token, where the route requires one
-	switch r.Method {
+	switch method {
 	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodDelete:
 		write := r.Method == http.MethodPost || r.Method == http.MethodDelete
 		if !write || h.publishes() {
@@ -255,7 +260,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 	}
 
-	switch r.Method {
+	switch method {
 	case http.MethodGet:
 		w.Header().Add("Vary", "Accept")
 		t := requestedTransport(r)

@@ -229,6 +229,7 @@ func (h *Handler) detachMultiplexed(w http.ResponseWriter, r *http.Request, sock
 	}
 	watch := watcherFunc(s.changed)
 	mx.notify.Store(&watch)
+	s.beginAfter(r)
 	return true
 }
 

@@ -74,10 +74,21 @@ func requestedTransport(r *http.Request) transport {
 }
 
 // isWebSocketUpgrade reports whether a GET asks to upgrade its connection
-// to WebSocket (RFC 6455 §4.2.1); the handshake checks the rest.
+// to WebSocket (RFC 6455 §4.2.1), or an HTTP/2 CONNECT asks for a
+// WebSocket stream (RFC 8441); the handshake checks the rest.
 func isWebSocketUpgrade(r *http.Request) bool {
-	return r.ProtoMajor == 1 && headerHasToken(r.Header, "Upgrade", "websocket") &&
-		headerHasToken(r.Header, "Connection", "upgrade")
+	if isWebSocketConnect(r) {
+		return true
+	}
+	return r.Method == http.MethodGet && r.ProtoMajor == 1 &&
+		headerHasToken(r.Header, "Upgrade", "websocket") && headerHasToken(r.Header, "Connection", "upgrade")
+}
+
+// isWebSocketConnect reports whether the request is an HTTP/2 extended
+// CONNECT for a WebSocket (RFC 8441 §4). Go's HTTP/2 server accepts those
+// only when the process runs with GODEBUG=http2xconnect=1.
+func isWebSocketConnect(r *http.Request) bool {
+	return r.ProtoMajor == 2 && r.Method == http.MethodConnect && r.Header.Get(":protocol") == "websocket"
 }
 
 // headerHasToken reports whether a comma-separated header lists token,

@@ -55,6 +55,18 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, repl *c
 
 	sess := &wsSession{h: h, key: key, tok: tok}
 	open := appendWSText(nil, formatNDJSON.open(nil, after))
+	if isWebSocketConnect(r) {
+		defer h.unsubscribe(sub, m)
+		// RFC 8441: the stream is the socket once a 2xx is out.
+		w.WriteHeader(http.StatusOK)
+		rc := http.NewResponseController(w)
+		if rc.Flush() != nil {
+			return nil
+		}
+		sess.lastRead.Store(time.Now().UnixNano())
+		h.holdWebSocket(&streamConn{r: r, w: w, rc: rc}, sess, sub, after, open, life, m)
+		return nil
+	}
 	sock, overTLS := h.detachableSocket(w, r)
 	if sock != nil {
 		s := h.newDetachedStream(w, sock, overTLS, webSocketOf, transportWebSocket, key, life)
@@ -66,6 +78,7 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, repl *c
 			switch s.takeOver(w, r, sess.upgrade) {
 			case takenOver:
 				sub.watch(s.changed)
+				s.beginAfter(r)
 				return nil
 			case hijackFailed:
 				h.unsubscribe(sub, m)
@@ -84,13 +97,18 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, repl *c
 }
 
 // checkWebSocketHandshake refuses, as HTTP, an upgrade that cannot be
-// accepted, before anything is subscribed (RFC 6455 §4.2.2).
+// accepted, before anything is subscribed (RFC 6455 §4.2.2; RFC 8441 §5
+// keeps the version and drops the key).
 func checkWebSocketHandshake(w http.ResponseWriter, r *http.Request) error {
 	if v := r.Header.Get("Sec-WebSocket-Version"); v != "13" {
 		w.Header().Set("Sec-WebSocket-Version", "13")
-		return caddyhttp.Error(http.StatusUpgradeRequired, fmt.Errorf("WebSocket version %q: this server speaks 13", v))
+		status := http.StatusUpgradeRequired
+		if r.ProtoMajor > 1 {
+			status = http.StatusBadRequest // 426 is not for HTTP/2
+		}
+		return caddyhttp.Error(status, fmt.Errorf("WebSocket version %q: this server speaks 13", v))
 	}
-	if len(r.Header.Get("Sec-WebSocket-Key")) != 24 {
+	if r.ProtoMajor == 1 && len(r.Header.Get("Sec-WebSocket-Key")) != 24 {
 		return caddyhttp.Error(http.StatusBadRequest, errors.New("a WebSocket handshake needs a Sec-WebSocket-Key of 16 bytes in base64"))
 	}
 	return nil
@@ -111,6 +129,9 @@ type wsSession struct {
 	// lastPing and lastRead are when the last ping went out and when the
 	// client last sent a frame, in Unix nanoseconds.
 	lastPing, lastRead atomic.Int64
+	// Of a detached socket: wantRead says the client sent something, and
+	// reading that a goroutine reads it (one at a time).
+	wantRead, reading atomic.Bool
 }
 
 // upgrade answers the handshake and takes the connection from net/http,
@@ -347,7 +368,7 @@ func (ss *wsSession) publish(p *wsPublish) wsReply {
 
 // holdWebSocket serves a socket that is not detached: this goroutine
 // writes, and another reads what the client sends.
-func (h *Handler) holdWebSocket(conn net.Conn, ss *wsSession, sub *Subscriber, after Cursor, open []byte, life lifetime, m *transportMetrics) {
+func (h *Handler) holdWebSocket(conn heldConn, ss *wsSession, sub *Subscriber, after Cursor, open []byte, life lifetime, m *transportMetrics) {
 	out := &heldSocket{conn: conn, timeout: time.Duration(h.WriteTimeout)}
 	if out.write(open) != nil {
 		return
@@ -366,12 +387,12 @@ func (h *Handler) holdWebSocket(conn net.Conn, ss *wsSession, sub *Subscriber, a
 	var resume atomic.Pointer[Cursor]
 	left := make(chan struct{})
 	go func() {
-		defer close(left)
-		defer cancel()
 		h.readHeldWebSocket(conn, ss, out, func(cur Cursor) {
 			resume.Store(&cur)
 			poke()
 		})
+		close(left) // before cancel: the writer must see that the client left
+		cancel()
 	}()
 	defer func() { <-left }()
 	defer conn.Close() // ends the reader
@@ -398,7 +419,7 @@ func (h *Handler) holdWebSocket(conn net.Conn, ss *wsSession, sub *Subscriber, a
 			}
 			heartbeat.Reset(hb)
 			if ss.pongOverdue() {
-				_ = out.write(appendWSClose(nil, closeNoPong, "no pong"))
+				_ = out.writeLast(appendWSClose(nil, closeNoPong, "no pong"))
 				return
 			}
 			ss.pinged()
@@ -411,7 +432,11 @@ func (h *Handler) holdWebSocket(conn net.Conn, ss *wsSession, sub *Subscriber, a
 			}
 		}
 		step := st.step(d, err == nil, err)
-		werr := out.write(step.notice, step.frame)
+		write := out.write
+		if step.end {
+			write = out.writeLast
+		}
+		werr := write(step.notice, step.frame)
 		h.countStream(m, step, werr == nil)
 		if step.end {
 			return
@@ -429,15 +454,20 @@ func (h *Handler) holdWebSocket(conn net.Conn, ss *wsSession, sub *Subscriber, a
 
 // readHeldWebSocket reads what the client of a socket that is not
 // detached sends, until it leaves or the socket ends.
-func (h *Handler) readHeldWebSocket(conn net.Conn, ss *wsSession, out *heldSocket, resume func(Cursor)) {
+func (h *Handler) readHeldWebSocket(conn heldConn, ss *wsSession, out *heldSocket, resume func(Cursor)) {
 	r := ss.newWSReader(conn)
 	defer r.release()
 	for {
 		o := ss.readFrame(r)
-		if len(o.reply) > 0 && out.write(o.reply) != nil {
+		write := out.write
+		if o.end {
+			write = out.writeLast
+		}
+		if len(o.reply) > 0 && write(o.reply) != nil {
 			return
 		}
 		if o.end {
+			out.writeLast() // nothing more after a close, even without one
 			return
 		}
 		if o.resume != nil {
@@ -446,17 +476,44 @@ func (h *Handler) readHeldWebSocket(conn net.Conn, ss *wsSession, out *heldSocke
 	}
 }
 
+// heldConn is what a socket that is not detached is held by: a hijacked
+// connection, or an HTTP/2 stream.
+type heldConn interface {
+	io.ReadWriteCloser
+	SetWriteDeadline(time.Time) error
+}
+
 // heldSocket is a socket that two goroutines write to: the writer, and
 // the reader with its answers.
 type heldSocket struct {
 	mu      sync.Mutex
-	conn    net.Conn
+	conn    heldConn
 	timeout time.Duration
+	closed  bool // the last frame went out: nothing follows it
 }
+
+// errSocketEnded is what a write gets once the socket's last frame is out.
+var errSocketEnded = errors.New("the socket ended")
 
 func (s *heldSocket) write(parts ...[]byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.writeLocked(parts)
+}
+
+// writeLast writes the socket's last frames: a write after it fails.
+func (s *heldSocket) writeLast(parts ...[]byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err := s.writeLocked(parts)
+	s.closed = true
+	return err
+}
+
+func (s *heldSocket) writeLocked(parts [][]byte) error {
+	if s.closed {
+		return errSocketEnded
+	}
 	if s.timeout > 0 {
 		_ = s.conn.SetWriteDeadline(time.Now().Add(s.timeout))
 	}
@@ -472,33 +529,84 @@ func (s *heldSocket) write(parts ...[]byte) error {
 }
 
 // readable runs on the hang-up watcher's goroutine when the client of a
-// detached socket sent something, or left: a goroutine reads it.
-func (s *detachedStream) readable() { go s.readClient() }
+// detached socket sent something, or left: a goroutine reads it, once
+// Caddy is done with the request (begin reads then in any case).
+func (s *detachedStream) readable() {
+	s.ws.wantRead.Store(true)
+	if s.requestOver.Load() {
+		s.startReading()
+	}
+}
+
+// startReading starts the goroutine that reads the client, unless one is
+// at it: it reads whatever is there before it ends.
+func (s *detachedStream) startReading() {
+	if s.ws.wantRead.Swap(false) && s.ws.reading.CompareAndSwap(false, true) {
+		go s.readClient()
+	}
+}
 
 // readClient reads and answers what the client of a detached socket sent,
 // until nothing is left to read, then asks the watcher to tell it of the
-// next time.
+// next time. It reads only what is there: a wake-up whose bytes an earlier
+// reader took costs a look, and no wait.
 func (s *detachedStream) readClient() {
 	ss := s.ws
-	r := ss.newWSReader(s.sock)
-	defer r.release()
+	var r *wsReader
+	defer func() {
+		if r != nil {
+			r.release()
+		}
+	}()
 	for {
-		_ = s.sock.SetReadDeadline(time.Now().Add(wsReadTimeout))
-		o := ss.readFrame(r)
-		if !s.answer(o) {
+		more, closed := s.clientSent(r)
+		if closed {
+			ss.reading.Store(false)
+			s.gone.Store(true)
+			s.kick()
 			return
 		}
-		if !s.hasUnread(r) {
+		if !more {
 			break
+		}
+		if r == nil {
+			r = ss.newWSReader(s.sock)
+		}
+		_ = s.sock.SetReadDeadline(time.Now().Add(wsReadTimeout))
+		if !s.answer(ss.readFrame(r)) {
+			ss.reading.Store(false)
+			return
 		}
 	}
 	_ = s.sock.SetReadDeadline(time.Time{})
+	ss.reading.Store(false)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.done && !s.leaving.Rearm() {
 		s.gone.Store(true)
 		s.kick()
 	}
+}
+
+// clientSent reports whether the client sent something not read yet: what
+// came with its handshake, what the reader holds, what the socket holds,
+// or, over TLS, what the connection decrypted already; else whether it
+// closed its end.
+func (s *detachedStream) clientSent(r *wsReader) (more, closed bool) {
+	if s.ws.prefix != nil || r != nil && r.br.Buffered() > 0 {
+		return true, false
+	}
+	if unread, closed := takeover.Pending(s.raw); unread || closed {
+		return unread, closed
+	}
+	if !s.overTLS || r == nil {
+		return false, false
+	}
+	// A read past its deadline returns what crypto/tls holds already and
+	// otherwise fails at once, without harm to the connection.
+	_ = s.sock.SetReadDeadline(aLongTimeAgo)
+	_, err := r.br.Peek(1)
+	return err == nil, false
 }
 
 // answer writes what a client's frame gets, after anything half written,
@@ -515,6 +623,9 @@ func (s *detachedStream) answer(o wsOutcome) bool {
 	if len(o.reply) > 0 && s.ok() {
 		s.send(true, s.pending, o.reply)
 	}
+	if o.end && s.broken == nil {
+		s.broken = errSocketEnded // nothing is written after a close
+	}
 	if o.end || s.broken != nil {
 		s.gone.Store(true)
 		s.kick()
@@ -530,19 +641,27 @@ func (s *detachedStream) answer(o wsOutcome) bool {
 	return true
 }
 
-// hasUnread reports whether the client sent more than was read: in the
-// reader's buffer, in the socket, or, over TLS, in the connection's
-// buffer of records already received.
-func (s *detachedStream) hasUnread(r *wsReader) bool {
-	if r.br.Buffered() > 0 || takeover.HasUnread(s.raw) {
-		return true
-	}
-	if !s.overTLS {
-		return false
-	}
-	// A read past its deadline returns what crypto/tls holds already and
-	// otherwise fails at once, without harm to the connection.
-	_ = s.sock.SetReadDeadline(aLongTimeAgo)
-	_, err := r.br.Peek(1)
-	return err == nil
+// streamConn is an HTTP/2 stream carrying a WebSocket (RFC 8441) as a
+// connection for holdWebSocket: the request body is what the client
+// sends, the response body what it gets.
+type streamConn struct {
+	r  *http.Request
+	w  http.ResponseWriter
+	rc *http.ResponseController
 }
+
+func (c *streamConn) Read(b []byte) (int, error) { return c.r.Body.Read(b) }
+
+func (c *streamConn) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	if err == nil {
+		err = c.rc.Flush()
+	}
+	return n, err
+}
+
+// Close ends what reads the stream; the stream itself ends when the
+// handler returns.
+func (c *streamConn) Close() error { return c.r.Body.Close() }
+
+func (c *streamConn) SetWriteDeadline(t time.Time) error { return c.rc.SetWriteDeadline(t) }

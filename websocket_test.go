@@ -2,17 +2,26 @@ package comet
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/gobwas/ws"
+	"golang.org/x/net/http2"
 )
 
 // wsClient is a WebSocket client for tests, made of gobwas/ws's frame
@@ -259,7 +268,7 @@ func TestWebSocketDeliversAndResumes(t *testing.T) {
 }
 
 func TestWebSocketHandshakeRefusals(t *testing.T) {
-	s := startCaddy(t, "", `
+	s := startCaddy(t, "comet {\n\t\tmax_subscribers 1\n\t}", `
 	route /ctx/* {
 		comet {
 			transports longpoll sse
@@ -293,6 +302,13 @@ func TestWebSocketHandshakeRefusals(t *testing.T) {
 	// The subscriber of a refused handshake is not left behind.
 	if n := s.hub("default").SubscriberCount(); n != 0 {
 		t.Errorf("%d subscribers after refused handshakes", n)
+	}
+	// At the hub's limit, a handshake is refused like any subscriber.
+	c := dialWS(t, wsURL(s, "/all/a"), nil)
+	c.message(5 * time.Second)
+	_, status, _ = tryDialWS(wsURL(s, "/all/b"), nil)
+	if hs, ok := status.(*handshakeStatus); !ok || hs.status != http.StatusServiceUnavailable {
+		t.Errorf("a handshake past max_subscribers answered %v, want 503", status)
 	}
 }
 
@@ -499,12 +515,31 @@ func TestWebSocketHandshakeKeepsHeaders(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	// A ping sent right behind the handshake, in the same packet, is
+	// answered: bytes net/http read ahead are not lost.
+	var early bytes.Buffer
+	ws.WriteFrame(&early, ws.MaskFrame(ws.NewPingFrame([]byte("early"))))
 	io.WriteString(conn, "GET /ctx/a HTTP/1.1\r\nHost: "+strings.TrimPrefix(s.base, "http://")+"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"+early.String())
 	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	var ops []ws.OpCode
+	for range 2 {
+		f, err := ws.ReadFrame(br)
+		if err != nil {
+			t.Fatalf("after the handshake: %v", err)
+		}
+		ops = append(ops, f.Header.OpCode)
+		if f.Header.OpCode == ws.OpPong && string(f.Payload) != "early" {
+			t.Errorf("pong %q, want early", f.Payload)
+		}
+	}
+	if !(ops[0] == ws.OpText && ops[1] == ws.OpPong || ops[0] == ws.OpPong && ops[1] == ws.OpText) {
+		t.Errorf("frames %v after the handshake, want the open message and the pong", ops)
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols ||
 		resp.Header.Get("Sec-WebSocket-Accept") != "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" ||
@@ -512,3 +547,251 @@ func TestWebSocketHandshakeKeepsHeaders(t *testing.T) {
 		t.Errorf("handshake answered %d %v", resp.StatusCode, resp.Header)
 	}
 }
+
+// dialSmallBufferWS opens a WebSocket whose socket holds little, so that a
+// client that stops reading fills it soon.
+func dialSmallBufferWS(t testing.TB, url string) *wsClient {
+	t.Helper()
+	d := ws.Dialer{Timeout: 5 * time.Second, NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nd := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+			var sockErr error
+			err := c.Control(func(fd uintptr) {
+				sockErr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+			})
+			return errors.Join(err, sockErr)
+		}}
+		return nd.DialContext(ctx, network, addr)
+	}}
+	conn, br, _, err := d.Dial(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	var r io.Reader = conn
+	if br != nil {
+		r = io.MultiReader(br, conn)
+	}
+	return &wsClient{t: t, conn: conn, r: r, answerPings: true}
+}
+
+// TestWebSocketSlowReadersDoNotHoldUpOthers: a socket whose client stops
+// reading is dropped at write_timeout, and one that falls behind the
+// history is told so and closed with the cursor to resume from, while the
+// others get every event and the publisher never waits.
+func TestWebSocketSlowReadersDoNotHoldUpOthers(t *testing.T) {
+	for _, detach := range []string{"on", "off"} {
+		t.Run("detach "+detach, func(t *testing.T) {
+			const events, size = 120, 60_000
+			s := startCaddy(t, "comet {\n\t\thistory 30\n\t}", `comet /c {
+		detach `+detach+`
+		expiration off
+		heartbeat off
+		write_timeout 2s
+	}`)
+			hub := s.hub(DefaultHubName)
+			payload := func(i int) string { return fmt.Sprintf("%05d", i) + strings.Repeat("x", size) }
+
+			fast := dialWS(t, wsURL(s, "/c"), nil)
+			fast.message(5 * time.Second)
+			var fastGot []string
+			fastDone := make(chan struct{})
+			go func() {
+				defer close(fastDone)
+				for len(fastGot) < events {
+					op, p, err := fast.next(10 * time.Second)
+					if err != nil || op != ws.OpText {
+						return
+					}
+					var m map[string]any
+					json.Unmarshal(p, &m)
+					if d, _ := m["data"].(string); len(d) >= 5 {
+						fastGot = append(fastGot, d[:5])
+					}
+				}
+			}()
+			stopped := dialSmallBufferWS(t, wsURL(s, "/c")) // never read
+			_ = stopped
+			paused := dialSmallBufferWS(t, wsURL(s, "/c"))
+			waitFor(t, "every socket to attach", func() bool { return hub.SubscriberCount() == 3 })
+
+			var slowest time.Duration
+			for i := range events {
+				start := time.Now()
+				s.publish("/c", payload(i))
+				slowest = max(slowest, time.Since(start))
+				time.Sleep(2 * time.Millisecond)
+			}
+			if slowest > 500*time.Millisecond {
+				t.Errorf("a publish took %v: slow readers held up the publisher", slowest)
+			}
+			<-fastDone
+			for i, prefix := range fastGot {
+				if want := fmt.Sprintf("%05d", i); prefix != want {
+					t.Fatalf("the fast reader's event %d is %s, want %s", i, prefix, want)
+				}
+			}
+			if len(fastGot) != events {
+				t.Fatalf("the fast reader got %d events of %d", len(fastGot), events)
+			}
+
+			// The paused reader reads on: it fell behind, and its socket
+			// ends saying so, with where to resume.
+			var last []map[string]any
+			var code ws.StatusCode
+			for {
+				op, p, err := paused.next(10 * time.Second)
+				if err != nil {
+					t.Fatalf("the paused reader: %v after %d messages", err, len(last))
+				}
+				if op == ws.OpClose {
+					code, _ = ws.ParseCloseFrameData(p)
+					break
+				}
+				var m map[string]any
+				json.Unmarshal(p, &m)
+				last = append(last, m)
+			}
+			n := len(last)
+			if code != closeBehind || n < 2 || last[n-2]["control"] != "missed" || last[n-1]["reason"] != "behind" {
+				t.Fatalf("the paused reader's socket ended with %v and code %d, want missed, reconnect behind, 4000", last[max(0, n-2):], code)
+			}
+			resume := dialWS(t, wsURL(s, "/c?last_event_id="+last[n-1]["cursor"].(string)), nil)
+			resume.message(5 * time.Second)
+			if m := resume.message(5 * time.Second); m["data"] == nil {
+				t.Errorf("resuming got %v, want an event without a second gap notice", m)
+			}
+			waitFor(t, "the stopped reader to be dropped", func() bool { return hub.SubscriberCount() == 2 })
+		})
+	}
+}
+
+// TestWebSocketsOutliveReloadsAndEndAtStop: a reload keeps every socket,
+// and a stop ends each with the shutdown notice and code 1001.
+func TestWebSocketsOutliveReloadsAndEndAtStop(t *testing.T) {
+	for _, detach := range []string{"on", "off"} {
+		t.Run("detach "+detach, func(t *testing.T) {
+			site := `comet /c/* {
+		detach ` + detach + `
+	}`
+			s := newTestServer(t)
+			s.load("", site)
+			var clients []*wsClient
+			for range 5 {
+				c := dialWS(t, wsURL(s, "/c/a"), nil)
+				c.message(5 * time.Second)
+				clients = append(clients, c)
+			}
+			s.reload("", site+"\n\theader X-Reloaded yes")
+			s.publish("/c/a", "after the reload")
+			for _, c := range clients {
+				c.expectEvents("after the reload")
+			}
+			start := time.Now()
+			if err := caddy.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range clients {
+				if m := c.message(5 * time.Second); m["control"] != "reconnect" || m["reason"] != "shutdown" || m["cursor"] == nil {
+					t.Errorf("at stop: %v, want reconnect, shutdown, with the cursor", m)
+				}
+				c.closed(5*time.Second, closeShutdown)
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("the sockets were closed %v after the stop", d)
+			}
+		})
+	}
+}
+
+// TestWebSocketOverHTTP2 runs Caddy as Go's HTTP/2 server allows RFC 8441
+// only there (GODEBUG=http2xconnect=1 in its environment) and opens a
+// WebSocket on an HTTP/2 stream, as Chromium does when a server offers it.
+func TestWebSocketOverHTTP2(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs Caddy as a subprocess")
+	}
+	bin := buildCaddy(t)
+	certFile, keyFile, tlsConfig := testCertificate(t)
+	admin, site := freeAddr(t), "https://"+freeAddr(t)
+	cfgPath := filepath.Join(t.TempDir(), "Caddyfile")
+	cfg := fmt.Sprintf("{\n\tadmin %s\n\tpersist_config off\n\tservers {\n\t\tprotocols h1 h2\n\t}\n}\n%s {\n\ttls %s %s\n\theader /ctx/* >X-Subscribers {comet.subscribers}\n\tcomet /ctx/* {\n\t\theartbeat 200ms\n\t}\n}\n",
+		admin, site, certFile, keyFile)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "--config", cfgPath)
+	var output bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &output, &output
+	cmd.Env = append(quietRaceEnv(), "GODEBUG=http2xconnect=1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("caddy output:\n%s", output.String())
+		}
+	}()
+	client := tlsClient(tlsConfig, 2)
+	defer closeClient(client)
+	waitFor(t, "caddy to serve", func() bool { return headSubscribers(client, site+"/ctx/a") == 0 })
+
+	toServer, fromClient := io.Pipe()
+	defer fromClient.Close()
+	req, _ := http.NewRequest(http.MethodConnect, site+"/ctx/a", toServer)
+	req.Header.Set(":protocol", "websocket")
+	req.Header.Set("Sec-WebSocket-Version", "13")
+	// net/http's client refuses the :protocol pseudo-header; its HTTP/2
+	// transport, used directly, sends it.
+	h2 := &http2.Transport{TLSClientConfig: tlsConfig.Clone()}
+	defer h2.CloseIdleConnections()
+	resp, err := h2.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("extended CONNECT: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 {
+		t.Fatalf("extended CONNECT answered %s over %s", resp.Status, resp.Proto)
+	}
+	c := &wsClient{t: t, conn: h2Conn{resp.Body, fromClient}, r: resp.Body, answerPings: true}
+	if m := c.message(5 * time.Second); m["control"] != "open" {
+		t.Fatalf("got %v, want open", m)
+	}
+	post := func(data string) {
+		resp, body := sendRequest(t, client, context.Background(), "POST", site+"/ctx/a", data)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("publish: %s %s", resp.Status, body)
+		}
+	}
+	post("over h2")
+	c.expectEvents("over h2")
+	c.sendJSON(map[string]any{"publish": map[string]any{"data": "from the stream"}})
+	if _, ev := c.receiptAndEvent(); ev["data"] != "from the stream" {
+		t.Errorf("got %v, want the event published over the stream", ev)
+	}
+	start := time.Now()
+	for c.pings < 2 && time.Since(start) < 5*time.Second {
+		post("tick")
+		c.expectEvents("tick")
+		time.Sleep(150 * time.Millisecond)
+	}
+	c.send(ws.OpClose, ws.NewCloseFrameBody(ws.StatusNormalClosure, ""))
+	c.closed(5*time.Second, ws.StatusNormalClosure)
+	waitFor(t, "the stream's subscriber to leave", func() bool { return headSubscribers(client, site+"/ctx/a") == 0 })
+}
+
+// h2Conn is an HTTP/2 stream as the test client's connection: it reads
+// the response body and writes the request body. Deadlines are left to
+// the test's timeouts.
+type h2Conn struct {
+	io.ReadCloser
+	w io.WriteCloser
+}
+
+func (c h2Conn) Write(b []byte) (int, error)      { return c.w.Write(b) }
+func (h2Conn) LocalAddr() net.Addr                { return nil }
+func (h2Conn) RemoteAddr() net.Addr               { return nil }
+func (h2Conn) SetDeadline(time.Time) error        { return nil }
+func (h2Conn) SetReadDeadline(time.Time) error    { return nil }
+func (h2Conn) SetWriteDeadline(t time.Time) error { return nil }

@@ -3,7 +3,7 @@
 # bench/tls.Caddyfile over HTTPS) and Nchan (bench/nchan/run.sh), on
 # loopback, each run on a freshly started server: runs x subscriber counts
 # x modes x transports x servers. Usage:
-#   [MODES="plain tls h2 h3"] bench/compare.sh [runs] [subscribers...]
+#   [MODES="plain tls h2 h3"] [TRANSPORTS="longpoll sse websocket"] bench/compare.sh [runs] [subscribers...]
 #   e.g. bench/compare.sh 3 10000 15000; MODES="tls h2" bench/compare.sh 3 5000 10000
 # Modes: plain (HTTP/1.1), tls (HTTP/1.1 over TLS), h2 (HTTP/2 over TLS,
 # one connection per subscriber), h3 (HTTP/3, one QUIC connection per
@@ -53,7 +53,7 @@ for n in "${counts[@]}"; do
 			tls_args=(-ca "$BENCH_CERT")
 			[ "$mode" = plain ] || [ "$mode" = tls ] || tls_args+=("-$mode")
 		fi
-		for transport in longpoll sse; do
+		for transport in ${TRANSPORTS:-longpoll sse}; do
 			for run in $(seq "$runs"); do
 				echo "mode                 $mode"
 				"$work/caddy" run --config "$caddyfile" >"$work/caddy.log" 2>&1 &

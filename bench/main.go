@@ -96,7 +96,7 @@ func main() {
 	var c config
 	flag.StringVar(&c.url, "url", "http://127.0.0.1:8080/bench", "comet context to subscribe and publish to (loopback only)")
 	flag.IntVar(&c.subscribers, "subscribers", 1000, fmt.Sprintf("subscribers to park (at most %d)", maxSubscribers))
-	flag.StringVar(&c.transport, "transport", "longpoll", "longpoll or sse")
+	flag.StringVar(&c.transport, "transport", "longpoll", "longpoll, sse or websocket")
 	flag.StringVar(&c.protocol, "protocol", "comet", "comet or nchan")
 	flag.IntVar(&c.events, "events", 20, "events to publish")
 	flag.DurationVar(&c.interval, "interval", 500*time.Millisecond, "pause between events; 0 publishes back to back")
@@ -169,8 +169,10 @@ func (c config) check() error {
 	switch {
 	case c.subscribers < 1 || c.subscribers > maxSubscribers:
 		return fmt.Errorf("subscribers must be from 1 to %d", maxSubscribers)
-	case c.transport != "longpoll" && c.transport != "sse":
-		return errors.New("transport must be longpoll or sse")
+	case c.transport != "longpoll" && c.transport != "sse" && c.transport != "websocket":
+		return errors.New("transport must be longpoll, sse or websocket")
+	case c.transport == "websocket" && (c.h2 || c.h3 || c.multiplex > 1):
+		return errors.New("websocket is over HTTP/1.1, one context a socket")
 	case c.protocol != "comet" && c.protocol != "nchan":
 		return errors.New("protocol must be comet or nchan")
 	case c.events < 1 || c.payload < 32:
@@ -262,6 +264,7 @@ func run(ctx context.Context, c config) (*result, error) {
 		return nil, err
 	}
 	client := &http.Client{Transport: shared}
+	tlsConfig := shared.TLSClientConfig
 	subURL, err := c.subscriptionURL()
 	if err != nil {
 		return nil, err
@@ -300,9 +303,12 @@ func run(ctx context.Context, c config) (*result, error) {
 			attached.Add(1)
 			done.Go(func() {
 				sub := subscriber{client: subClient, url: subURL, nchan: c.protocol == "nchan", cursor: start, got: received[s], errs: &errs}
-				if c.transport == "sse" {
+				switch c.transport {
+				case "sse":
 					sub.stream(subCtx, &attached)
-				} else {
+				case "websocket":
+					sub.websocket(subCtx, &attached, tlsConfig)
+				default:
 					sub.poll(subCtx, &attached)
 				}
 			})

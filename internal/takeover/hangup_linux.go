@@ -154,6 +154,26 @@ func HasUnread(raw syscall.RawConn) bool {
 	return n > 0
 }
 
+// Pending reports, without reading and without waiting, whether the
+// client sent bytes that nobody has read yet, and, when it sent none,
+// whether it closed its end of the connection (or the connection broke).
+func Pending(raw syscall.RawConn) (unread, closed bool) {
+	var buf [1]byte
+	_ = raw.Read(func(fd uintptr) bool {
+		n, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		switch {
+		case n > 0:
+			unread = true
+		case err == nil:
+			closed = true // end of file
+		case err != syscall.EAGAIN && err != syscall.EINTR:
+			closed = true
+		}
+		return true // never wait for data
+	})
+	return unread, closed
+}
+
 // DiscardUnread reads and drops what the client sent that nobody read,
 // without waiting, so that closing the socket sends a FIN rather than a
 // reset, which could destroy the last bytes written before the client

@@ -30,6 +30,9 @@ func (Watch) Stop() {}
 // HasUnread is not supported on this platform.
 func HasUnread(syscall.RawConn) bool { return false }
 
+// Pending cannot tell on this platform: nothing is unread, nothing closed.
+func Pending(syscall.RawConn) (unread, closed bool) { return false, false }
+
 // Unsent cannot tell on this platform: it returns -1.
 func Unsent(syscall.RawConn) int { return -1 }
 

@@ -248,3 +248,21 @@ func TestReadablesAreReportedOnceAndRearmed(t *testing.T) {
 	expect("a hang-up", true)
 	w.Stop()
 }
+
+func TestPendingTellsUnreadFromClosed(t *testing.T) {
+	if HangUpsWatched() != nil {
+		t.Skip("Linux only")
+	}
+	server, client := tcpPair(t)
+	if unread, closed := Pending(rawOf(t, server)); unread || closed {
+		t.Errorf("a quiet socket: unread %v, closed %v", unread, closed)
+	}
+	io.WriteString(client, "x")
+	waitUntil(t, func() bool { unread, _ := Pending(rawOf(t, server)); return unread })
+	client.Close()
+	if unread, closed := Pending(rawOf(t, server)); !unread || closed {
+		t.Errorf("a byte before the close: unread %v, closed %v", unread, closed)
+	}
+	server.Read(make([]byte, 1))
+	waitUntil(t, func() bool { _, closed := Pending(rawOf(t, server)); return closed })
+}
