@@ -192,6 +192,7 @@ func TestChatInTheBrowser(t *testing.T) {
 	})
 	for name, tab := range tabs {
 		act(t, tab, "typing a name", chromedp.SendKeys("#name", name))
+		waitJS(t, tab, name+"'s transport", `String(window.chatTransport())`, "websocket", 5*time.Second)
 	}
 	var want []string
 	for i := range 6 {

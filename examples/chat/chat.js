@@ -21,8 +21,9 @@ async function join(name) {
   // what history still holds, and is told if older messages are gone.
   const head = await fetch(url, { method: 'HEAD', cache: 'no-store' });
   const epoch = head.headers.get('Comet-Cursor').split(':')[0];
+  // WebSocket, or SSE where a proxy on the way drops the upgrade.
   sub = subscribe(url, {
-    transport: 'sse',
+    transport: 'websocket',
     lastEventId: `${epoch}:0`,
     onEvent(e) {
       const msg = JSON.parse(e.data);
@@ -33,6 +34,9 @@ async function join(name) {
     },
   });
 }
+
+// The transport in use, for a look from the console (and the tests).
+window.chatTransport = () => sub && sub.transport;
 
 document.getElementById('rooms').addEventListener('click', (e) => {
   if (e.target.dataset.room) join(e.target.dataset.room);
