@@ -2,6 +2,7 @@ package comet
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -54,7 +55,8 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, repl *c
 	w.Header().Del("Vary") // the answer is the upgrade, not a representation
 
 	sess := &wsSession{h: h, key: key, tok: tok}
-	open := appendWSText(nil, formatNDJSON.open(nil, after))
+	hs := heldWebSocket{sess: sess, sub: sub, after: after, life: life, m: m,
+		open: appendWSText(nil, formatNDJSON.open(nil, after))}
 	if isWebSocketConnect(r) {
 		defer h.unsubscribe(sub, m)
 		// RFC 8441: the stream is the socket once a 2xx is out.
@@ -64,27 +66,15 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, repl *c
 			return nil
 		}
 		sess.lastRead.Store(time.Now().UnixNano())
-		h.holdWebSocket(&streamConn{r: r, w: w, rc: rc}, sess, sub, after, open, life, m)
+		h.holdWebSocket(&streamConn{r: r, w: w, rc: rc}, hs)
 		return nil
 	}
-	sock, overTLS := h.detachableSocket(w, r)
-	if sock != nil {
-		s := h.newDetachedStream(w, sock, overTLS, webSocketOf, transportWebSocket, key, life)
-		if s != nil {
-			s.own = streamState{f: webSocketOf, after: after}
-			s.members = []streamMember{{sub: sub, st: &s.own}}
-			s.ws = sess
-			s.pending = open
-			switch s.takeOver(w, r, sess.upgrade) {
-			case takenOver:
-				sub.watch(s.changed)
-				s.beginAfter(r)
-				return nil
-			case hijackFailed:
-				h.unsubscribe(sub, m)
-				return nil
-			}
-		}
+	switch h.detachWebSocket(w, r, hs) {
+	case takenOver:
+		return nil
+	case hijackFailed:
+		h.unsubscribe(sub, m)
+		return nil
 	}
 	defer h.unsubscribe(sub, m)
 	conn, err := sess.upgrade(w, r)
@@ -92,8 +82,42 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, repl *c
 		return nil // the client was answered, or is gone
 	}
 	defer conn.Close()
-	h.holdWebSocket(conn, sess, sub, after, open, life, m)
+	h.holdWebSocket(conn, hs)
 	return nil
+}
+
+// heldWebSocket is what serving a socket starts from: its session, its
+// subscriber and cursor, its lifetime and series, and its first message.
+type heldWebSocket struct {
+	sess  *wsSession
+	sub   *Subscriber
+	after Cursor
+	life  lifetime
+	m     *transportMetrics
+	open  []byte
+}
+
+// detachWebSocket answers the handshake and takes the socket over as a
+// detached stream (see detach.go), where the connection allows it.
+func (h *Handler) detachWebSocket(w http.ResponseWriter, r *http.Request, hs heldWebSocket) takeoverResult {
+	sock, overTLS := h.detachableSocket(w, r)
+	if sock == nil {
+		return notTakenOver
+	}
+	s := h.newDetachedStream(w, sock, overTLS, webSocketOf, transportWebSocket, hs.sess.key, hs.life)
+	if s == nil {
+		return notTakenOver
+	}
+	s.own = streamState{f: webSocketOf, after: hs.after}
+	s.members = []streamMember{{sub: hs.sub, st: &s.own}}
+	s.ws = hs.sess
+	s.pending = hs.open
+	result := s.takeOver(w, r, hs.sess.upgrade)
+	if result == takenOver {
+		hs.sub.watch(s.changed)
+		s.beginAfter(r)
+	}
+	return result
 }
 
 // checkWebSocketHandshake refuses, as HTTP, an upgrade that cannot be
@@ -184,7 +208,7 @@ var wsReaders = sync.Pool{New: func() any { return &wsReader{br: bufio.NewReader
 // read before, if anything.
 func (ss *wsSession) newWSReader(src io.Reader) *wsReader {
 	if ss.prefix != nil {
-		src = io.MultiReader(bytesReader(ss.prefix), src)
+		src = io.MultiReader(bytes.NewReader(ss.prefix), src)
 		ss.prefix = nil
 	}
 	r := wsReaders.Get().(*wsReader)
@@ -200,21 +224,6 @@ func (r *wsReader) release() {
 	r.br.Reset(nil)
 	r.rd = wsutil.Reader{}
 	wsReaders.Put(r)
-}
-
-func bytesReader(b []byte) io.Reader {
-	return &prefixReader{b}
-}
-
-type prefixReader struct{ b []byte }
-
-func (p *prefixReader) Read(b []byte) (int, error) {
-	if len(p.b) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(b, p.b)
-	p.b = p.b[n:]
-	return n, nil
 }
 
 // readFrame reads one frame, or a whole message with the control frames
@@ -368,9 +377,10 @@ func (ss *wsSession) publish(p *wsPublish) wsReply {
 
 // holdWebSocket serves a socket that is not detached: this goroutine
 // writes, and another reads what the client sends.
-func (h *Handler) holdWebSocket(conn heldConn, ss *wsSession, sub *Subscriber, after Cursor, open []byte, life lifetime, m *transportMetrics) {
+func (h *Handler) holdWebSocket(conn heldConn, hs heldWebSocket) {
+	ss, sub, life, m := hs.sess, hs.sub, hs.life, hs.m
 	out := &heldSocket{conn: conn, timeout: time.Duration(h.WriteTimeout)}
-	if out.write(open) != nil {
+	if out.write(hs.open) != nil {
 		return
 	}
 	ctx, cancel := life.bound(context.Background())
@@ -404,7 +414,7 @@ func (h *Handler) holdWebSocket(conn heldConn, ss *wsSession, sub *Subscriber, a
 		heartbeat = time.AfterFunc(hb, func() { heartbeatDue.Store(true); poke() })
 		defer heartbeat.Stop()
 	}
-	st := streamState{f: webSocketOf, after: after}
+	st := streamState{f: webSocketOf, after: hs.after}
 	for {
 		d, err := sub.next(ctx, st.after, wake)
 		if cur := resume.Swap(nil); cur != nil {
