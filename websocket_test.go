@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/go-jose/go-jose/v4"
 	"github.com/gobwas/ws"
 	"golang.org/x/net/http2"
 )
@@ -795,3 +796,46 @@ func (h2Conn) RemoteAddr() net.Addr               { return nil }
 func (h2Conn) SetDeadline(time.Time) error        { return nil }
 func (h2Conn) SetReadDeadline(time.Time) error    { return nil }
 func (h2Conn) SetWriteDeadline(t time.Time) error { return nil }
+
+// TestWebSocketTokens: a socket is opened with a token like any subscriber
+// (401 without one, 403 for another context), and publishes over it only
+// what its token grants.
+func TestWebSocketTokens(t *testing.T) {
+	t.Setenv("COMET_TEST_KEY", testSecret)
+	s := startCaddy(t, "", `comet /private/* {
+		auth {
+			hmac_secret {env.COMET_TEST_KEY}
+		}
+	}`)
+	key := []byte(testSecret)
+	reader := mint(t, key, jose.HS256, "ada", time.Hour, grants{Subscribe: []string{"/private/room"}})
+	writer := mint(t, key, jose.HS256, "bob", time.Hour, grants{Subscribe: []string{"/private/room"}, Publish: []string{"/private/room"}})
+
+	for _, tc := range []struct {
+		name, path string
+		header     []string
+		status     int
+	}{
+		{"no token", "/private/room", nil, http.StatusUnauthorized},
+		{"another context", "/private/other", []string{"Authorization", "Bearer " + reader}, http.StatusForbidden},
+	} {
+		_, status, _ := tryDialWS(wsURL(s, tc.path), nil, tc.header...)
+		if hs, ok := status.(*handshakeStatus); !ok || hs.status != tc.status {
+			t.Errorf("%s: the handshake answered %v, want %d", tc.name, status, tc.status)
+		}
+	}
+
+	r := dialWS(t, wsURL(s, "/private/room"), nil, "Authorization", "Bearer "+reader)
+	r.message(5 * time.Second)
+	r.sendJSON(map[string]any{"publish": map[string]any{"ref": "r", "data": "not allowed"}})
+	if m := r.message(5 * time.Second); m["control"] != "error" || m["status"] != 403.0 {
+		t.Errorf("a reader's publish got %v, want an error 403", m)
+	}
+	w := dialWS(t, wsURL(s, "/private/room"), nil, "Authorization", "Bearer "+writer)
+	w.message(5 * time.Second)
+	w.sendJSON(map[string]any{"publish": map[string]any{"ref": "w", "data": "allowed"}})
+	if rcpt, ev := w.receiptAndEvent(); rcpt["ref"] != "w" || ev["data"] != "allowed" {
+		t.Errorf("a writer's publish got %v and %v", rcpt, ev)
+	}
+	r.expectEvents("allowed") // and nothing from the refused publish before it
+}
