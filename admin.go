@@ -48,7 +48,41 @@ func (a AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/comet/publish", Handler: caddy.AdminHandlerFunc(a.handlePublish)},
 		{Pattern: "/comet/contexts", Handler: caddy.AdminHandlerFunc(a.handleContexts)},
+		{Pattern: "/comet/health", Handler: caddy.AdminHandlerFunc(a.handleHealth)},
 	}
+}
+
+// healthReport is the answer of GET /comet/health: every running hub's
+// health, and whether all are healthy.
+type healthReport struct {
+	OK   bool              `json:"ok"`
+	Hubs map[string]Health `json:"hubs"`
+}
+
+// handleHealth answers GET /comet/health: 200 when every running hub hears
+// its broker (or has none), 503 otherwise, for a load balancer to take a
+// deaf node out.
+func (AdminAPI) handleHealth(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return apiError(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed; use GET", r.Method))
+	}
+	report := healthReport{OK: true, Hubs: make(map[string]Health)}
+	for _, name := range runningHubNames() {
+		hub, ok := LookupHub(name)
+		if !ok {
+			continue
+		}
+		hl := hub.Health()
+		report.Hubs[name] = hl
+		report.OK = report.OK && hl.OK
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	if !report.OK {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return json.NewEncoder(w).Encode(report)
+	}
+	return writeJSON(w, report)
 }
 
 // Paging of GET /comet/contexts.

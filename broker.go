@@ -59,6 +59,10 @@ type Broker interface {
 	// reconnects by itself.
 	Follow(ctx context.Context, hub BrokerFollower)
 
+	// Probe announces token the way events are announced, so that it
+	// comes back through Follow (Probed) if this node still hears them.
+	Probe(ctx context.Context, token string) error
+
 	// Close releases the broker's connections.
 	Close() error
 }
@@ -87,6 +91,8 @@ type BrokerFollower interface {
 	Deleted(key string)
 	// Resync says that events may have been missed while disconnected.
 	Resync()
+	// Probed reports a probe announced by some node (see Broker.Probe).
+	Probed(token string)
 }
 
 // BrokerConfig selects a broker for a hub. No broker: in-process.

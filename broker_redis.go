@@ -392,6 +392,14 @@ func (b *redisBroker) Follow(ctx context.Context, f BrokerFollower) {
 	}
 }
 
+// Probe publishes a probe on the channel events are announced on.
+func (b *redisBroker) Probe(ctx context.Context, token string) error {
+	if err := b.client.Publish(ctx, b.channel, "p "+strconv.Itoa(len(token))+"\n"+token).Err(); err != nil {
+		return fmt.Errorf("%w: publishing a probe: %v", ErrBrokerUnavailable, err)
+	}
+	return nil
+}
+
 func (b *redisBroker) Close() error { return b.client.Close() }
 
 // dispatch decodes an announcement made by publishScript or deleteScript.
@@ -410,6 +418,12 @@ func dispatch(payload string, f BrokerFollower) error {
 		nums = append(nums, n)
 	}
 	switch {
+	case fields[0] == "p" && len(fields) == 2:
+		if n, err := strconv.Atoi(fields[1]); err != nil || n != len(body) {
+			return fmt.Errorf("bad header %q", head)
+		}
+		f.Probed(body)
+		return nil
 	case fields[0] == "d" && len(fields) == 2:
 		n, err := strconv.Atoi(fields[1])
 		if err != nil || n != len(body) {

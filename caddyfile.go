@@ -177,6 +177,7 @@ func parseAuth(d *caddyfile.Dispenser) (*AuthConfig, error) {
 //		max_subscribers <n>
 //		idempotency_window <duration>
 //		idempotency_keys   <n>
+//		health_interval    <duration>
 //		broker redis [<url>] {
 //			url         <url>
 //			addresses   <host:port>...
@@ -230,6 +231,8 @@ func (c *HubOptions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			c.IdempotencyWindow, err = parsePositiveDuration(d)
 		case "idempotency_keys":
 			c.IdempotencyKeys, err = parseCount(d)
+		case "health_interval":
+			c.HealthInterval, err = parsePositiveDuration(d)
 		case "broker":
 			c.Broker, err = parseBroker(d)
 		default:

@@ -74,6 +74,18 @@ type HubConfig struct {
 	// caddy_comet_idempotency_keys_forgotten_total). With a broker, keys
 	// live in the broker, for the whole window. Default: 100000.
 	IdempotencyKeys int `json:"idempotency_keys,omitempty"`
+
+	// How often a hub with a broker announces a probe that must come back
+	// through its subscription; three intervals without one make the hub
+	// unhealthy (see Health). Default: 1s.
+	HealthInterval caddy.Duration `json:"health_interval,omitempty"`
+}
+
+func (c HubConfig) healthInterval() time.Duration {
+	if c.HealthInterval <= 0 {
+		return DefaultHealthInterval
+	}
+	return time.Duration(c.HealthInterval)
 }
 
 // withDefaults returns the config with zero values replaced by defaults.
@@ -107,6 +119,8 @@ func (c HubConfig) validate() error {
 		return errors.New("history max age must not be negative")
 	case c.MaxContexts < 0:
 		return errors.New("max_contexts must not be negative")
+	case c.HealthInterval < 0:
+		return errors.New("health_interval must not be negative")
 	case c.MaxSubscribers < 0:
 		return errors.New("max_subscribers must not be negative")
 	case c.IdempotencyWindow < 0:
@@ -163,6 +177,9 @@ type Hub struct {
 	// idempotency remembers publishes' idempotency keys when there is no
 	// broker to.
 	idempotency idempotencyMemory
+
+	// health is what the probes of the broker found (see health.go).
+	health hubHealth
 }
 
 // NewHub makes a hub of its own, outside any Caddy config, for programs
@@ -187,9 +204,11 @@ func NewHub(name string, cfg HubConfig, broker Broker) *Hub {
 	h.lostSince.Store(h.now().UnixMilli() - 1)
 	if broker != nil {
 		h.broker = broker
+		h.health.node = newNodeID()
 		ctx, cancel := context.WithCancel(context.Background())
 		h.stopFollowing = cancel
 		go broker.Follow(ctx, follower{h})
+		go h.probeLoop(ctx, h.config().healthInterval())
 	}
 	go h.janitor()
 	return h

@@ -65,6 +65,8 @@ func (f follower) Deleted(key string) {
 	f.h.deleteLocal(key)
 }
 
+func (f follower) Probed(token string) { f.h.probed(token) }
+
 // Resync brings every mirror up to date after the connection to the broker
 // was lost, when announcements may have been missed.
 func (f follower) Resync() {

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -58,6 +59,21 @@ func LookupHub(name string) (*Hub, bool) {
 		return true
 	})
 	return found.Hub, found.Hub != nil
+}
+
+// runningHubNames returns the names of the hubs running configs use.
+func runningHubNames() []string {
+	seen := make(map[string]bool)
+	var names []string
+	hubs.Range(func(_, value any) bool {
+		if name := value.(pooledHub).name; !seen[name] {
+			seen[name] = true
+			names = append(names, name)
+		}
+		return true
+	})
+	slices.Sort(names)
+	return names
 }
 
 // App is the comet app. It configures hubs; the Caddyfile's global comet
