@@ -54,14 +54,23 @@ type Broker interface {
 	// existed; every node is told through Follow.
 	Delete(ctx context.Context, key string) (bool, error)
 
-	// Follow reports every event and deletion, from every node, to the
-	// hub until ctx ends. It calls Resync after each connection, and
-	// reconnects by itself.
+	// Follow reports the events of the contexts watched (see Watch) and
+	// every deletion, from every node, to the hub until ctx ends. It calls
+	// Resync after each connection, and reconnects by itself.
 	Follow(ctx context.Context, hub BrokerFollower)
 
 	// Probe announces token the way events are announced, so that it
 	// comes back through Follow (Probed) if this node still hears them.
 	Probe(ctx context.Context, token string) error
+
+	// Watch has Follow report the events of the context named key from
+	// now on, and call Watching once it will, after which the hub brings
+	// its mirror up to date: events published before then are in what
+	// Load returns. Unwatch stops the reports. Both return at once; the
+	// broker sends them in batches, and a reconnection watches again
+	// every context watched (with Watching for each).
+	Watch(key string)
+	Unwatch(key string)
 
 	// Close releases the broker's connections.
 	Close() error
@@ -93,6 +102,9 @@ type BrokerFollower interface {
 	Resync()
 	// Probed reports a probe announced by some node (see Broker.Probe).
 	Probed(token string)
+	// Watching says that the context's events are reported from now on
+	// (see Broker.Watch).
+	Watching(key string)
 }
 
 // BrokerConfig selects a broker for a hub. No broker: in-process.

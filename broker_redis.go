@@ -5,8 +5,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -102,8 +104,15 @@ type redisBroker struct {
 	client  redis.UniversalClient
 	prefix  string
 	hub     string
-	channel string
+	channel string // the hub's: deletions and probes
 	logger  *zap.Logger
+
+	// The contexts' channels this node follows (see watch.go's Watch):
+	// changes wait in watches until the subscriber goroutine sends them, in
+	// as few commands as it can.
+	watchMu  sync.Mutex
+	watches  map[string]bool // channel → subscribe (true) or unsubscribe
+	watching chan struct{}   // signals the subscriber goroutine
 }
 
 // NewRedisBroker connects to Redis as cfg says, for the hub named hub, and
@@ -126,17 +135,35 @@ func NewRedisBroker(cfg RedisConfig, hub string, logger *zap.Logger) (Broker, er
 		prefix = DefaultRedisKeyPrefix
 	}
 	return &redisBroker{
-		client:  client,
-		prefix:  prefix,
-		hub:     hub,
-		channel: prefix + hub + ":events",
-		logger:  logger,
+		client:   client,
+		prefix:   prefix,
+		hub:      hub,
+		channel:  prefix + hub + ":events",
+		logger:   logger,
+		watches:  make(map[string]bool),
+		watching: make(chan struct{}, 1),
 	}, nil
 }
 
 func (b *redisBroker) keys(key string) []string {
 	tag := b.prefix + "{" + b.hub + ":" + key + "}"
 	return []string{tag + ":m", tag + ":s"}
+}
+
+// contextChannel is the channel a context's events are announced on. It
+// has the context's hash tag, so that on a Redis Cluster it hashes to the
+// slot of the context's keys.
+func (b *redisBroker) contextChannel(key string) string {
+	return b.prefix + "{" + b.hub + ":" + key + "}:e"
+}
+
+// contextOfChannel is the context a channel of contextChannel's is of.
+func (b *redisBroker) contextOfChannel(channel string) (string, bool) {
+	start, end := b.prefix+"{"+b.hub+":", "}:e"
+	if len(channel) < len(start)+len(end) || !strings.HasPrefix(channel, start) || !strings.HasSuffix(channel, end) {
+		return "", false
+	}
+	return channel[len(start) : len(channel)-len(end)], true
 }
 
 // luaEnsureContext starts with every script that may create a context: a
@@ -250,7 +277,7 @@ func (b *redisBroker) publishCmd(ctx context.Context, p redis.Pipeliner,
 // publishArgs are the publish script's arguments for one event.
 func (b *redisBroker) publishArgs(key string, ev *Event, keep Retention) []any {
 	published := strconv.FormatInt(ev.Published.UnixMilli(), 10)
-	return []any{newEpoch(), keep.Events, keep.MaxAge.Milliseconds(), b.channel,
+	return []any{newEpoch(), keep.Events, keep.MaxAge.Milliseconds(), b.contextChannel(key),
 		ev.Type, ev.ContentType, published, ev.Data, key}
 }
 
@@ -361,6 +388,7 @@ func (b *redisBroker) Delete(ctx context.Context, key string) (bool, error) {
 func (b *redisBroker) Follow(ctx context.Context, f BrokerFollower) {
 	ps := b.client.Subscribe(ctx, b.channel)
 	defer ps.Close()
+	go b.sendWatches(ctx, ps)
 	backoff := 100 * time.Millisecond
 	for {
 		msg, err := ps.Receive(ctx)
@@ -368,7 +396,8 @@ func (b *redisBroker) Follow(ctx context.Context, f BrokerFollower) {
 			if ctx.Err() != nil {
 				return
 			}
-			// go-redis reconnects and subscribes again on the next Receive.
+			// go-redis reconnects and subscribes again, to the hub's
+			// channel and every context's, on the next Receive.
 			b.logger.Warn("lost the redis subscription; reconnecting", zap.String("hub", b.hub), zap.Error(err))
 			select {
 			case <-ctx.Done():
@@ -380,13 +409,89 @@ func (b *redisBroker) Follow(ctx context.Context, f BrokerFollower) {
 		}
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if m.Kind == "subscribe" {
+			if m.Kind != "subscribe" {
+				continue
+			}
+			if m.Channel == b.channel {
 				backoff = 100 * time.Millisecond
 				f.Resync()
+			} else if key, ok := b.contextOfChannel(m.Channel); ok {
+				f.Watching(key)
 			}
 		case *redis.Message:
 			if err := dispatch(m.Payload, f); err != nil {
-				b.logger.Error("unreadable message on the redis channel", zap.String("channel", b.channel), zap.Error(err))
+				b.logger.Error("unreadable message on the redis channel", zap.String("channel", m.Channel), zap.Error(err))
+			}
+		}
+	}
+}
+
+// Watch subscribes this node to the context's channel, soon: the
+// subscriber goroutine (sendWatches) sends every change waiting at once.
+func (b *redisBroker) Watch(key string) { b.queueWatch(b.contextChannel(key), true) }
+
+// Unwatch unsubscribes this node from the context's channel, soon.
+func (b *redisBroker) Unwatch(key string) { b.queueWatch(b.contextChannel(key), false) }
+
+func (b *redisBroker) queueWatch(channel string, subscribe bool) {
+	b.watchMu.Lock()
+	b.watches[channel] = subscribe // the last change of a channel wins
+	b.watchMu.Unlock()
+	select {
+	case b.watching <- struct{}{}:
+	default:
+	}
+}
+
+// watchLinger is how long the subscriber goroutine waits for more changes
+// before it sends what it has: a new context's events may reach this node
+// that much later (the mirror, loaded at once, has every earlier one).
+const watchLinger = 2 * time.Millisecond
+
+// maxChannelsPerCommand bounds one SUBSCRIBE or UNSUBSCRIBE, so that a
+// node that follows 100,000 contexts sends 100 commands, not 100,000 and
+// not one of several megabytes.
+const maxChannelsPerCommand = 1000
+
+// sendWatches sends the waiting changes to the contexts' channels until
+// ctx ends. Confirmations come back through Follow's Receive.
+func (b *redisBroker) sendWatches(ctx context.Context, ps *redis.PubSub) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-b.watching:
+		}
+		// Contexts come in bursts (a page subscribing to many, clients
+		// coming back after a restart): wait a moment for the rest of one.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(watchLinger):
+		}
+		b.watchMu.Lock()
+		changes := b.watches
+		b.watches = make(map[string]bool)
+		b.watchMu.Unlock()
+		var subscribe, unsubscribe []string
+		for channel, sub := range changes {
+			if sub {
+				subscribe = append(subscribe, channel)
+			} else {
+				unsubscribe = append(unsubscribe, channel)
+			}
+		}
+		for batch := range slices.Chunk(unsubscribe, maxChannelsPerCommand) {
+			// go-redis forgets them even if sending fails, so a
+			// reconnection does not subscribe to them again.
+			_ = ps.Unsubscribe(ctx, batch...)
+		}
+		for batch := range slices.Chunk(subscribe, maxChannelsPerCommand) {
+			// go-redis remembers them even if sending fails, and a
+			// reconnection subscribes to them again.
+			if err := ps.Subscribe(ctx, batch...); err != nil && ctx.Err() == nil {
+				b.logger.Warn("subscribing to contexts' channels; will again on reconnecting",
+					zap.String("hub", b.hub), zap.Int("channels", len(batch)), zap.Error(err))
 			}
 		}
 	}

@@ -32,6 +32,8 @@ type hubContext struct {
 	subscribers atomic.Int64
 	// waiting counts subscribers blocked in Next, for publish receipts.
 	waiting atomic.Int64
+	// syncQueued says a mirror waits to be brought up to date (syncSoon).
+	syncQueued atomic.Bool
 
 	mu      sync.RWMutex
 	lastID  uint64

@@ -180,6 +180,10 @@ type Hub struct {
 
 	// health is what the probes of the broker found (see health.go).
 	health hubHealth
+	// syncs are the mirrors waiting to be brought up to date.
+	syncs syncQueue
+	// announced counts the events the broker announced to this hub.
+	announced atomic.Int64
 }
 
 // NewHub makes a hub of its own, outside any Caddy config, for programs
@@ -433,6 +437,7 @@ func (h *Hub) deleteLocal(key string) (ContextInfo, bool) {
 	if ok {
 		delete(h.contexts, key)
 		h.metrics.contexts.Set(float64(len(h.contexts)))
+		h.unwatch(key)
 	}
 	h.mu.Unlock()
 	if !ok {
@@ -528,11 +533,20 @@ func (h *Hub) collectIdle() int {
 	for key, c := range h.contexts {
 		if c.expire(cutoff) && c.subscribers.Load() == 0 {
 			delete(h.contexts, key)
+			h.unwatch(key)
 			removed++
 		}
 	}
 	h.metrics.contexts.Set(float64(len(h.contexts)))
 	return removed
+}
+
+// unwatch stops the broker's reports of a context this node no longer
+// mirrors, if there is a broker.
+func (h *Hub) unwatch(key string) {
+	if h.broker != nil {
+		h.broker.Unwatch(key)
+	}
 }
 
 // validEventType keeps a type from ending an SSE field early and injecting

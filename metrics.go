@@ -22,6 +22,7 @@ var metrics = struct {
 	refusals      *prometheus.CounterVec
 	forgotten     *prometheus.CounterVec
 	replayed      *prometheus.CounterVec
+	announced     *prometheus.CounterVec
 }{
 	subscribers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "comet", Name: "subscribers",
@@ -63,6 +64,10 @@ var metrics = struct {
 		Namespace: "caddy", Subsystem: "comet", Name: "publishes_replayed_total",
 		Help: "Publishes repeated with an Idempotency-Key already used, answered with the first receipts and not published again.",
 	}, []string{"hub"}),
+	announced: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "comet", Name: "broker_events_received_total",
+		Help: "Events the broker announced to this node: in cluster mode, those of the contexts the node mirrors.",
+	}, []string{"hub"}),
 }
 
 // registerMetrics adds comet's collectors to a config's registry.
@@ -70,7 +75,7 @@ func registerMetrics(reg prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{
 		metrics.subscribers, metrics.contexts, metrics.published, metrics.deliveries,
 		metrics.expiries, metrics.dropped, metrics.publishErrors, metrics.refusals,
-		metrics.forgotten, metrics.replayed,
+		metrics.forgotten, metrics.replayed, metrics.announced,
 	} {
 		if err := reg.Register(c); err != nil {
 			if already, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok && already.ExistingCollector == c {
@@ -90,6 +95,7 @@ type hubMetrics struct {
 	refusals             [limitCount]prometheus.Counter
 	idempotencyForgotten prometheus.Counter
 	replayed             prometheus.Counter
+	announced            prometheus.Counter
 }
 
 func newHubMetrics(hub string) hubMetrics {
@@ -98,6 +104,7 @@ func newHubMetrics(hub string) hubMetrics {
 		published:            metrics.published.WithLabelValues(hub),
 		idempotencyForgotten: metrics.forgotten.WithLabelValues(hub),
 		replayed:             metrics.replayed.WithLabelValues(hub),
+		announced:            metrics.announced.WithLabelValues(hub),
 	}
 	for l, name := range limitNames {
 		m.refusals[l] = metrics.refusals.WithLabelValues(hub, name)

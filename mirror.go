@@ -2,6 +2,7 @@ package comet
 
 import (
 	"context"
+	"sync"
 
 	"go.uber.org/zap"
 )
@@ -49,6 +50,8 @@ type follower struct{ h *Hub }
 
 func (f follower) Event(key, epoch string, ev *Event) {
 	h := f.h
+	h.metrics.announced.Inc()
+	h.announced.Add(1)
 	h.mu.RLock()
 	c := h.contexts[key]
 	h.mu.RUnlock()
@@ -67,12 +70,73 @@ func (f follower) Deleted(key string) {
 
 func (f follower) Probed(token string) { f.h.probed(token) }
 
+// Watching brings a mirror up to date once the broker reports its events:
+// what was published before is in what the broker loads.
+func (f follower) Watching(key string) {
+	h := f.h
+	h.mu.RLock()
+	c := h.contexts[key]
+	h.mu.RUnlock()
+	if c != nil {
+		h.syncSoon(c)
+	}
+}
+
 // Resync brings every mirror up to date after the connection to the broker
 // was lost, when announcements may have been missed.
 func (f follower) Resync() {
 	f.h.markLoss()
 	for _, c := range f.h.contextList() {
-		f.h.sync(c)
+		f.h.syncSoon(c)
+	}
+}
+
+// maxSyncWorkers bounds the goroutines that bring mirrors up to date after
+// a reconnection, when every mirror needs it at once.
+const maxSyncWorkers = 4
+
+// syncQueue holds the mirrors waiting to be brought up to date.
+type syncQueue struct {
+	mu      sync.Mutex
+	pending []*hubContext
+	workers int
+}
+
+// syncSoon has a worker bring a mirror up to date, unless it is waiting
+// for one already: a reconnection's Resync and the Watching of each
+// context it then gets ask for the same mirrors, and each is loaded once.
+func (h *Hub) syncSoon(c *hubContext) {
+	if !c.syncQueued.CompareAndSwap(false, true) {
+		return
+	}
+	q := &h.syncs
+	q.mu.Lock()
+	q.pending = append(q.pending, c)
+	start := q.workers < maxSyncWorkers
+	if start {
+		q.workers++
+	}
+	q.mu.Unlock()
+	if start {
+		go h.runSyncs()
+	}
+}
+
+func (h *Hub) runSyncs() {
+	q := &h.syncs
+	for {
+		q.mu.Lock()
+		if len(q.pending) == 0 {
+			q.pending = nil // let a large backlog's array go
+			q.workers--
+			q.mu.Unlock()
+			return
+		}
+		c := q.pending[0]
+		q.pending = q.pending[1:]
+		q.mu.Unlock()
+		c.syncQueued.Store(false) // an announcement from now on needs another
+		h.sync(c)
 	}
 }
 
@@ -91,8 +155,7 @@ func (h *Hub) sync(c *hubContext) {
 
 // withSharedContext is withContext for a context this node does not mirror
 // yet: it loads the context from the broker, without holding the hub lock
-// over the network, then brings it up to date once more in case an event
-// was announced between the load and the mirror's creation.
+// over the network, and watches the context's announcements from then on.
 func (h *Hub) withSharedContext(key string, fn func(*hubContext) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
 	st, err := h.broker.Load(ctx, key, h.config().retention())
@@ -116,7 +179,10 @@ func (h *Hub) withSharedContext(key string, fn func(*hubContext) error) error {
 	err = fn(c)
 	h.mu.Unlock()
 	if !ok {
-		h.sync(c)
+		// Once the broker reports the context's events, the mirror is
+		// brought up to date (follower.Watching): whatever was announced
+		// between the load above and then is in what it loads.
+		h.broker.Watch(key)
 	}
 	return err
 }

@@ -1,0 +1,132 @@
+package comet
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+// redisStat reads one of INFO commandstats' call counts, e.g. "subscribe".
+func redisStat(t testing.TB, rdb *redis.Client, command string) int {
+	t.Helper()
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(info, "\r\n") {
+		if rest, ok := strings.CutPrefix(line, "cmdstat_"+command+":calls="); ok {
+			n, _ := strconv.Atoi(strings.SplitN(rest, ",", 2)[0])
+			return n
+		}
+	}
+	return 0
+}
+
+// numSub returns how many subscribers Redis counts on a channel.
+func numSub(t testing.TB, rdb *redis.Client, channel string) int64 {
+	t.Helper()
+	n, err := rdb.PubSubNumSub(context.Background(), channel).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n[channel]
+}
+
+// TestANodeReceivesOnlyWhatItFollows: with two nodes on one Redis, a node
+// subscribes to the channels of the contexts it mirrors, in a few batched
+// commands, receives their events and no other's, leaves a context's
+// channel once it no longer mirrors it, and subscribes again to all of
+// them after Redis restarts.
+func TestANodeReceivesOnlyWhatItFollows(t *testing.T) {
+	r := startRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.addr})
+	defer rdb.Close()
+	// Contexts outlive the restart below, and are collected soon after
+	// their subscribers leave.
+	cfg := HubConfig{History: 10, HistoryMaxAge: caddy.Duration(2 * time.Second)}
+	follower, publisher := redisHub(t, r, cfg), redisHub(t, r, cfg)
+	defer follower.Close()
+	defer publisher.Close()
+	b := follower.broker.(*redisBroker)
+
+	const followed = 2000
+	before := redisStat(t, rdb, "subscribe")
+	// Subscribers come as clients do, many at once.
+	subs := make([]*Subscriber, followed)
+	var wg sync.WaitGroup
+	for w := range 20 {
+		wg.Go(func() {
+			for i := w; i < followed; i += 20 {
+				var err error
+				if subs[i], err = follower.Subscribe(fmt.Sprintf("/f/%d", i)); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	waitFor(t, "every context's channel to be subscribed", func() bool {
+		return numSub(t, rdb, b.contextChannel("/f/0")) == 1 && numSub(t, rdb, b.contextChannel(fmt.Sprintf("/f/%d", followed-1))) == 1
+	})
+	if n := redisStat(t, rdb, "subscribe") - before; n > followed/10 {
+		t.Errorf("%d SUBSCRIBE commands for %d contexts, want them batched", n, followed)
+	}
+
+	// Events of a followed context arrive; those of others never reach
+	// this node.
+	received := follower.announced.Load()
+	for i := range 100 {
+		if _, err := publisher.Publish("/other", Event{Data: []byte(strconv.Itoa(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := publisher.Publish("/f/7", Event{Data: []byte("followed")}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	d, err := subs[7].Next(ctx, subs[7].Start())
+	if err != nil || d.Event == nil || string(d.Event.Data) != "followed" {
+		t.Fatalf("the followed context got %v, %v", d, err)
+	}
+	if got := follower.announced.Load() - received; got != 1 {
+		t.Errorf("the node received %d events, want the 1 of the context it follows (100 were published to another)", got)
+	}
+
+	// Redis restarts (with its data): the node subscribes again to every
+	// channel, and hears what the other node publishes.
+	at := subs[9].Position()
+	r.kill()
+	r.start()
+	waitFor(t, "the channels to be subscribed again", func() bool {
+		return numSub(t, rdb, b.contextChannel("/f/0")) == 1 && numSub(t, rdb, b.contextChannel(fmt.Sprintf("/f/%d", followed-1))) == 1
+	})
+	if n := redisStat(t, rdb, "subscribe"); n > 10 {
+		t.Errorf("%d SUBSCRIBE commands to subscribe again to %d channels", n, followed+1)
+	}
+	waitFor(t, "a publish after the restart", func() bool {
+		_, err := publisher.Publish("/f/9", Event{Data: []byte("after the restart")})
+		return err == nil
+	})
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
+	d, err = subs[9].Next(ctx2, at)
+	if err != nil || d.Event == nil || string(d.Event.Data) != "after the restart" {
+		t.Fatalf("after the restart the followed context got %v, %v", d, err)
+	}
+
+	// Once the node no longer mirrors a context, it leaves its channel.
+	for _, s := range subs {
+		s.Close()
+	}
+	waitFor(t, "the channels to be left", func() bool {
+		return numSub(t, rdb, b.contextChannel("/f/0")) == 0 && numSub(t, rdb, b.contextChannel("/f/9")) == 0
+	})
+}
