@@ -130,3 +130,82 @@ func TestANodeReceivesOnlyWhatItFollows(t *testing.T) {
 		return numSub(t, rdb, b.contextChannel("/f/0")) == 0 && numSub(t, rdb, b.contextChannel("/f/9")) == 0
 	})
 }
+
+// TestEachNodeReceivesItsShare: three nodes each follow a third of 10,000
+// contexts, a fourth publishes one event to every context, and each of the
+// three receives exactly the events of its own contexts: a third of the
+// traffic, where one channel per hub would have sent each all of it.
+func TestEachNodeReceivesItsShare(t *testing.T) {
+	if testing.Short() {
+		t.Skip("publishes 10,000 events through Redis")
+	}
+	r := startRedis(t)
+	const contexts, nodes = 10_000, 3
+	cfg := HubConfig{History: 1, MaxContexts: contexts}
+	publisher := redisHub(t, r, cfg)
+	defer publisher.Close()
+	var followers [nodes]*Hub
+	want := [nodes]int64{}
+	for n := range followers {
+		followers[n] = redisHub(t, r, cfg)
+		defer followers[n].Close()
+	}
+	key := func(i int) string { return "/share/" + strconv.Itoa(i) }
+	var wg sync.WaitGroup
+	var subs [nodes][]*Subscriber
+	for n, hub := range followers {
+		wg.Go(func() {
+			for i := n; i < contexts; i += nodes {
+				sub, err := hub.Subscribe(key(i))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				subs[n] = append(subs[n], sub)
+			}
+		})
+		want[n] = int64((contexts - n + nodes - 1) / nodes)
+	}
+	wg.Wait()
+	defer func() {
+		for _, ss := range subs {
+			for _, sub := range ss {
+				sub.Close()
+			}
+		}
+	}()
+	b := publisher.broker.(*redisBroker)
+	rdb := redis.NewClient(&redis.Options{Addr: r.addr})
+	defer rdb.Close()
+	waitFor(t, "every node to subscribe to its contexts' channels", func() bool {
+		for i := contexts - nodes; i < contexts; i++ {
+			if numSub(t, rdb, b.contextChannel(key(i))) != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	var before [nodes]int64
+	for n, hub := range followers {
+		before[n] = hub.announced.Load()
+	}
+	batch := make([]Publication, 0, 100)
+	for i := range contexts {
+		batch = append(batch, Publication{Key: key(i), Event: Event{Data: []byte("x")}})
+		if len(batch) == cap(batch) {
+			if _, err := publisher.PublishBatch(batch); err != nil {
+				t.Fatal(err)
+			}
+			batch = batch[:0]
+		}
+	}
+	for n, hub := range followers {
+		waitFor(t, fmt.Sprintf("node %d to receive its share", n), func() bool { return hub.announced.Load()-before[n] >= want[n] })
+	}
+	time.Sleep(100 * time.Millisecond) // anything more would have come by now
+	for n, hub := range followers {
+		if got := hub.announced.Load() - before[n]; got != want[n] {
+			t.Errorf("node %d received %d events, want the %d of its contexts, of %d published", n, got, want[n], contexts)
+		}
+	}
+}
