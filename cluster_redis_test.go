@@ -1,0 +1,204 @@
+package comet
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// startRedisCluster starts a Redis Cluster of three masters on loopback
+// ports (redis-server --cluster-enabled, then redis-cli --cluster create)
+// and returns their addresses.
+func startRedisCluster(t *testing.T) []string {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	cli, cliErr := exec.LookPath("redis-cli")
+	if err != nil || cliErr != nil {
+		if os.Getenv("COMET_REQUIRE_REDIS") != "" {
+			t.Fatal("redis-server and redis-cli are needed, and COMET_REQUIRE_REDIS says these tests must run")
+		}
+		t.Skip("redis-server or redis-cli is not installed; skipping the Redis Cluster test")
+	}
+	var addrs []string
+	for i := range 3 {
+		addr := freeAddr(t)
+		host, port, _ := net.SplitHostPort(addr)
+		dir := filepath.Join(t.TempDir(), fmt.Sprint(i))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "--bind", host, "--port", port, "--dir", dir, "--save", "",
+			"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+			"--daemonize", "no")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		r := &redisServer{t: t, addr: addr}
+		waitFor(t, "a cluster node to answer", r.answers)
+		addrs = append(addrs, addr)
+	}
+	args := append([]string{"--cluster", "create"}, addrs...)
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	host, port, _ := net.SplitHostPort(addrs[0])
+	waitFor(t, "the cluster to be ready", func() bool {
+		out, err := exec.Command(cli, "-h", host, "-p", port, "cluster", "info").Output()
+		return err == nil && strings.Contains(string(out), "cluster_state:ok")
+	})
+	return addrs
+}
+
+// TestRedisClusterSharesTheHub runs two nodes on a Redis Cluster of three
+// masters: contexts hash to every master, events published on either node
+// reach subscribers on both, each node subscribes only to the channels of
+// the contexts it mirrors, and a cursor from one node resumes on the other.
+func TestRedisClusterSharesTheHub(t *testing.T) {
+	addrs := startRedisCluster(t)
+	newNode := func() *Hub {
+		broker, err := NewRedisBroker(RedisConfig{Addresses: addrs}, DefaultHubName, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := NewHub(DefaultHubName, HubConfig{History: 50}, broker)
+		t.Cleanup(h.Close)
+		return h
+	}
+	a, b := newNode(), newNode()
+
+	// Enough contexts that every master holds some.
+	const contexts = 30
+	key := func(i int) string { return fmt.Sprintf("/cluster/%d", i) }
+	subsA, subsB := make([]*Subscriber, contexts), make([]*Subscriber, contexts)
+	for i := range contexts {
+		var err error
+		if subsA[i], err = a.Subscribe(key(i)); err != nil {
+			t.Fatal(err)
+		}
+		defer subsA[i].Close()
+		if subsB[i], err = b.Subscribe(key(i)); err != nil {
+			t.Fatal(err)
+		}
+		defer subsB[i].Close()
+	}
+	// Both nodes follow every context once their mirrors agree on an
+	// event published after the subscriptions (a mirror whose channel is
+	// not confirmed yet gets it when it is: see follower.Watching).
+	for i := range contexts {
+		if _, err := a.Publish(key(i), Event{Data: []byte("warm-up")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "both nodes to follow every context", func() bool {
+		for i := range contexts {
+			if subsB[i].Position() != subsA[i].Position() {
+				return false
+			}
+		}
+		return true
+	})
+
+	for i := range contexts {
+		from, name := a, "a"
+		if i%2 == 1 {
+			from, name = b, "b"
+		}
+		before := [2]Cursor{subsA[i].Position(), subsB[i].Position()}
+		rcpt, err := from.Publish(key(i), Event{Data: []byte("from " + name)})
+		if err != nil {
+			t.Fatalf("publishing to %s on %s: %v", key(i), name, err)
+		}
+		for n, sub := range []*Subscriber{subsA[i], subsB[i]} {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			d, err := sub.Next(ctx, before[n])
+			cancel()
+			if err != nil || d.Event == nil || string(d.Event.Data) != "from "+name || d.Cursor != rcpt.Cursor {
+				t.Fatalf("%s on node %d got %+v, %v; want the event published on %s at %s", key(i), n, d, err, name, rcpt.Cursor)
+			}
+		}
+	}
+
+	// A cursor from node a resumes on node b, by history.
+	cur := subsA[3].Position()
+	rcpt, err := a.Publish(key(3), Event{Data: []byte("after the cursor")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if d, err := subsB[3].Next(ctx, subsB[3].Resume(cur)); err != nil || d.Event == nil || d.Cursor != rcpt.Cursor {
+		t.Errorf("node b resuming a's cursor got %+v, %v", d, err)
+	}
+}
+
+// startSentinel starts a Redis master with one replica and a Sentinel that
+// monitors them as "comet", and returns the Sentinel's address.
+func startSentinel(t *testing.T) (sentinel string, master *redisServer) {
+	t.Helper()
+	master = startRedis(t)
+	replica := startRedis(t)
+	mhost, mport, _ := net.SplitHostPort(master.addr)
+	rhost, rport, _ := net.SplitHostPort(replica.addr)
+	if out, err := exec.Command("redis-cli", "-h", rhost, "-p", rport, "replicaof", mhost, mport).CombinedOutput(); err != nil {
+		t.Fatalf("replicaof: %v %s", err, out)
+	}
+	sentinel = freeAddr(t)
+	shost, sport, _ := net.SplitHostPort(sentinel)
+	conf := filepath.Join(t.TempDir(), "sentinel.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("bind %s\nport %s\nsentinel monitor comet %s %s 1\nsentinel down-after-milliseconds comet 1000\nsentinel failover-timeout comet 5000\n",
+		shost, sport, mhost, mport)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(master.bin, conf, "--sentinel")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitFor(t, "the sentinel to know the master", func() bool {
+		out, err := exec.Command("redis-cli", "-h", shost, "-p", sport, "sentinel", "get-master-addr-by-name", "comet").Output()
+		return err == nil && strings.Contains(string(out), mport)
+	})
+	return sentinel, master
+}
+
+// TestSentinelSharesTheHub runs two nodes through a Sentinel: an event
+// published on one reaches the other's subscriber.
+func TestSentinelSharesTheHub(t *testing.T) {
+	sentinel, _ := startSentinel(t)
+	newNode := func() *Hub {
+		broker, err := NewRedisBroker(RedisConfig{Addresses: []string{sentinel}, MasterName: "comet"}, DefaultHubName, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := NewHub(DefaultHubName, HubConfig{History: 50}, broker)
+		t.Cleanup(h.Close)
+		return h
+	}
+	a, b := newNode(), newNode()
+	sub, err := b.Subscribe("/sentinel")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	var rcpt Receipt
+	waitFor(t, "node b to hear what node a publishes", func() bool {
+		before := sub.Position()
+		if rcpt, err = a.Publish("/sentinel", Event{Data: []byte("through the sentinel")}); err != nil {
+			return false
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		d, err := sub.Next(ctx, before)
+		return err == nil && d.Cursor == rcpt.Cursor
+	})
+}
