@@ -50,6 +50,11 @@ type Broker interface {
 	// creating the context, and false if it does not exist.
 	Position(ctx context.Context, key string) (Cursor, bool, error)
 
+	// Diverged starts the context in a new epoch if it is still in epoch:
+	// a node holds events of it that the broker lost (a failover), and the
+	// ids the broker would give next are those of events clients saw.
+	Diverged(ctx context.Context, key, epoch string, keep Retention) error
+
 	// Delete removes the context everywhere and reports whether it
 	// existed; every node is told through Follow.
 	Delete(ctx context.Context, key string) (bool, error)

@@ -197,6 +197,17 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {epoch, redis.call('HGET', KEYS[1], 'last'), redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])}
 `)
 
+// divergeScript starts a context in a new epoch (ARGV[2]) if it is still
+// in epoch ARGV[1], renewing its hash's lifetime (ARGV[3]).
+var divergeScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
+	redis.call('DEL', KEYS[2])
+	redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'last', 0)
+	redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return 0
+`)
+
 var deleteScript = redis.NewScript(`
 local n = redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('PUBLISH', ARGV[1], 'd ' .. #ARGV[2] .. '\n' .. ARGV[2])
@@ -373,6 +384,13 @@ func (b *redisBroker) Settle(ctx context.Context, key string, record []byte, win
 	}
 	if err != nil {
 		return fmt.Errorf("%w: settling an idempotency key: %v", ErrBrokerUnavailable, err)
+	}
+	return nil
+}
+
+func (b *redisBroker) Diverged(ctx context.Context, key, epoch string, keep Retention) error {
+	if err := divergeScript.Run(ctx, b.client, b.keys(key), epoch, newEpoch(), keep.MaxAge.Milliseconds()).Err(); err != nil {
+		return fmt.Errorf("%w: starting a new epoch in redis: %v", ErrBrokerUnavailable, err)
 	}
 	return nil
 }

@@ -118,6 +118,17 @@ func (h *history) oldest() *Event {
 	return h.events[0]
 }
 
+// at returns the retained event with id, or nil.
+func (h *history) at(id uint64) *Event {
+	if id == 0 {
+		return nil
+	}
+	if ev := h.after(id - 1); ev != nil && ev.ID == id {
+		return ev
+	}
+	return nil
+}
+
 // after returns the first retained event whose id is greater than id, or nil
 // if there is none.
 func (h *history) after(id uint64) *Event {

@@ -1,6 +1,7 @@
 package comet
 
 import (
+	"bytes"
 	"context"
 	"sync"
 
@@ -36,13 +37,23 @@ func (h *Hub) applyPublished(key string, cur Cursor, ev *Event) Receipt {
 	c := h.contexts[key]
 	h.mu.RUnlock()
 	if c != nil {
-		woken, applied := c.apply(cur.Epoch, ev, h.config())
-		if !applied {
-			h.sync(c)
-		}
+		woken, outcome := c.apply(cur.Epoch, ev, h.config())
+		h.afterApply(c, outcome)
 		r.Woken = woken
 	}
 	return r
+}
+
+// afterApply does what an announcement that could not be applied needs:
+// bring the mirror up to date, after moving the context to a new epoch if
+// the broker gave an id this mirror knows to another event.
+func (h *Hub) afterApply(c *hubContext, outcome applyOutcome) {
+	switch outcome {
+	case applyDiverged:
+		h.diverge(c)
+	case applyStale:
+		h.sync(c)
+	}
 }
 
 // follower applies a broker's announcements to the hub's mirrors.
@@ -58,9 +69,8 @@ func (f follower) Event(key, epoch string, ev *Event) {
 	if c == nil {
 		return // nobody here follows that context
 	}
-	if _, applied := c.apply(epoch, ev, h.config()); !applied {
-		h.sync(c)
-	}
+	_, outcome := c.apply(epoch, ev, h.config())
+	h.afterApply(c, outcome)
 }
 
 func (f follower) Deleted(key string) {
@@ -142,15 +152,43 @@ func (h *Hub) runSyncs() {
 
 // sync reloads a mirror from the broker, after a gap in the announcements
 // or a reconnection.
-func (h *Hub) sync(c *hubContext) {
+func (h *Hub) sync(c *hubContext) (ok bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
 	defer cancel()
 	st, err := h.broker.Load(ctx, c.key, h.config().retention())
 	if err != nil {
 		h.logger.Warn("could not bring a context up to date", zap.String("hub", h.name), zap.String("context", c.key), zap.Error(err))
+		return false
+	}
+	if c.replace(st) {
+		h.diverge(c)
+	}
+	return true
+}
+
+// diverge moves a context whose events the broker lost to a new epoch, so
+// that no id this node's clients saw is given to another event, then
+// brings the mirror up to date: clients with a cursor of the old epoch are
+// told that they may have missed events, instead of missing them silently.
+// Redis loses events a master acknowledged but had not replicated when it
+// failed over, and the new master gives their ids out again.
+func (h *Hub) diverge(c *hubContext) {
+	epoch := c.position().Epoch
+	h.logger.Warn("the broker lost events this node had; moving the context to a new epoch",
+		zap.String("hub", h.name), zap.String("context", c.key), zap.String("epoch", epoch))
+	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
+	defer cancel()
+	if err := h.broker.Diverged(ctx, c.key, epoch, h.config().retention()); err != nil {
+		h.logger.Warn("could not move a context to a new epoch", zap.String("hub", h.name), zap.String("context", c.key), zap.Error(err))
 		return
 	}
-	c.replace(st)
+	h.markLoss()
+	st, err := h.broker.Load(ctx, c.key, h.config().retention())
+	if err != nil {
+		h.logger.Warn("could not bring a context up to date", zap.String("hub", h.name), zap.String("context", c.key), zap.Error(err))
+		return
+	}
+	c.replace(st) // another epoch now: never diverged
 }
 
 // withSharedContext is withContext for a context this node does not mirror
@@ -187,35 +225,61 @@ func (h *Hub) withSharedContext(key string, fn func(*hubContext) error) error {
 	return err
 }
 
-// apply adds an event the broker assigned to this mirror. It reports false
-// when the event does not follow the mirror's last one (a gap, or a new
-// epoch), and the mirror must be brought up to date from the broker
-// instead; an event the mirror already has is ignored.
-func (c *hubContext) apply(epoch string, ev *Event, cfg *HubConfig) (woken int, applied bool) {
+// applyOutcome is what applying an announced event to a mirror came to.
+type applyOutcome int
+
+const (
+	applied applyOutcome = iota // applied, or already there
+	// applyStale: the event does not follow the mirror's last (a gap, or
+	// a new epoch): bring the mirror up to date from the broker.
+	applyStale
+	// applyDiverged: the broker gave an id the mirror holds to another
+	// event: it lost events (see Hub.diverge).
+	applyDiverged
+)
+
+// apply adds an event the broker assigned to this mirror. An event the
+// mirror already has is ignored; one whose id the mirror holds for another
+// event means that the broker diverged.
+func (c *hubContext) apply(epoch string, ev *Event, cfg *HubConfig) (woken int, outcome applyOutcome) {
 	c.mu.Lock()
 	if epoch != c.epoch || ev.ID > c.lastID+1 {
 		c.mu.Unlock()
-		return 0, false
+		return 0, applyStale
 	}
 	if ev.ID <= c.lastID {
+		held := c.history.at(ev.ID)
 		c.mu.Unlock()
-		return 0, true
+		if held != nil && !sameEvent(held, ev) {
+			return 0, applyDiverged
+		}
+		return 0, applied
 	}
 	woken = c.woken()
 	wake := c.appendLocked(ev.withMemo(), cfg)
 	c.mu.Unlock()
 	c.broadcast(wake)
-	return woken, true
+	return woken, applied
+}
+
+// sameEvent reports whether two events with one id are one event, as far
+// as the broker keeps it (publish times to the millisecond).
+func sameEvent(a, b *Event) bool {
+	return a.Type == b.Type && a.ContentType == b.ContentType &&
+		a.Published.UnixMilli() == b.Published.UnixMilli() && bytes.Equal(a.Data, b.Data)
 }
 
 // replace makes the mirror the broker's state, if that is newer: a later
 // last id, or another epoch. Ids only ever move forward, and the history
-// stays a run of consecutive ids.
-func (c *hubContext) replace(st BrokerState) {
+// stays a run of consecutive ids. It reports a broker that lost events the
+// mirror holds (an earlier last id in the same epoch), and then changes
+// nothing: see Hub.diverge.
+func (c *hubContext) replace(st BrokerState) (diverged bool) {
 	c.mu.Lock()
 	if st.Epoch == c.epoch && st.LastID <= c.lastID {
+		diverged = st.LastID < c.lastID
 		c.mu.Unlock()
-		return
+		return diverged
 	}
 	c.epoch, c.lastID = st.Epoch, st.LastID
 	for _, ev := range st.History {
@@ -225,4 +289,5 @@ func (c *hubContext) replace(st BrokerState) {
 	wake := c.takeWakeLocked()
 	c.mu.Unlock()
 	c.broadcast(wake)
+	return false
 }

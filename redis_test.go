@@ -1,12 +1,15 @@
 package comet
 
 import (
+	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/redis/go-redis/v9"
 )
 
 func TestRedisDownAtStartFailsTheConfig(t *testing.T) {
@@ -141,4 +144,101 @@ func caddyLoadErr(cfg []byte) error {
 		caddy.Stop()
 	}
 	return err
+}
+
+// TestEventsLostByRedisAreNeverSkippedSilently plays what a failover does
+// to Redis' asynchronous replication: the last events a master
+// acknowledged are gone from the new master, which gives their ids out
+// again. A node whose clients saw those events must not take the new
+// events for them: its clients are told that they may have missed events,
+// whether the node notices at a new event's announcement or when it
+// reloads the context.
+func TestEventsLostByRedisAreNeverSkippedSilently(t *testing.T) {
+	r := startRedis(t)
+	rdb := redis.NewClient(&redis.Options{Addr: r.addr})
+	defer rdb.Close()
+	for _, noticed := range []string{"at an announcement", "at a reload", "at a client's return to another node"} {
+		t.Run(noticed, func(t *testing.T) {
+			follower, publisher := redisHub(t, r, HubConfig{History: 50}), redisHub(t, r, HubConfig{History: 50})
+			defer follower.Close()
+			defer publisher.Close()
+			key := "/lost/" + strings.ReplaceAll(noticed, " ", "-")
+			sub, err := follower.Subscribe(key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Close()
+			waitFor(t, "the follower to follow", func() bool {
+				return numSub(t, rdb, follower.broker.(*redisBroker).contextChannel(key)) == 1
+			})
+			var last Cursor
+			for i := 1; i <= 5; i++ {
+				rcpt, err := publisher.Publish(key, Event{Data: []byte(fmt.Sprintf("event %d", i))})
+				if err != nil {
+					t.Fatal(err)
+				}
+				last = rcpt.Cursor
+			}
+			waitFor(t, "the follower to hold every event", func() bool { return sub.Position() == last })
+
+			// Events 4 and 5 are lost, as a failed-over master loses them.
+			keys := follower.broker.(*redisBroker).keys(key)
+			ctx := context.Background()
+			if err := rdb.HSet(ctx, keys[0], "last", 3).Err(); err != nil {
+				t.Fatal(err)
+			}
+			// A new master never had them: its stream ends at 3 (XDEL
+			// would leave the stream's last id at 5).
+			kept, err := rdb.XRange(ctx, keys[1], "-", "3-0").Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			rdb.Del(ctx, keys[1])
+			for _, m := range kept {
+				if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys[1], ID: m.ID, Values: m.Values}).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			if noticed == "at an announcement" {
+				// The next publish is given id 4 again.
+				if rcpt, err := publisher.Publish(key, Event{Data: []byte("a new event 4")}); err != nil || rcpt.Cursor.ID != 4 {
+					t.Fatalf("the publish after the loss got %v, %v; want id 4 given again", rcpt.Cursor, err)
+				}
+			} else if noticed == "at a reload" {
+				follower.mu.RLock()
+				c := follower.contexts[key]
+				follower.mu.RUnlock()
+				follower.sync(c)
+			} else {
+				// The client comes back with its cursor to a node that
+				// never held the lost events.
+				other := redisHub(t, r, HubConfig{History: 50})
+				defer other.Close()
+				if sub, err = other.Subscribe(key); err != nil {
+					t.Fatal(err)
+				}
+				defer sub.Close()
+			}
+
+			waitCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			d, err := sub.Next(waitCtx, sub.Resume(last))
+			if err != nil || d.Missed == 0 {
+				t.Fatalf("a client at %s got %+v, %v; want to be told it may have missed events", last, d, err)
+			}
+			if d.Cursor.Epoch == last.Epoch {
+				t.Errorf("the context is still in epoch %s after the loss", last.Epoch)
+			}
+			// And the context goes on from there.
+			rcpt, err := publisher.Publish(key, Event{Data: []byte("after")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err = sub.Next(waitCtx, d.Cursor)
+			if err != nil || d.Event == nil || string(d.Event.Data) != "after" || d.Cursor != rcpt.Cursor {
+				t.Errorf("after the loss the client got %+v, %v; want the next event at %s", d, err, rcpt.Cursor)
+			}
+		})
+	}
 }

@@ -31,11 +31,18 @@ func (s *Subscriber) Start() Cursor { return s.start }
 // another epoch, or past its last id) is first checked against the broker:
 // another node may have told the client of an epoch or events this node
 // has not heard of yet, and judging the cursor by a stale mirror would move
-// the client back to where it already was.
+// the client back to where it already was. A cursor past even the broker's
+// last id means the broker lost events the client saw: the context moves
+// to a new epoch, and the client is told it may have missed events.
 func (s *Subscriber) Resume(after Cursor) Cursor {
 	h, c := s.hub, s.c
-	if h.broker != nil && !c.knows(after) {
-		h.sync(c)
+	if h.broker != nil && !c.knows(after) && h.sync(c) {
+		// Still past the broker's last id once up to date: the client
+		// saw events the broker lost (a failover), whose ids it would
+		// give again.
+		if pos := c.position(); after.Epoch == pos.Epoch && after.ID > pos.ID {
+			h.diverge(c)
+		}
 	}
 	if since, ok := absentSince(after); ok && h.absentHolds(since) {
 		return Cursor{Epoch: c.position().Epoch}
