@@ -124,6 +124,7 @@ func NewRedisBroker(cfg RedisConfig, hub string, logger *zap.Logger) (Broker, er
 		return nil, err
 	}
 	client := redis.NewUniversalClient(opts)
+	watchClusterFailures(client)
 	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
 	defer cancel()
 	if err := client.Ping(ctx).Err(); err != nil {

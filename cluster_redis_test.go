@@ -11,13 +11,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
 
-// startRedisCluster starts a Redis Cluster of three masters on loopback
-// ports (redis-server --cluster-enabled, then redis-cli --cluster create)
-// and returns their addresses.
-func startRedisCluster(t *testing.T) []string {
+// redisCluster is a Redis Cluster of three masters, each with replicas
+// replicas, on loopback ports.
+type redisCluster struct {
+	addrs []string             // every node's
+	procs map[string]*exec.Cmd // by address
+}
+
+// startRedisCluster starts the nodes (redis-server --cluster-enabled) and
+// joins them (redis-cli --cluster create).
+func startRedisCluster(t *testing.T, replicas int) *redisCluster {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	cli, cliErr := exec.LookPath("redis-cli")
@@ -27,8 +34,8 @@ func startRedisCluster(t *testing.T) []string {
 		}
 		t.Skip("redis-server or redis-cli is not installed; skipping the Redis Cluster test")
 	}
-	var addrs []string
-	for i := range 3 {
+	c := &redisCluster{procs: make(map[string]*exec.Cmd)}
+	for i := range 3 * (1 + replicas) {
 		addr := freeAddr(t)
 		host, port, _ := net.SplitHostPort(addr)
 		dir := filepath.Join(t.TempDir(), fmt.Sprint(i))
@@ -36,7 +43,10 @@ func startRedisCluster(t *testing.T) []string {
 			t.Fatal(err)
 		}
 		cmd := exec.Command(bin, "--bind", host, "--port", port, "--dir", dir, "--save", "",
-			"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+			"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000",
+			// A replica fails over however long ago it last heard its
+			// master: the test's replicas are young.
+			"--cluster-replica-validity-factor", "0",
 			"--daemonize", "no")
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -44,19 +54,43 @@ func startRedisCluster(t *testing.T) []string {
 		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 		r := &redisServer{t: t, addr: addr}
 		waitFor(t, "a cluster node to answer", r.answers)
-		addrs = append(addrs, addr)
+		c.addrs = append(c.addrs, addr)
+		c.procs[addr] = cmd
 	}
-	args := append([]string{"--cluster", "create"}, addrs...)
-	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	args := append([]string{"--cluster", "create"}, c.addrs...)
+	args = append(args, "--cluster-replicas", fmt.Sprint(replicas), "--cluster-yes")
 	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
-	host, port, _ := net.SplitHostPort(addrs[0])
-	waitFor(t, "the cluster to be ready", func() bool {
-		out, err := exec.Command(cli, "-h", host, "-p", port, "cluster", "info").Output()
-		return err == nil && strings.Contains(string(out), "cluster_state:ok")
-	})
-	return addrs
+	for _, addr := range c.addrs {
+		host, port, _ := net.SplitHostPort(addr)
+		waitFor(t, "the cluster to be ready", func() bool {
+			out, err := exec.Command(cli, "-h", host, "-p", port, "cluster", "info").Output()
+			return err == nil && strings.Contains(string(out), "cluster_state:ok")
+		})
+		waitFor(t, "every replica to be in sync", func() bool {
+			out, err := exec.Command(cli, "-h", host, "-p", port, "info", "replication").Output()
+			return err == nil && (strings.Contains(string(out), "role:master") || strings.Contains(string(out), "master_link_status:up"))
+		})
+	}
+	return c
+}
+
+// killMasterOf kills the master that holds key's slot.
+func (c *redisCluster) killMasterOf(t *testing.T, keyInSlot string) {
+	t.Helper()
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.addrs})
+	defer rdb.Close()
+	node, err := rdb.MasterForKey(context.Background(), keyInSlot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := node.Options().Addr
+	cmd := c.procs[addr]
+	if cmd == nil {
+		t.Fatalf("no node at %s", addr)
+	}
+	cmd.Process.Kill()
 }
 
 // TestRedisClusterSharesTheHub runs two nodes on a Redis Cluster of three
@@ -64,7 +98,7 @@ func startRedisCluster(t *testing.T) []string {
 // reach subscribers on both, each node subscribes only to the channels of
 // the contexts it mirrors, and a cursor from one node resumes on the other.
 func TestRedisClusterSharesTheHub(t *testing.T) {
-	addrs := startRedisCluster(t)
+	addrs := startRedisCluster(t, 0).addrs
 	newNode := func() *Hub {
 		broker, err := NewRedisBroker(RedisConfig{Addresses: addrs}, DefaultHubName, zap.NewNop())
 		if err != nil {
@@ -203,18 +237,34 @@ func TestSentinelSharesTheHub(t *testing.T) {
 	})
 }
 
-// TestSentinelFailoverLosesNothingSilently kills the master of a Sentinel
-// set while a node publishes and another's clients follow: Sentinel
-// promotes the replica, both nodes reconnect to it, and every client gets
-// every event published before and after, or is told that it may have
-// missed some; none is skipped without a word.
-func TestSentinelFailoverLosesNothingSilently(t *testing.T) {
+// TestFailoverLosesNothingSilently kills the master that holds a context,
+// of a Sentinel set and of a Redis Cluster with replicas, while a node
+// publishes and another's client follows: a replica is promoted, both
+// nodes go on with it, and the client gets every event published before
+// and after, or is told that it may have missed some; none is skipped
+// without a word.
+func TestFailoverLosesNothingSilently(t *testing.T) {
 	if testing.Short() {
-		t.Skip("waits for a Sentinel failover")
+		t.Skip("waits for failovers")
 	}
-	sentinel, master := startSentinel(t)
+	const key = "/failover"
+	t.Run("sentinel", func(t *testing.T) {
+		sentinel, master := startSentinel(t)
+		followFailover(t, RedisConfig{Addresses: []string{sentinel}, MasterName: "comet"}, key, master.kill)
+	})
+	t.Run("cluster", func(t *testing.T) {
+		cluster := startRedisCluster(t, 1)
+		b := &redisBroker{prefix: DefaultRedisKeyPrefix, hub: DefaultHubName}
+		followFailover(t, RedisConfig{Addresses: cluster.addrs}, key, func() { cluster.killMasterOf(t, b.keys(key)[0]) })
+	})
+}
+
+// followFailover has one node publish and another's client follow while
+// kill kills the master that holds the context, until the publishes go
+// through again.
+func followFailover(t *testing.T, cfg RedisConfig, key string, kill func()) {
 	newNode := func() *Hub {
-		broker, err := NewRedisBroker(RedisConfig{Addresses: []string{sentinel}, MasterName: "comet"}, DefaultHubName, zap.NewNop())
+		broker, err := NewRedisBroker(cfg, DefaultHubName, zap.NewNop())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -223,7 +273,6 @@ func TestSentinelFailoverLosesNothingSilently(t *testing.T) {
 		return h
 	}
 	publisher, follower := newNode(), newNode()
-	const key = "/failover"
 	sub, err := follower.Subscribe(key)
 	if err != nil {
 		t.Fatal(err)
@@ -264,17 +313,20 @@ func TestSentinelFailoverLosesNothingSilently(t *testing.T) {
 	// Publish before, during and after the failover; keep what was
 	// acknowledged.
 	var acked []string
+	var lastErr error
 	publish := func(n int) {
 		data := fmt.Sprintf("event %d", n)
 		if _, err := publisher.Publish(key, Event{Data: []byte(data)}); err == nil {
 			acked = append(acked, data)
+		} else {
+			lastErr = err
 		}
 	}
 	n := 0
 	for ; n < 20; n++ {
 		publish(n)
 	}
-	master.kill()
+	kill()
 	failedOver := time.Now().Add(20 * time.Second)
 	for time.Now().Before(failedOver) {
 		publish(n)
@@ -285,7 +337,7 @@ func TestSentinelFailoverLosesNothingSilently(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	if len(acked) <= 40 {
-		t.Fatalf("no publish succeeded in 20 s after the master died (%d acknowledged)", len(acked))
+		t.Fatalf("no publish succeeded in 20 s after the master died (%d acknowledged; the last error: %v)", len(acked), lastErr)
 	}
 	// The client gets the last acknowledged event; any acknowledged
 	// event it did not get must have been announced as missed.
