@@ -67,6 +67,7 @@ type config struct {
 	subscribers int
 	transport   string
 	events      int
+	publish     bool
 	interval    time.Duration
 	payload     int
 	pids        string
@@ -99,6 +100,7 @@ func main() {
 	flag.StringVar(&c.transport, "transport", "longpoll", "longpoll, sse or websocket")
 	flag.StringVar(&c.protocol, "protocol", "comet", "comet or nchan")
 	flag.IntVar(&c.events, "events", 20, "events to publish")
+	flag.BoolVar(&c.publish, "publish", true, "publish the events; false: only subscribe, and wait for -events events another run publishes (to another node of a cluster, say)")
 	flag.DurationVar(&c.interval, "interval", 500*time.Millisecond, "pause between events; 0 publishes back to back")
 	flag.IntVar(&c.payload, "payload", 64, "payload size in bytes")
 	flag.StringVar(&c.pids, "pid", "", "server process ids, comma-separated (nginx: its workers), to report memory per subscriber")
@@ -283,6 +285,7 @@ func run(ctx context.Context, c config) (*result, error) {
 	for i := range received {
 		received[i] = make([]atomic.Int64, c.events)
 	}
+	sent := make([]atomic.Int64, c.events)
 	var errs atomic.Int64
 	var attached sync.WaitGroup
 	var done sync.WaitGroup
@@ -302,7 +305,7 @@ func run(ctx context.Context, c config) (*result, error) {
 			}
 			attached.Add(1)
 			done.Go(func() {
-				sub := subscriber{client: subClient, url: subURL, nchan: c.protocol == "nchan", cursor: start, got: received[s], errs: &errs}
+				sub := subscriber{client: subClient, url: subURL, nchan: c.protocol == "nchan", cursor: start, got: received[s], errs: &errs, sent: sent}
 				switch c.transport {
 				case "sse":
 					sub.stream(subCtx, &attached)
@@ -321,17 +324,28 @@ func run(ctx context.Context, c config) (*result, error) {
 
 	cpuBefore := cpuTime(c.pids)
 	published := make([]time.Time, c.events)
-	for e := range c.events {
-		published[e] = time.Now()
-		if err := publish(ctx, client, c.url, e, c.payload); err != nil {
-			return nil, fmt.Errorf("publishing event %d: %w", e, err)
+	if c.publish {
+		for e := range c.events {
+			published[e] = time.Now()
+			if err := publish(ctx, client, c.url, e, c.payload); err != nil {
+				return nil, fmt.Errorf("publishing event %d: %w", e, err)
+			}
+			r.publishTime = append(r.publishTime, time.Since(published[e]))
+			if c.interval > 0 {
+				time.Sleep(c.interval)
+			}
 		}
-		r.publishTime = append(r.publishTime, time.Since(published[e]))
-		if c.interval > 0 {
-			time.Sleep(c.interval)
-		}
+	} else {
+		fmt.Fprintln(os.Stderr, "attached; waiting for events published elsewhere")
+		waitForFirst(ctx, received)
 	}
 	waitForAll(ctx, received)
+	if !c.publish {
+		// Each event's publish time is the one its payload carries.
+		for e := range c.events {
+			published[e] = time.Unix(0, sent[e].Load())
+		}
+	}
 	r.serverCPU = cpuTime(c.pids) - cpuBefore
 	stopSubs()
 	done.Wait()
@@ -357,6 +371,20 @@ func run(ctx context.Context, c config) (*result, error) {
 		}
 	}
 	return r, nil
+}
+
+// waitForFirst waits until some subscriber has some event, or ctx ends.
+func waitForFirst(ctx context.Context, received [][]atomic.Int64) {
+	for ctx.Err() == nil {
+		for s := range received {
+			for j := range received[s] {
+				if received[s][j].Load() != 0 {
+					return
+				}
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // waitForAll waits until every subscriber has every event meant for it
@@ -395,6 +423,10 @@ type subscriber struct {
 	cursor, since, etag string
 	got                 []atomic.Int64
 	errs                *atomic.Int64
+	// sent[e] is when event e was published, in Unix nanoseconds, as its
+	// payload says (so that subscribers of a run that does not publish,
+	// -publish=false, can time events another process published).
+	sent []atomic.Int64
 	// In the sustained scenario, the subscriber's context of contexts:
 	// it gets events e with e mod contexts = context, in got[e/contexts].
 	context, contexts int
@@ -457,6 +489,13 @@ func (s *subscriber) record(payload string) {
 		return
 	}
 	s.got[e].CompareAndSwap(0, time.Now().UnixNano())
+	if s.sent != nil {
+		if fields := strings.SplitN(payload, " ", 3); len(fields) == 3 {
+			if at, err := strconv.ParseInt(fields[1], 10, 64); err == nil {
+				s.sent[e].CompareAndSwap(0, at)
+			}
+		}
+	}
 }
 
 // poll long-polls with the cursor until ctx ends.
@@ -571,7 +610,9 @@ func currentCursor(ctx context.Context, client *http.Client, target string) (str
 }
 
 func publish(ctx context.Context, client *http.Client, target string, e, size int) error {
-	payload := fmt.Sprintf("%d ", e)
+	// The event's number, then when it was published, for subscribers in
+	// other processes (-publish=false).
+	payload := fmt.Sprintf("%d %d ", e, time.Now().UnixNano())
 	payload += strings.Repeat("x", size-len(payload))
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, target, strings.NewReader(payload))
 	authorize(req)
