@@ -15,6 +15,19 @@ import (
 	"go.uber.org/zap"
 )
 
+// sharedHub is a node's hub of the default name on the Redis that cfg
+// names, closed when the test ends.
+func sharedHub(t *testing.T, cfg RedisConfig, hub HubConfig) *Hub {
+	t.Helper()
+	broker, err := NewRedisBroker(cfg, DefaultHubName, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := NewHub(DefaultHubName, hub, broker)
+	t.Cleanup(h.Close)
+	return h
+}
+
 // redisCluster is a Redis Cluster of three masters, each with replicas
 // replicas, on loopback ports.
 type redisCluster struct {
@@ -99,16 +112,8 @@ func (c *redisCluster) killMasterOf(t *testing.T, keyInSlot string) {
 // the contexts it mirrors, and a cursor from one node resumes on the other.
 func TestRedisClusterSharesTheHub(t *testing.T) {
 	addrs := startRedisCluster(t, 0).addrs
-	newNode := func() *Hub {
-		broker, err := NewRedisBroker(RedisConfig{Addresses: addrs}, DefaultHubName, zap.NewNop())
-		if err != nil {
-			t.Fatal(err)
-		}
-		h := NewHub(DefaultHubName, HubConfig{History: 50}, broker)
-		t.Cleanup(h.Close)
-		return h
-	}
-	a, b := newNode(), newNode()
+	cfg := RedisConfig{Addresses: addrs}
+	a, b := sharedHub(t, cfg, HubConfig{History: 50}), sharedHub(t, cfg, HubConfig{History: 50})
 
 	// Enough contexts that every master holds some.
 	const contexts = 30
@@ -209,16 +214,8 @@ func startSentinel(t *testing.T) (sentinel string, master *redisServer) {
 // published on one reaches the other's subscriber.
 func TestSentinelSharesTheHub(t *testing.T) {
 	sentinel, _ := startSentinel(t)
-	newNode := func() *Hub {
-		broker, err := NewRedisBroker(RedisConfig{Addresses: []string{sentinel}, MasterName: "comet"}, DefaultHubName, zap.NewNop())
-		if err != nil {
-			t.Fatal(err)
-		}
-		h := NewHub(DefaultHubName, HubConfig{History: 50}, broker)
-		t.Cleanup(h.Close)
-		return h
-	}
-	a, b := newNode(), newNode()
+	cfg := RedisConfig{Addresses: []string{sentinel}, MasterName: "comet"}
+	a, b := sharedHub(t, cfg, HubConfig{History: 50}), sharedHub(t, cfg, HubConfig{History: 50})
 	sub, err := b.Subscribe("/sentinel")
 	if err != nil {
 		t.Fatal(err)
@@ -263,16 +260,7 @@ func TestFailoverLosesNothingSilently(t *testing.T) {
 // kill kills the master that holds the context, until the publishes go
 // through again.
 func followFailover(t *testing.T, cfg RedisConfig, key string, kill func()) {
-	newNode := func() *Hub {
-		broker, err := NewRedisBroker(cfg, DefaultHubName, zap.NewNop())
-		if err != nil {
-			t.Fatal(err)
-		}
-		h := NewHub(DefaultHubName, HubConfig{History: 1000}, broker)
-		t.Cleanup(h.Close)
-		return h
-	}
-	publisher, follower := newNode(), newNode()
+	publisher, follower := sharedHub(t, cfg, HubConfig{History: 1000}), sharedHub(t, cfg, HubConfig{History: 1000})
 	sub, err := follower.Subscribe(key)
 	if err != nil {
 		t.Fatal(err)
