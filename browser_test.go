@@ -270,6 +270,21 @@ func TestSeveralRoomsInTheBrowser(t *testing.T) {
 	waitJS(t, tab, "the lobby's gap and history", `window.got.join('|')`, "/rooms/lobby missed unknown|/rooms/lobby early", 10*time.Second)
 	s.publishAs("/rooms/music", "application/json", `{"name":"bob","text":"again"}`)
 	waitJS(t, tab, "music's next event", `window.got.slice(2).join('|')`, "/rooms/music again", 10*time.Second)
+
+	// The same over one WebSocket, whose cursor the client keeps for
+	// both contexts across a reconnection.
+	music = s.position("/rooms/music")
+	runJS(t, tab, "subscribing by WebSocket", fmt.Sprintf(`window.gotWS = []; window.wsSub = Comet.subscribe(['/together?room=lobby', '/together?room=music'], {
+		transport: 'websocket', lastEventId: 'zzzzzzzzzz:3,%s',
+		onEvent(e) { window.gotWS.push(e.context + ' ' + JSON.parse(e.data).text); },
+		onGap(missed, context) { window.gotWS.push(context + ' missed ' + missed); },
+	})`, music))
+	waitJS(t, tab, "the socket's transport", `window.wsSub.transport`, "websocket", 10*time.Second)
+	waitJS(t, tab, "the lobby's gap and history, over WebSocket", `window.gotWS.join('|')`, "/rooms/lobby missed unknown|/rooms/lobby early", 10*time.Second)
+	s.publishAs("/rooms/music", "application/json", `{"name":"bob","text":"over the socket"}`)
+	waitJS(t, tab, "music's next event, over WebSocket", `window.gotWS.slice(2).join('|')`, "/rooms/music over the socket", 10*time.Second)
+	lobby := s.position("/rooms/lobby")
+	waitJS(t, tab, "the cursor of both rooms", `window.wsSub.cursor`, lobby+","+s.position("/rooms/music"), 10*time.Second)
 }
 
 // TestTokensInTheBrowser subscribes from a page of a real Chromium to a

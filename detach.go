@@ -288,7 +288,7 @@ type detachedStream struct {
 // its client leaving, and a goroutine is started only for work that may
 // wait (see kick).
 func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, overTLS bool, sub *Subscriber, after Cursor, f wireFormat, key string, life lifetime) bool {
-	s := h.newDetachedStream(w, sock, overTLS, f, f.transport(), key, life)
+	s := h.newDetachedStream(w, sock, overTLS, f.transport(), key, life)
 	if s == nil {
 		return false
 	}
@@ -304,7 +304,7 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, 
 
 // newDetachedStream returns a stream to take sock over with, without its
 // members yet, or nil if the response or the socket cannot be.
-func (h *Handler) newDetachedStream(w http.ResponseWriter, sock net.Conn, overTLS bool, f streamEncoding, t transport, key string, life lifetime) *detachedStream {
+func (h *Handler) newDetachedStream(w http.ResponseWriter, sock net.Conn, overTLS bool, t transport, key string, life lifetime) *detachedStream {
 	if !passesBodyThrough(w, true) {
 		return nil
 	}

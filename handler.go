@@ -272,7 +272,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		if keys != nil {
 			switch t {
 			case transportWebSocket:
-				return caddyhttp.Error(http.StatusBadRequest, errors.New("a WebSocket follows one context; use SSE or NDJSON for several"))
+				return h.serveMultiplexedWebSocket(w, r, keys, tok)
 			case transportSSE:
 				return h.serveMultiplexed(w, r, keys, formatSSE, tok)
 			case transportStream:

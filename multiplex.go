@@ -201,7 +201,7 @@ func (h *Handler) serveMultiplexed(w http.ResponseWriter, r *http.Request, keys 
 	w.WriteHeader(http.StatusOK)
 	out := streamWriter{w: w, rc: http.NewResponseController(w), timeout: time.Duration(h.WriteTimeout)}
 	defer out.clearDeadline()
-	if out.write(f.openMultiplexed(nil, open)) != nil {
+	if out.write(f.openMultiplexed(nil, open, keys)) != nil {
 		return nil
 	}
 	life := h.lifetime(time.Now(), tok)
@@ -216,21 +216,27 @@ func (h *Handler) serveMultiplexed(w http.ResponseWriter, r *http.Request, keys 
 // detach does for a stream of one context: its contexts' changes then go
 // to the detached stream's watcher, which writes them.
 func (h *Handler) detachMultiplexed(w http.ResponseWriter, r *http.Request, sock net.Conn, overTLS bool, mx *multiplexed, f wireFormat, life lifetime) bool {
-	s := h.newDetachedStream(w, sock, overTLS, f, f.transport(), mx.keys[0], life)
+	s := h.newDetachedStream(w, sock, overTLS, f.transport(), mx.keys[0], life)
 	if s == nil {
 		return false
 	}
+	return s.followAll(w, r, mx, hijack) == takenOver
+}
+
+// followAll takes the connection over with hijack for a stream of the
+// contexts of mx, whose changes then go to the stream's watcher.
+func (s *detachedStream) followAll(w http.ResponseWriter, r *http.Request, mx *multiplexed, hijack func(http.ResponseWriter, *http.Request) (net.Conn, error)) takeoverResult {
 	s.members = make([]streamMember, len(mx.subs))
 	for i := range mx.subs {
 		s.members[i] = streamMember{sub: mx.subs[i], st: &mx.states[i], changed: &mx.changed[i]}
 	}
-	if s.takeOver(w, r, hijack) != takenOver {
-		return false
+	result := s.takeOver(w, r, hijack)
+	if result == takenOver {
+		watch := watcherFunc(s.changed)
+		mx.notify.Store(&watch)
+		s.beginAfter(r)
 	}
-	watch := watcherFunc(s.changed)
-	mx.notify.Store(&watch)
-	s.beginAfter(r)
-	return true
+	return result
 }
 
 // serveMultiplexedPoll suspends a GET of several contexts until one of
@@ -415,7 +421,7 @@ func (h *Handler) followAll(r *http.Request, mx *multiplexed, out streamWriter, 
 		tick = heartbeat.C
 	}
 	for {
-		wrote, end, err := h.writeReady(mx, out, m)
+		wrote, end, err := h.writeReady(mx, &out, m)
 		if end || err != nil {
 			return nil
 		}
@@ -446,7 +452,7 @@ func (h *Handler) followAll(r *http.Request, mx *multiplexed, out streamWriter, 
 // writeReady writes one step of each context that changed and has
 // something ready, and reports whether it wrote, and whether the stream
 // ends. A context it wrote for stays marked: it may have more.
-func (h *Handler) writeReady(mx *multiplexed, out streamWriter, m *transportMetrics) (wrote, end bool, err error) {
+func (h *Handler) writeReady(mx *multiplexed, out frameWriter, m *transportMetrics) (wrote, end bool, err error) {
 	for i, sub := range mx.subs {
 		if !mx.changed[i].Swap(false) {
 			continue
@@ -463,7 +469,7 @@ func (h *Handler) writeReady(mx *multiplexed, out streamWriter, m *transportMetr
 			if writeTimedOut(err) {
 				countDropped(h.Hub, droppedSlow)
 				h.limitLog.Warn("dropped a stream whose reader stopped reading",
-					zap.String("hub", h.Hub), zap.String("context", mx.keys[i]), zap.Duration("write_timeout", out.timeout))
+					zap.String("hub", h.Hub), zap.String("context", mx.keys[i]), zap.Duration("write_timeout", time.Duration(h.WriteTimeout)))
 			}
 			return wrote, true, err
 		}
@@ -561,11 +567,13 @@ func jsonLine(v any) []byte {
 	return b[:len(b)-1]
 }
 
-// openMultiplexed starts a multiplexed stream with its cursor.
-func (f wireFormat) openMultiplexed(b []byte, composite string) []byte {
+// openMultiplexed starts a multiplexed stream with its cursor. An NDJSON
+// line also names the contexts in the cursor's order, so that a client
+// can keep the cursor up to date from each event's own.
+func (f wireFormat) openMultiplexed(b []byte, composite string, keys []string) []byte {
 	if f == formatSSE {
 		b = appendSSEField(b, "retry", strconv.FormatInt(sseRetry.Milliseconds(), 10))
 		return append(appendSSEField(b, "id", composite), '\n')
 	}
-	return appendJSONLine(b, ndjsonControl{Control: "open", Cursor: composite})
+	return appendJSONLine(b, ndjsonControl{Control: "open", Cursor: composite, Contexts: keys})
 }

@@ -204,6 +204,9 @@ type ndjsonControl struct {
 	Missed  string `json:"missed,omitempty"`
 	Reason  string `json:"reason,omitempty"`
 	Cursor  string `json:"cursor,omitempty"`
+	// Contexts are those of a multiplexed stream, in its cursor's order,
+	// on its open line.
+	Contexts []string `json:"contexts,omitempty"`
 }
 
 func appendJSONLine(b []byte, v any) []byte {
@@ -313,6 +316,12 @@ type streamWriter struct {
 	w       http.ResponseWriter
 	rc      *http.ResponseController
 	timeout time.Duration
+}
+
+// frameWriter writes a stream's frames: a streamWriter, or a WebSocket
+// held by goroutines (heldSocket).
+type frameWriter interface {
+	write(parts ...[]byte) error
 }
 
 // streamEncoding is what a stream's state writes with: a wire format, for

@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,7 +56,7 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, repl *c
 	w.Header().Set(HeaderCursor, after.String())
 	w.Header().Del("Vary") // the answer is the upgrade, not a representation
 
-	sess := &wsSession{h: h, key: key, tok: tok}
+	sess := &wsSession{h: h, key: key, keys: []string{key}, tok: tok}
 	hs := heldWebSocket{sess: sess, sub: sub, after: after, life: life, m: m,
 		open: appendWSText(nil, formatNDJSON.open(nil, after))}
 	if isWebSocketConnect(r) {
@@ -104,7 +106,7 @@ func (h *Handler) detachWebSocket(w http.ResponseWriter, r *http.Request, hs hel
 	if sock == nil {
 		return notTakenOver
 	}
-	s := h.newDetachedStream(w, sock, overTLS, webSocketOf, transportWebSocket, hs.sess.key, hs.life)
+	s := h.newDetachedStream(w, sock, overTLS, transportWebSocket, hs.sess.key, hs.life)
 	if s == nil {
 		return notTakenOver
 	}
@@ -143,9 +145,10 @@ func checkWebSocketHandshake(w http.ResponseWriter, r *http.Request) error {
 // client last spoke. Its methods decide what the client's frames get,
 // whichever way the connection is held.
 type wsSession struct {
-	h   *Handler
-	key string
-	tok *token
+	h    *Handler
+	key  string   // the first context, for logs
+	keys []string // the socket's contexts: one, or several (multiplex)
+	tok  *token
 
 	// prefix is what the client sent right after its handshake, read
 	// from net/http's buffer: it is read before the socket.
@@ -190,9 +193,9 @@ func (ss *wsSession) pinged() { ss.lastPing.Store(time.Now().UnixNano()) }
 
 // wsOutcome is what a client's frame leads to.
 type wsOutcome struct {
-	reply  []byte  // written back at once: a pong, a receipt, last words
-	resume *Cursor // go on from this cursor
-	end    bool    // the socket is over once reply is written
+	reply  []byte   // written back at once: a pong, a receipt, last words
+	resume []Cursor // go on from these cursors, one per context
+	end    bool     // the socket is over once reply is written
 }
 
 // wsReader reads a client's frames. It is made only while there is
@@ -329,26 +332,51 @@ func (ss *wsSession) message(msg []byte) wsOutcome {
 		return wsOutcome{reply: wsReplyFrame(wsReply{Control: "error", Status: http.StatusBadRequest, Error: err.Error()})}
 	}
 	if req.Cursor != nil {
-		cur, err := ParseCursor(*req.Cursor)
+		resume, err := ss.parseCursor(*req.Cursor)
 		if err != nil {
 			return wsOutcome{reply: wsReplyFrame(wsReply{Control: "error", Status: http.StatusBadRequest, Error: err.Error()})}
 		}
-		return wsOutcome{resume: &cur}
+		return wsOutcome{resume: resume}
 	}
 	return wsOutcome{reply: wsReplyFrame(ss.publish(req.Publish))}
 }
 
-// publish publishes a client's event on the socket's context, if the route
-// lets clients publish and, with tokens, the socket's token allows it.
+// parseCursor reads a cursor a client sent: of its context, or, on a
+// socket of several, of them all (see parseComposite).
+func (ss *wsSession) parseCursor(text string) ([]Cursor, error) {
+	if len(ss.keys) > 1 {
+		return parseComposite(text, len(ss.keys))
+	}
+	cur, err := ParseCursor(text)
+	return []Cursor{cur}, err
+}
+
+// publishTarget is the context a publish message goes to: the socket's,
+// or, on a socket of several, the one it names.
+func (ss *wsSession) publishTarget(p *wsPublish) (string, error) {
+	if p.Context == "" && len(ss.keys) == 1 {
+		return ss.keys[0], nil
+	}
+	if slices.Contains(ss.keys, p.Context) {
+		return p.Context, nil
+	}
+	return "", fmt.Errorf("publish names context %.64q; this socket's are: %s", p.Context, strings.Join(ss.keys, ", "))
+}
+
+// publish publishes a client's event on a context of the socket, if the
+// route lets clients publish and, with tokens, the socket's token allows it.
 func (ss *wsSession) publish(p *wsPublish) wsReply {
 	h := ss.h
 	refuse := func(status int, err error) wsReply {
 		return wsReply{Control: "error", Ref: p.Ref, Status: status, Error: err.Error()}
 	}
+	key, err := ss.publishTarget(p)
 	switch {
 	case !h.publishes():
 		return refuse(http.StatusMethodNotAllowed, errors.New("this route does not take events from clients"))
-	case h.Auth != nil && h.Auth.Publish && (ss.tok == nil || !grantsContext(ss.tok.grants.Publish, ss.key)):
+	case err != nil:
+		return refuse(http.StatusBadRequest, err)
+	case h.Auth != nil && h.Auth.Publish && (ss.tok == nil || !grantsContext(ss.tok.grants.Publish, key)):
 		return refuse(http.StatusForbidden, errors.New("the token does not allow to publish to this context"))
 	}
 	ev := p.event()
@@ -358,12 +386,11 @@ func (ss *wsSession) publish(p *wsPublish) wsReply {
 	}
 	var rcpt Receipt
 	var replayed bool
-	var err error
 	if p.IdempotencyKey == "" {
-		rcpt, err = h.hub.Publish(ss.key, ev)
+		rcpt, err = h.hub.Publish(key, ev)
 	} else {
 		var receipts []Receipt
-		receipts, replayed, err = h.hub.PublishOnce(p.IdempotencyKey, []Publication{{Key: ss.key, Event: ev}})
+		receipts, replayed, err = h.hub.PublishOnce(p.IdempotencyKey, []Publication{{Key: key, Event: ev}})
 		if err == nil {
 			rcpt = receipts[0]
 		}
@@ -372,7 +399,7 @@ func (ss *wsSession) publish(p *wsPublish) wsReply {
 		countPublishError(h.Hub, err)
 		return refuse(hubStatus(err), err)
 	}
-	return wsReply{Control: "receipt", Ref: p.Ref, ID: rcpt.Cursor.ID, Cursor: rcpt.Cursor.String(), Replayed: replayed}
+	return wsReply{Control: "receipt", Ref: p.Ref, Context: p.Context, ID: rcpt.Cursor.ID, Cursor: rcpt.Cursor.String(), Replayed: replayed}
 }
 
 // holdWebSocket serves a socket that is not detached: this goroutine
@@ -397,8 +424,8 @@ func (h *Handler) holdWebSocket(conn heldConn, hs heldWebSocket) {
 	var resume atomic.Pointer[Cursor]
 	left := make(chan struct{})
 	go func() {
-		h.readHeldWebSocket(conn, ss, out, func(cur Cursor) {
-			resume.Store(&cur)
+		h.readHeldWebSocket(conn, ss, out, func(curs []Cursor) {
+			resume.Store(&curs[0])
 			poke()
 		})
 		close(left) // before cancel: the writer must see that the client left
@@ -464,7 +491,7 @@ func (h *Handler) holdWebSocket(conn heldConn, hs heldWebSocket) {
 
 // readHeldWebSocket reads what the client of a socket that is not
 // detached sends, until it leaves or the socket ends.
-func (h *Handler) readHeldWebSocket(conn heldConn, ss *wsSession, out *heldSocket, resume func(Cursor)) {
+func (h *Handler) readHeldWebSocket(conn heldConn, ss *wsSession, out *heldSocket, resume func([]Cursor)) {
 	r := ss.newWSReader(conn)
 	defer r.release()
 	for {
@@ -481,7 +508,7 @@ func (h *Handler) readHeldWebSocket(conn heldConn, ss *wsSession, out *heldSocke
 			return
 		}
 		if o.resume != nil {
-			resume(*o.resume)
+			resume(o.resume)
 		}
 	}
 }
@@ -642,8 +669,12 @@ func (s *detachedStream) answer(o wsOutcome) bool {
 		return false
 	}
 	if o.resume != nil {
-		mem := s.members[0]
-		*mem.st = streamState{f: mem.st.f, after: mem.sub.Resume(*o.resume)}
+		for i, mem := range s.members {
+			*mem.st = streamState{f: mem.st.f, after: mem.sub.Resume(o.resume[i])}
+			if mem.changed != nil {
+				mem.changed.Store(true)
+			}
+		}
 		if s.catchUp(true) {
 			s.kick()
 		}

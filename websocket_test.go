@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -838,4 +839,79 @@ func TestWebSocketTokens(t *testing.T) {
 		t.Errorf("a writer's publish got %v and %v", rcpt, ev)
 	}
 	r.expectEvents("allowed") // and nothing from the refused publish before it
+}
+
+// TestWebSocketOfSeveralContexts: on a multiplex route, one socket follows
+// several contexts: each message names its context, the open message's
+// cursor names them all and resumes them all, from the query or from a
+// message, and the socket publishes to the context a message names.
+func TestWebSocketOfSeveralContexts(t *testing.T) {
+	for _, detach := range []string{"on", "off"} {
+		t.Run("detach "+detach, func(t *testing.T) {
+			s := startCaddy(t, "", `comet /m {
+		context room-{query.room}
+		multiplex room 4
+		detach `+detach+`
+		heartbeat 200ms
+	}`)
+			c := dialWS(t, wsURL(s, "/m?room=a&room=b"), nil)
+			open := c.message(5 * time.Second)
+			composite, _ := open["cursor"].(string)
+			if open["control"] != "open" || strings.Count(composite, ",") != 1 {
+				t.Fatalf("first message %v, want open with the cursor of both contexts", open)
+			}
+			s.publish("/m?room=a", "to a")
+			s.publish("/m?room=b", "to b")
+			for _, want := range []string{"room-a", "room-b"} {
+				m := c.message(5 * time.Second)
+				if m["context"] != want || m["data"] != "to "+want[len(want)-1:] {
+					t.Fatalf("got %v, want the event of %s", m, want)
+				}
+			}
+
+			// The open cursor resumes both contexts, from the query...
+			again := dialWS(t, wsURL(s, "/m?room=a&room=b&last_event_id="+url.QueryEscape(composite)), nil)
+			again.message(5 * time.Second)
+			got := map[string]any{}
+			for range 2 {
+				m := again.message(5 * time.Second)
+				got[m["context"].(string)] = m["data"]
+			}
+			if got["room-a"] != "to a" || got["room-b"] != "to b" {
+				t.Errorf("resuming from the open cursor got %v", got)
+			}
+			// ...and from a message.
+			c.sendJSON(map[string]any{"cursor": composite})
+			got = map[string]any{}
+			for range 2 {
+				m := c.message(5 * time.Second)
+				got[m["context"].(string)] = m["data"]
+			}
+			if got["room-a"] != "to a" || got["room-b"] != "to b" {
+				t.Errorf("a cursor message got %v", got)
+			}
+
+			// Publishing names one of the socket's contexts.
+			c.sendJSON(map[string]any{"publish": map[string]any{"ref": "p", "context": "room-b", "data": "from the socket"}})
+			rcpt, ev := c.receiptAndEvent()
+			if rcpt["context"] != "room-b" || ev["context"] != "room-b" || ev["data"] != "from the socket" {
+				t.Errorf("a publish to room-b got %v and %v", rcpt, ev)
+			}
+			c.sendJSON(map[string]any{"publish": map[string]any{"ref": "q", "context": "room-z", "data": "no"}})
+			if m := c.message(5 * time.Second); m["control"] != "error" || m["status"] != 400.0 {
+				t.Errorf("a publish to another context got %v, want an error 400", m)
+			}
+
+			// Pings keep it; deleting one context ends it, saying which.
+			c.readFor(500 * time.Millisecond)
+			if c.pings == 0 {
+				t.Error("no ping in 500ms of heartbeat 200ms")
+			}
+			s.do("DELETE", "/m?room=a", "")
+			if m := c.message(5 * time.Second); m["control"] != "deleted" || m["context"] != "room-a" {
+				t.Errorf("got %v, want room-a deleted", m)
+			}
+			c.closed(5*time.Second, closeDeleted)
+		})
+	}
 }

@@ -141,7 +141,9 @@ type wsRequest struct {
 // wants to find in the receipt (ref) and, to make retries safe, its
 // idempotency key.
 type wsPublish struct {
-	Ref            string  `json:"ref,omitempty"`
+	Ref string `json:"ref,omitempty"`
+	// Context is the context to publish to, one of a socket of several's.
+	Context        string  `json:"context,omitempty"`
 	Type           string  `json:"type,omitempty"`
 	ContentType    string  `json:"content_type,omitempty"`
 	Data           *string `json:"data,omitempty"`
@@ -154,6 +156,7 @@ type wsPublish struct {
 type wsReply struct {
 	Control  string `json:"control"` // receipt or error
 	Ref      string `json:"ref,omitempty"`
+	Context  string `json:"context,omitempty"`
 	ID       uint64 `json:"id,omitempty"`
 	Cursor   string `json:"cursor,omitempty"`
 	Replayed bool   `json:"replayed,omitempty"`

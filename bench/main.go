@@ -173,8 +173,8 @@ func (c config) check() error {
 		return fmt.Errorf("subscribers must be from 1 to %d", maxSubscribers)
 	case c.transport != "longpoll" && c.transport != "sse" && c.transport != "websocket":
 		return errors.New("transport must be longpoll, sse or websocket")
-	case c.transport == "websocket" && (c.h2 || c.h3 || c.multiplex > 1):
-		return errors.New("websocket is over HTTP/1.1, one context a socket")
+	case c.transport == "websocket" && (c.h2 || c.h3):
+		return errors.New("websocket is over HTTP/1.1 here")
 	case c.protocol != "comet" && c.protocol != "nchan":
 		return errors.New("protocol must be comet or nchan")
 	case c.events < 1 || c.payload < 32:

@@ -96,7 +96,7 @@
     switch (opts.transport || 'auto') {
       case 'websocket':
         transports = [];
-        if (typeof WebSocket === 'function' && !multi) transports.push('websocket'); // one context per socket
+        if (typeof WebSocket === 'function') transports.push('websocket');
         if (hasSSE) transports.push('sse');
         transports.push('longpoll');
         break;
@@ -216,29 +216,46 @@
       const sock = new WebSocket(u.toString());
       let opened = false;
       let next = () => retry(0); // what to do once the socket is closed
+      // Of several contexts: each's cursor, in the order the open message
+      // names them; the subscription's cursor is them all.
+      let contexts = [];
+      let cursors = [];
+      const moveTo = (line) => {
+        if (!multi) { state.cursor = line.cursor; return; }
+        const i = contexts.indexOf(line.context);
+        if (i >= 0) cursors[i] = line.cursor;
+        state.cursor = cursors.join(',');
+      };
       state.stop = () => sock.close();
       sock.onopen = () => { opened = true; state.failures = 0; };
       sock.onmessage = (m) => {
         const line = JSON.parse(m.data);
         switch (line.control) {
-          case undefined:
-            deliver(line.cursor, line.type, line.data !== undefined ? line.data : atob(line.data_base64 || ''));
+          case undefined: {
+            const data = line.data !== undefined ? line.data : atob(line.data_base64 || '');
+            moveTo(line);
+            deliver(state.cursor, line.type, data, line);
             break;
+          }
           case 'open':
-            state.cursor = line.cursor; // where the socket starts: resuming from it misses nothing
+            // Where the socket starts: resuming from it misses nothing.
+            state.cursor = line.cursor;
+            contexts = line.contexts || [];
+            cursors = line.cursor.split(',');
             break;
           case 'missed':
-            if (line.cursor) state.cursor = line.cursor;
-            gap(line.missed);
+            if (line.cursor) moveTo(line);
+            gap(line.missed, line.context);
             break;
           case 'reconnect':
+            state.cursor = line.cursor; // of them all, with several
             state.failures = 0;
             // The token expired: come back at once with a fresh one.
             if (line.reason === 'unauthorized') next = connect;
             break;
           case 'deleted':
             state.closed = true;
-            onDeleted(undefined);
+            onDeleted(line.context);
             break;
         }
       };

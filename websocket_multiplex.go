@@ -1,0 +1,167 @@
+package comet
+
+import (
+	"context"
+	"net/http"
+	"sync/atomic"
+	"time"
+)
+
+// WebSocket sockets of several contexts, on a route with multiplex: the
+// messages are the multiplexed NDJSON stream's lines (each event and
+// notice names its context), the cursor of the open and reconnect messages
+// names every context, and a client's cursor message gives one for all.
+
+// webSocketOfMember wraps the NDJSON encoding of one context of a
+// multiplexed stream in WebSocket messages.
+func webSocketOfMember(line streamEncoding) wsEncoding {
+	return wsEncoding{line: line, slot: memoMultiplexedWebSocket}
+}
+
+// serveMultiplexedWebSocket subscribes a socket to several contexts.
+func (h *Handler) serveMultiplexedWebSocket(w http.ResponseWriter, r *http.Request, keys []string, tok *token) error {
+	if err := checkWebSocketHandshake(w, r); err != nil {
+		return err
+	}
+	m := h.metrics[transportWebSocket]
+	if refused, err := h.authorizeRest(w, r, keys); refused {
+		return err
+	}
+	resume, err := multiplexedResume(r, len(keys))
+	if err != nil {
+		return err
+	}
+	mx, err := h.subscribeAll(w, keys, resume, formatNDJSON, tok, m)
+	if mx == nil {
+		return err
+	}
+	for i := range mx.states {
+		mx.states[i].f = webSocketOfMember(mx.states[i].f)
+	}
+	unsubscribe := func() {
+		for _, sub := range mx.subs {
+			h.unsubscribe(sub, m)
+		}
+	}
+	composite := mx.composite(-1, Cursor{})
+	w.Header().Set(HeaderCursor, composite)
+	w.Header().Del("Vary")
+	sess := &wsSession{h: h, key: keys[0], keys: keys, tok: tok}
+	life := h.lifetime(time.Now(), tok)
+	open := appendWSText(nil, formatNDJSON.openMultiplexed(nil, composite, keys))
+
+	if sock, overTLS := h.detachableSocket(w, r); sock != nil && !isWebSocketConnect(r) {
+		if s := h.newDetachedStream(w, sock, overTLS, transportWebSocket, keys[0], life); s != nil {
+			s.ws = sess
+			s.pending = open
+			switch s.followAll(w, r, mx, sess.upgrade) {
+			case takenOver:
+				return nil
+			case hijackFailed:
+				unsubscribe()
+				return nil
+			}
+		}
+	}
+	defer unsubscribe()
+	var conn heldConn
+	if isWebSocketConnect(r) {
+		w.WriteHeader(http.StatusOK)
+		rc := http.NewResponseController(w)
+		if rc.Flush() != nil {
+			return nil
+		}
+		sess.lastRead.Store(time.Now().UnixNano())
+		conn = &streamConn{r: r, w: w, rc: rc}
+	} else {
+		c, err := sess.upgrade(w, r)
+		if err != nil {
+			return nil // the client was answered, or is gone
+		}
+		conn = c
+	}
+	defer conn.Close()
+	h.holdMultiplexedWebSocket(conn, sess, mx, open, life, m)
+	return nil
+}
+
+// holdMultiplexedWebSocket serves a socket of several contexts that is not
+// detached: this goroutine writes what the contexts have, as followAll
+// does for a stream, and another reads what the client sends.
+func (h *Handler) holdMultiplexedWebSocket(conn heldConn, ss *wsSession, mx *multiplexed, open []byte, life lifetime, m *transportMetrics) {
+	out := &heldSocket{conn: conn, timeout: time.Duration(h.WriteTimeout)}
+	if out.write(open) != nil {
+		return
+	}
+	ctx, cancel := life.bound(context.Background())
+	defer cancel()
+	var resume atomic.Pointer[[]Cursor]
+	left := make(chan struct{})
+	go func() {
+		h.readHeldWebSocket(conn, ss, out, func(curs []Cursor) {
+			resume.Store(&curs)
+			mx.signal()
+		})
+		close(left) // before cancel: the writer must see that the client left
+		cancel()
+	}()
+	defer func() { <-left }()
+	defer conn.Close() // ends the reader
+
+	hb := time.Duration(h.Heartbeat)
+	var heartbeatDue atomic.Bool
+	var heartbeat *time.Timer
+	if hb > 0 {
+		heartbeat = time.AfterFunc(hb, func() { heartbeatDue.Store(true); mx.signal() })
+		defer heartbeat.Stop()
+	}
+	for {
+		if curs := resume.Swap(nil); curs != nil {
+			for i, sub := range mx.subs {
+				mx.states[i] = streamState{f: mx.states[i].f, after: sub.Resume((*curs)[i])}
+				mx.changed[i].Store(true)
+			}
+		}
+		wrote, end, err := h.writeReady(mx, out, m)
+		if end || err != nil {
+			if end {
+				out.writeLast() // the last words are out: nothing after them
+			}
+			return
+		}
+		if wrote {
+			continue // a context may have more
+		}
+		var why error
+		select {
+		case <-mx.wake:
+			if !heartbeatDue.Swap(false) {
+				continue
+			}
+			heartbeat.Reset(hb)
+			if ss.pongOverdue() {
+				_ = out.writeLast(appendWSClose(nil, closeNoPong, "no pong"))
+				return
+			}
+			ss.pinged()
+			why = errTick
+		case <-ctx.Done():
+			select {
+			case <-left:
+				return // the client left
+			default:
+				why = life.why
+			}
+		}
+		st := mx.states[0].step(Delivery{}, false, why)
+		write := out.write
+		if st.end {
+			write = out.writeLast
+		}
+		err = write(st.notice, st.frame)
+		h.countStream(m, st, err == nil)
+		if st.end || err != nil {
+			return
+		}
+	}
+}
