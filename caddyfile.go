@@ -57,7 +57,7 @@ func globalHubConfigured(h httpcaddyfile.Helper, name string) bool {
 //		max_batch_size   <size>
 //		max_batch_events <n>
 //		heartbeat        <duration>|off
-//		transports       longpoll|sse|stream...
+//		transports       longpoll|sse|stream|websocket...
 //		write_timeout    <duration>
 //		detach           on|off
 //		multiplex        <query param> [<max>]

@@ -62,13 +62,15 @@ type Handler struct {
 	MaxBatchEvents int `json:"max_batch_events,omitempty"`
 
 	// How long a stream may stay idle before it gets a keep-alive (an SSE
-	// comment or an empty NDJSON line), so that proxies and browsers keep
-	// the connection. Negative: never. Default: 15s.
+	// comment, an empty NDJSON line, a WebSocket ping), so that proxies and
+	// browsers keep the connection; a WebSocket client that answers no ping
+	// before the next is closed. Negative: never. Default: 15s.
 	Heartbeat caddy.Duration `json:"heartbeat,omitempty"`
 
 	// The ways of subscribing the route accepts: "longpoll", "sse" (GET
-	// with Accept: text/event-stream) and "stream" (GET with Accept:
-	// application/x-ndjson). Others get 406. Default: all three.
+	// with Accept: text/event-stream), "stream" (GET with Accept:
+	// application/x-ndjson) and "websocket" (a GET that asks to upgrade,
+	// or an HTTP/2 extended CONNECT). Others get 406. Default: all four.
 	Transports []string `json:"transports,omitempty"`
 
 	// How long one write to a stream may block before the stream is
