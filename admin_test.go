@@ -19,7 +19,7 @@ func TestAdminPublish(t *testing.T) {
 		hub chat
 	}`)
 	p := s.startPoll("/lp")
-	waitFor(t, "the poll to park", func() bool { return s.hub(DefaultHubName).SubscriberCount() == 1 })
+	waitFor(t, "the poll to park", func() bool { return parkedCount(s.hub(DefaultHubName), "/lp") == 1 })
 
 	resp, body := doRequest(t, t.Context(), http.MethodPost, s.admin+"/comet/publish?context=/lp", `{"n":1}`,
 		"Content-Type", "application/json", HeaderEventType, "tick")

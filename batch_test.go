@@ -45,7 +45,7 @@ func TestBatchThroughTheAdminAPIPublishesInOrder(t *testing.T) {
 	hub := s.hub(DefaultHubName)
 	_, sse := s.openSSE("/a")
 	poll := s.startPoll("/b")
-	waitFor(t, "both subscribers to wait", func() bool { return hub.SubscriberCount() == 2 })
+	waitFor(t, "both subscribers to wait", func() bool { return parkedCount(hub, "/a") == 1 && parkedCount(hub, "/b") == 1 })
 
 	resp, a, text := postBatch(t, s.admin+"/comet/publish", batchOf(
 		`{"context":"/a","type":"greeting","data":"hello"}`,

@@ -15,7 +15,7 @@ import (
 func TestLongPollIsAnsweredByPublish(t *testing.T) {
 	s := startCaddy(t, "", `comet /lp`)
 	p := s.startPoll("/lp")
-	waitFor(t, "the poll to park", func() bool { return s.hub(DefaultHubName).SubscriberCount() == 1 })
+	waitFor(t, "the poll to park", func() bool { return parkedCount(s.hub(DefaultHubName), "/lp") == 1 })
 	if p.answered() {
 		t.Fatal("GET was answered before any event")
 	}
@@ -44,7 +44,9 @@ func TestOnlyTheSameContextIsWoken(t *testing.T) {
 	s := startCaddy(t, "", `comet`)
 	other := s.startPoll("/other")
 	mine := s.startPoll("/mine")
-	waitFor(t, "both polls to park", func() bool { return s.hub(DefaultHubName).SubscriberCount() == 2 })
+	// Parked: waiting, or detached and watching, not only attached.
+	hub := s.hub(DefaultHubName)
+	waitFor(t, "both polls to park", func() bool { return parkedCount(hub, "/mine") == 1 && parkedCount(hub, "/other") == 1 })
 	if r := s.publish("/mine", "x"); r.Woken != 1 {
 		t.Errorf("woken = %d, want 1", r.Woken)
 	}
@@ -276,7 +278,7 @@ func TestContextTemplate(t *testing.T) {
 		context room-{query.room}
 	}`)
 	p := s.startPoll("/chat?room=a")
-	waitFor(t, "the poll to park", func() bool { return s.hub(DefaultHubName).SubscriberCount() == 1 })
+	waitFor(t, "the poll to park", func() bool { return parkedCount(s.hub(DefaultHubName), "room-a") == 1 })
 	if r := s.publish("/chat?room=b", "for b"); r.Woken != 0 {
 		t.Errorf("publish to room b woke %d", r.Woken)
 	}

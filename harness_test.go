@@ -474,6 +474,20 @@ func followContext(t testing.TB, h *Hub, key string, n int, onDelivery func()) (
 // watcherCount counts the subscribers of a context that are watchers: the
 // ones taken over from net/http (and those of requests that follow
 // several contexts, on any path).
+// parkedCount is how many subscribers of a context a publish would wake
+// now: those waiting in Next, and watchers (detached polls and streams).
+func parkedCount(h *Hub, key string) int {
+	h.mu.RLock()
+	c := h.contexts[key]
+	h.mu.RUnlock()
+	if c == nil {
+		return 0
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.woken()
+}
+
 func watcherCount(h *Hub, key string) int {
 	h.mu.RLock()
 	c := h.contexts[key]
