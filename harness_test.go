@@ -477,18 +477,15 @@ func followContext(t testing.TB, h *Hub, key string, n int, onDelivery func()) (
 // parkedCount is how many subscribers of a context a publish would wake
 // now: those waiting in Next, and watchers (detached polls and streams).
 func parkedCount(h *Hub, key string) int {
-	h.mu.RLock()
-	c := h.contexts[key]
-	h.mu.RUnlock()
-	if c == nil {
-		return 0
-	}
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.woken()
+	return countIn(h, key, (*hubContext).woken)
 }
 
 func watcherCount(h *Hub, key string) int {
+	return countIn(h, key, func(c *hubContext) int { return len(c.watchers) })
+}
+
+// countIn reads a count of a context under its lock; 0 without it.
+func countIn(h *Hub, key string, count func(*hubContext) int) int {
 	h.mu.RLock()
 	c := h.contexts[key]
 	h.mu.RUnlock()
@@ -497,7 +494,7 @@ func watcherCount(h *Hub, key string) int {
 	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return len(c.watchers)
+	return count(c)
 }
 
 // waitFor polls cond until it holds, failing the test after five seconds.

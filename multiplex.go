@@ -166,14 +166,7 @@ func requestCursorText(r *http.Request) string {
 // gaps, and one cursor for them all.
 func (h *Handler) serveMultiplexed(w http.ResponseWriter, r *http.Request, keys []string, f wireFormat, tok *token) error {
 	m := h.metrics[f.transport()]
-	if refused, err := h.authorizeRest(w, r, keys); refused {
-		return err // answered; err is what writing the answer gave
-	}
-	resume, err := multiplexedResume(r, len(keys))
-	if err != nil {
-		return err
-	}
-	mx, err := h.subscribeAll(w, keys, resume, f, tok, m)
+	mx, err := h.subscribeRequested(w, r, keys, f, tok, m)
 	if mx == nil {
 		return err
 	}
@@ -210,6 +203,21 @@ func (h *Handler) serveMultiplexed(w http.ResponseWriter, r *http.Request, keys 
 		return nil
 	}
 	return h.followAll(r, mx, out, m, life)
+}
+
+// subscribeRequested subscribes a stream to every context of a request
+// of several, each authorized as if asked for alone, from the cursor the
+// client sent. A nil subscription means the request was refused: the
+// error, if any, is for Caddy to answer.
+func (h *Handler) subscribeRequested(w http.ResponseWriter, r *http.Request, keys []string, f wireFormat, tok *token, m *transportMetrics) (*multiplexed, error) {
+	if refused, err := h.authorizeRest(w, r, keys); refused {
+		return nil, err // answered; err is what writing the answer gave
+	}
+	resume, err := multiplexedResume(r, len(keys))
+	if err != nil {
+		return nil, err
+	}
+	return h.subscribeAll(w, keys, resume, f, tok, m)
 }
 
 // detachMultiplexed takes a multiplexed stream's connection over, as

@@ -422,25 +422,11 @@ func (h *Handler) holdWebSocket(conn heldConn, hs heldWebSocket) {
 		}
 	}
 	var resume atomic.Pointer[Cursor]
-	left := make(chan struct{})
-	go func() {
-		h.readHeldWebSocket(conn, ss, out, func(curs []Cursor) {
-			resume.Store(&curs[0])
-			poke()
-		})
-		close(left) // before cancel: the writer must see that the client left
-		cancel()
-	}()
-	defer func() { <-left }()
-	defer conn.Close() // ends the reader
-
-	hb := time.Duration(h.Heartbeat)
-	var heartbeatDue atomic.Bool
-	var heartbeat *time.Timer
-	if hb > 0 {
-		heartbeat = time.AfterFunc(hb, func() { heartbeatDue.Store(true); poke() })
-		defer heartbeat.Stop()
-	}
+	reader := h.startHeldReader(conn, ss, out, cancel, poke, func(curs []Cursor) {
+		resume.Store(&curs[0])
+		poke()
+	})
+	defer reader.stop(conn)
 	st := streamState{f: webSocketOf, after: hs.after}
 	for {
 		d, err := sub.next(ctx, st.after, wake)
@@ -451,22 +437,16 @@ func (h *Handler) holdWebSocket(conn heldConn, hs heldWebSocket) {
 		switch {
 		case err == nil, errors.Is(err, ErrHubClosed), errors.Is(err, ErrContextDeleted):
 		case errors.Is(err, errTick):
-			if !heartbeatDue.Swap(false) {
-				continue
+			if !reader.heartbeatDue() {
+				continue // a wake for a cursor
 			}
-			heartbeat.Reset(hb)
-			if ss.pongOverdue() {
-				_ = out.writeLast(appendWSClose(nil, closeNoPong, "no pong"))
+			if !ss.keepAlive(out) {
 				return
 			}
-			ss.pinged()
+		case reader.clientLeft():
+			return
 		default:
-			select {
-			case <-left:
-				return // the client left
-			default:
-				err = life.why
-			}
+			err = life.why
 		}
 		step := st.step(d, err == nil, err)
 		write := out.write
@@ -487,6 +467,72 @@ func (h *Handler) holdWebSocket(conn heldConn, hs heldWebSocket) {
 			return
 		}
 	}
+}
+
+// heldReader is what a held socket runs beside its writer: the goroutine
+// that reads the client, and the heartbeat's timer.
+type heldReader struct {
+	left      chan struct{} // closed once the reader ended: the client left, or the socket
+	hb        time.Duration
+	due       atomic.Bool
+	heartbeat *time.Timer
+}
+
+// startHeldReader starts reading the client of a held socket, with resume
+// called for each cursor it sends; cancel ends the writer's wait once the
+// reader ended. wake wakes the writer when the heartbeat is due.
+func (h *Handler) startHeldReader(conn heldConn, ss *wsSession, out *heldSocket, cancel context.CancelFunc, wake func(), resume func([]Cursor)) *heldReader {
+	hr := &heldReader{left: make(chan struct{}), hb: time.Duration(h.Heartbeat)}
+	go func() {
+		h.readHeldWebSocket(conn, ss, out, resume)
+		close(hr.left) // before cancel: the writer must see that the client left
+		cancel()
+	}()
+	if hr.hb > 0 {
+		hr.heartbeat = time.AfterFunc(hr.hb, func() { hr.due.Store(true); wake() })
+	}
+	return hr
+}
+
+// heartbeatDue reports, once each time, that the heartbeat is due, and
+// sets the next one.
+func (hr *heldReader) heartbeatDue() bool {
+	if !hr.due.Swap(false) {
+		return false
+	}
+	hr.heartbeat.Reset(hr.hb)
+	return true
+}
+
+// clientLeft reports whether the reader ended.
+func (hr *heldReader) clientLeft() bool {
+	select {
+	case <-hr.left:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop closes the socket, which ends the reader, and waits for it.
+func (hr *heldReader) stop(conn heldConn) {
+	if hr.heartbeat != nil {
+		hr.heartbeat.Stop()
+	}
+	_ = conn.Close()
+	<-hr.left
+}
+
+// keepAlive decides a due heartbeat of a held socket: false, with the
+// socket closed with 4408, when the client answered nothing since the
+// last ping; else the ping is on its way (the caller writes it).
+func (ss *wsSession) keepAlive(out *heldSocket) bool {
+	if ss.pongOverdue() {
+		_ = out.writeLast(appendWSClose(nil, closeNoPong, "no pong"))
+		return false
+	}
+	ss.pinged()
+	return true
 }
 
 // readHeldWebSocket reads what the client of a socket that is not

@@ -24,14 +24,7 @@ func (h *Handler) serveMultiplexedWebSocket(w http.ResponseWriter, r *http.Reque
 		return err
 	}
 	m := h.metrics[transportWebSocket]
-	if refused, err := h.authorizeRest(w, r, keys); refused {
-		return err
-	}
-	resume, err := multiplexedResume(r, len(keys))
-	if err != nil {
-		return err
-	}
-	mx, err := h.subscribeAll(w, keys, resume, formatNDJSON, tok, m)
+	mx, err := h.subscribeRequested(w, r, keys, formatNDJSON, tok, m)
 	if mx == nil {
 		return err
 	}
@@ -96,25 +89,11 @@ func (h *Handler) holdMultiplexedWebSocket(conn heldConn, ss *wsSession, mx *mul
 	ctx, cancel := life.bound(context.Background())
 	defer cancel()
 	var resume atomic.Pointer[[]Cursor]
-	left := make(chan struct{})
-	go func() {
-		h.readHeldWebSocket(conn, ss, out, func(curs []Cursor) {
-			resume.Store(&curs)
-			mx.signal()
-		})
-		close(left) // before cancel: the writer must see that the client left
-		cancel()
-	}()
-	defer func() { <-left }()
-	defer conn.Close() // ends the reader
-
-	hb := time.Duration(h.Heartbeat)
-	var heartbeatDue atomic.Bool
-	var heartbeat *time.Timer
-	if hb > 0 {
-		heartbeat = time.AfterFunc(hb, func() { heartbeatDue.Store(true); mx.signal() })
-		defer heartbeat.Stop()
-	}
+	reader := h.startHeldReader(conn, ss, out, cancel, func() { mx.signal() }, func(curs []Cursor) {
+		resume.Store(&curs)
+		mx.signal()
+	})
+	defer reader.stop(conn)
 	for {
 		if curs := resume.Swap(nil); curs != nil {
 			for i, sub := range mx.subs {
@@ -135,23 +114,18 @@ func (h *Handler) holdMultiplexedWebSocket(conn heldConn, ss *wsSession, mx *mul
 		var why error
 		select {
 		case <-mx.wake:
-			if !heartbeatDue.Swap(false) {
-				continue
+			if !reader.heartbeatDue() {
+				continue // a context changed, or a cursor came
 			}
-			heartbeat.Reset(hb)
-			if ss.pongOverdue() {
-				_ = out.writeLast(appendWSClose(nil, closeNoPong, "no pong"))
+			if !ss.keepAlive(out) {
 				return
 			}
-			ss.pinged()
 			why = errTick
 		case <-ctx.Done():
-			select {
-			case <-left:
-				return // the client left
-			default:
-				why = life.why
+			if reader.clientLeft() {
+				return
 			}
+			why = life.why
 		}
 		st := mx.states[0].step(Delivery{}, false, why)
 		write := out.write
