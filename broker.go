@@ -81,6 +81,14 @@ type Broker interface {
 	Close() error
 }
 
+// BrokerProblems is implemented by brokers that know of problems probes
+// cannot show, such as a connection of several that went deaf.
+type BrokerProblems interface {
+	// Problem says what keeps this node from hearing some events now,
+	// or "" if nothing does.
+	Problem() string
+}
+
 // Retention is how much of a context's history is kept: at most Events
 // events, none older than MaxAge.
 type Retention struct {

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -107,6 +108,13 @@ type redisBroker struct {
 	channel string // the hub's: deletions and probes
 	logger  *zap.Logger
 
+	// announce is the command contexts' events are announced with:
+	// SPUBLISH on a Redis Cluster, PUBLISH otherwise.
+	announce string
+	// sharded follows contexts' channels on a Redis Cluster, while
+	// Follow runs.
+	sharded atomic.Pointer[shardedChannels]
+
 	// The contexts' channels this node follows (see watch.go's Watch):
 	// changes wait in watches until the subscriber goroutine sends them, in
 	// as few commands as it can.
@@ -135,12 +143,17 @@ func NewRedisBroker(cfg RedisConfig, hub string, logger *zap.Logger) (Broker, er
 	if prefix == "" {
 		prefix = DefaultRedisKeyPrefix
 	}
+	announce := "PUBLISH"
+	if _, ok := client.(*redis.ClusterClient); ok {
+		announce = "SPUBLISH"
+	}
 	return &redisBroker{
 		client:   client,
 		prefix:   prefix,
 		hub:      hub,
 		channel:  prefix + hub + ":events",
 		logger:   logger,
+		announce: announce,
 		watches:  make(map[string]bool),
 		watching: make(chan struct{}, 1),
 	}, nil
@@ -180,13 +193,14 @@ end
 `
 
 // publishScript assigns the next id, appends to the capped stream, renews
-// both keys' lifetime and announces the event, all at once.
+// both keys' lifetime and announces the event (with ARGV[10], PUBLISH or
+// SPUBLISH), all at once.
 var publishScript = redis.NewScript(luaEnsureContext + `
 local id = redis.call('HINCRBY', KEYS[1], 'last', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], id .. '-0', 't', ARGV[5], 'c', ARGV[6], 'p', ARGV[7], 'd', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[4], 'e ' .. epoch .. ' ' .. id .. ' ' .. ARGV[7] .. ' ' .. #ARGV[9] .. ' ' .. #ARGV[5] .. ' ' .. #ARGV[6] .. '\n' .. ARGV[9] .. ARGV[5] .. ARGV[6] .. ARGV[8])
+redis.call(ARGV[10], ARGV[4], 'e ' .. epoch .. ' ' .. id .. ' ' .. ARGV[7] .. ' ' .. #ARGV[9] .. ' ' .. #ARGV[5] .. ' ' .. #ARGV[6] .. '\n' .. ARGV[9] .. ARGV[5] .. ARGV[6] .. ARGV[8])
 return {epoch, id}
 `)
 
@@ -290,7 +304,7 @@ func (b *redisBroker) publishCmd(ctx context.Context, p redis.Pipeliner,
 func (b *redisBroker) publishArgs(key string, ev *Event, keep Retention) []any {
 	published := strconv.FormatInt(ev.Published.UnixMilli(), 10)
 	return []any{newEpoch(), keep.Events, keep.MaxAge.Milliseconds(), b.contextChannel(key),
-		ev.Type, ev.ContentType, published, ev.Data, key}
+		ev.Type, ev.ContentType, published, ev.Data, key, b.announce}
 }
 
 func (b *redisBroker) Load(ctx context.Context, key string, keep Retention) (BrokerState, error) {
@@ -407,7 +421,14 @@ func (b *redisBroker) Delete(ctx context.Context, key string) (bool, error) {
 func (b *redisBroker) Follow(ctx context.Context, f BrokerFollower) {
 	ps := b.client.Subscribe(ctx, b.channel)
 	defer ps.Close()
-	go b.sendWatches(ctx, ps)
+	var channels contextChannels = &classicChannels{ps: ps, broker: b}
+	if cluster, ok := b.client.(*redis.ClusterClient); ok {
+		sharded := newShardedChannels(ctx, cluster, b, f)
+		b.sharded.Store(sharded)
+		defer sharded.close()
+		channels = sharded
+	}
+	go b.sendWatches(ctx, channels)
 	backoff := 100 * time.Millisecond
 	for {
 		msg, err := ps.Receive(ctx)
@@ -472,9 +493,33 @@ const watchLinger = 2 * time.Millisecond
 // not one of several megabytes.
 const maxChannelsPerCommand = 1000
 
+// watchAgain watches channels again whose subscription was lost, unless
+// a change to them is waiting: an Unwatch since then must win.
+func (b *redisBroker) watchAgain(channels []string) {
+	b.watchMu.Lock()
+	for _, ch := range channels {
+		if _, pending := b.watches[ch]; !pending {
+			b.watches[ch] = true
+		}
+	}
+	b.watchMu.Unlock()
+	select {
+	case b.watching <- struct{}{}:
+	default:
+	}
+}
+
+// contextChannels subscribes the node to contexts' channels: classic
+// pub/sub on a single Redis or a Sentinel-managed one, shard channels on
+// a Redis Cluster (see shardedChannels).
+type contextChannels interface {
+	subscribe(ctx context.Context, channels []string)
+	unsubscribe(ctx context.Context, channels []string)
+}
+
 // sendWatches sends the waiting changes to the contexts' channels until
-// ctx ends. Confirmations come back through Follow's Receive.
-func (b *redisBroker) sendWatches(ctx context.Context, ps *redis.PubSub) {
+// ctx ends.
+func (b *redisBroker) sendWatches(ctx context.Context, channels contextChannels) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -500,28 +545,61 @@ func (b *redisBroker) sendWatches(ctx context.Context, ps *redis.PubSub) {
 				unsubscribe = append(unsubscribe, channel)
 			}
 		}
-		for batch := range slices.Chunk(unsubscribe, maxChannelsPerCommand) {
-			// go-redis forgets them even if sending fails, so a
-			// reconnection does not subscribe to them again.
-			_ = ps.Unsubscribe(ctx, batch...)
+		if len(unsubscribe) > 0 {
+			channels.unsubscribe(ctx, unsubscribe)
 		}
-		for batch := range slices.Chunk(subscribe, maxChannelsPerCommand) {
-			// go-redis remembers them even if sending fails, and a
-			// reconnection subscribes to them again.
-			if err := ps.Subscribe(ctx, batch...); err != nil && ctx.Err() == nil {
-				b.logger.Warn("subscribing to contexts' channels; will again on reconnecting",
-					zap.String("hub", b.hub), zap.Int("channels", len(batch)), zap.Error(err))
-			}
+		if len(subscribe) > 0 {
+			channels.subscribe(ctx, subscribe)
 		}
 	}
 }
 
-// Probe publishes a probe on the channel events are announced on.
+// classicChannels subscribes on the connection that follows the hub's
+// channel, up to maxChannelsPerCommand channels per command. Redis'
+// confirmations come back through Follow's Receive.
+type classicChannels struct {
+	ps     *redis.PubSub
+	broker *redisBroker
+}
+
+func (c *classicChannels) subscribe(ctx context.Context, channels []string) {
+	for batch := range slices.Chunk(channels, maxChannelsPerCommand) {
+		// go-redis remembers them even if sending fails, and a
+		// reconnection subscribes to them again.
+		if err := c.ps.Subscribe(ctx, batch...); err != nil && ctx.Err() == nil {
+			c.broker.logger.Warn("subscribing to contexts' channels; will again on reconnecting",
+				zap.String("hub", c.broker.hub), zap.Int("channels", len(batch)), zap.Error(err))
+		}
+	}
+}
+
+func (c *classicChannels) unsubscribe(ctx context.Context, channels []string) {
+	for batch := range slices.Chunk(channels, maxChannelsPerCommand) {
+		// go-redis forgets them even if sending fails, so a
+		// reconnection does not subscribe to them again.
+		_ = c.ps.Unsubscribe(ctx, batch...)
+	}
+}
+
+// Probe publishes a probe on the hub's channel.
 func (b *redisBroker) Probe(ctx context.Context, token string) error {
 	if err := b.client.Publish(ctx, b.channel, "p "+strconv.Itoa(len(token))+"\n"+token).Err(); err != nil {
 		return fmt.Errorf("%w: publishing a probe: %v", ErrBrokerUnavailable, err)
 	}
 	return nil
+}
+
+// Problem reports, on a Redis Cluster, contexts' shard channels that have
+// gone unsubscribed too long (a master gone and not yet replaced, or not
+// answering): probes go through the hub's channel, on one connection, and
+// cannot tell.
+func (b *redisBroker) Problem() string {
+	if sharded := b.sharded.Load(); sharded != nil {
+		if n := sharded.stale(time.Now()); n > 0 {
+			return fmt.Sprintf("%d contexts' shard channels not subscribed for over %s", n, shardStaleAfter)
+		}
+	}
+	return ""
 }
 
 func (b *redisBroker) Close() error { return b.client.Close() }
@@ -628,4 +706,7 @@ func eventFromStreamEntry(entry any) (*Event, error) {
 }
 
 // Interface guard
-var _ Broker = (*redisBroker)(nil)
+var (
+	_ Broker         = (*redisBroker)(nil)
+	_ BrokerProblems = (*redisBroker)(nil)
+)

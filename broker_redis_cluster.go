@@ -73,3 +73,35 @@ func nodeUnreachable(err error) bool {
 	var nerr net.Error
 	return errors.As(err, &nerr) || errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), "EOF")
 }
+
+// clusterSlots is how many hash slots a Redis Cluster has.
+const clusterSlots = 16384
+
+// slotOf is the Redis Cluster hash slot of a key or shard channel: the
+// CRC16 (XMODEM) of its hash tag, or of the whole name without one, as
+// the cluster specification defines it. go-redis computes the same in a
+// package of its own that cannot be imported.
+func slotOf(name string) int {
+	if start := strings.IndexByte(name, '{'); start >= 0 {
+		if end := strings.IndexByte(name[start+1:], '}'); end > 0 {
+			name = name[start+1 : start+1+end]
+		}
+	}
+	return int(crc16(name) % clusterSlots)
+}
+
+// crc16 is CRC-16/XMODEM (polynomial 0x1021, no reflection, zero start).
+func crc16(s string) uint16 {
+	var crc uint16
+	for i := 0; i < len(s); i++ {
+		crc ^= uint16(s[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc
+}

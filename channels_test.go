@@ -134,21 +134,62 @@ func TestANodeReceivesOnlyWhatItFollows(t *testing.T) {
 // TestEachNodeReceivesItsShare: three nodes each follow a third of 10,000
 // contexts, a fourth publishes one event to every context, and each of the
 // three receives exactly the events of its own contexts: a third of the
-// traffic, where one channel per hub would have sent each all of it.
+// traffic, where one channel per hub would have sent each all of it. It
+// runs on a single Redis (classic pub/sub) and on a Redis Cluster of three
+// masters (shard channels).
 func TestEachNodeReceivesItsShare(t *testing.T) {
 	if testing.Short() {
 		t.Skip("publishes 10,000 events through Redis")
 	}
-	r := startRedis(t)
+	t.Run("redis", func(t *testing.T) {
+		r := startRedis(t)
+		rdb := redis.NewClient(&redis.Options{Addr: r.addr})
+		defer rdb.Close()
+		eachNodeReceivesItsShare(t, RedisConfig{URL: r.url()}, func(channel string) int64 { return numSub(t, rdb, channel) })
+	})
+	t.Run("cluster", func(t *testing.T) {
+		cluster := startRedisCluster(t, 0)
+		rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cluster.addrs})
+		defer rdb.Close()
+		var sent int
+		subscribers := func(channel string) int64 {
+			master, err := rdb.MasterForKey(context.Background(), channel)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := master.PubSubShardNumSub(context.Background(), channel).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n[channel]
+		}
+		slots := eachNodeReceivesItsShare(t, RedisConfig{Addresses: cluster.addrs}, subscribers)
+		// Shard channels are subscribed with one SSUBSCRIBE per slot (of
+		// those in a batch) on the slot's master: at least a command per
+		// slot a node follows, at most one per context.
+		for _, addr := range cluster.addrs { // all masters
+			master := redis.NewClient(&redis.Options{Addr: addr})
+			sent += redisStat(t, master, "ssubscribe")
+			master.Close()
+		}
+		t.Logf("the nodes sent %d SSUBSCRIBE commands for the %d slots they follow 10,000 contexts in", sent, slots)
+		if sent < slots || sent > 10_000 {
+			t.Errorf("the nodes sent %d SSUBSCRIBE commands for the %d slots they follow 10,000 contexts in", sent, slots)
+		}
+	})
+}
+
+// eachNodeReceivesItsShare runs TestEachNodeReceivesItsShare on a Redis,
+// with subscribers counting a channel's, and returns how many slots the
+// followers' contexts are in, counted per follower.
+func eachNodeReceivesItsShare(t *testing.T, redisCfg RedisConfig, subscribers func(channel string) int64) (slots int) {
 	const contexts, nodes = 10_000, 3
 	cfg := HubConfig{History: 1, MaxContexts: contexts}
-	publisher := redisHub(t, r, cfg)
-	defer publisher.Close()
+	publisher := sharedHub(t, redisCfg, cfg)
 	var followers [nodes]*Hub
 	want := [nodes]int64{}
 	for n := range followers {
-		followers[n] = redisHub(t, r, cfg)
-		defer followers[n].Close()
+		followers[n] = sharedHub(t, redisCfg, cfg)
 	}
 	key := func(i int) string { return "/share/" + strconv.Itoa(i) }
 	var wg sync.WaitGroup
@@ -175,16 +216,21 @@ func TestEachNodeReceivesItsShare(t *testing.T) {
 		}
 	}()
 	b := publisher.broker.(*redisBroker)
-	rdb := redis.NewClient(&redis.Options{Addr: r.addr})
-	defer rdb.Close()
 	waitFor(t, "every node to subscribe to its contexts' channels", func() bool {
 		for i := contexts - nodes; i < contexts; i++ {
-			if numSub(t, rdb, b.contextChannel(key(i))) != 1 {
+			if subscribers(b.contextChannel(key(i))) != 1 {
 				return false
 			}
 		}
 		return true
 	})
+	for n := range followers {
+		followed := map[int]bool{}
+		for i := n; i < contexts; i += nodes {
+			followed[slotOf(b.contextChannel(key(i)))] = true
+		}
+		slots += len(followed)
+	}
 	var before [nodes]int64
 	for n, hub := range followers {
 		before[n] = hub.announced.Load()
@@ -208,4 +254,5 @@ func TestEachNodeReceivesItsShare(t *testing.T) {
 			t.Errorf("node %d received %d events, want the %d of its contexts, of %d published", n, got, want[n], contexts)
 		}
 	}
+	return slots
 }

@@ -96,9 +96,12 @@ func (h *Hub) Health() Health {
 		hl.LastHeard = time.Unix(0, back)
 	}
 	stale := healthStaleAfter * h.config().healthInterval()
+	brokerKnows := brokerProblem(h.broker)
 	switch p := h.health.problem.Load(); {
 	case p != nil:
 		hl.Problem = *p
+	case brokerKnows != "":
+		hl.Problem = brokerKnows
 	case hl.LastHeard.IsZero():
 		hl.Problem = "no probe has come back from the broker yet"
 	case h.now().Sub(hl.LastHeard) > stale:
@@ -107,4 +110,12 @@ func (h *Hub) Health() Health {
 		hl.OK = true
 	}
 	return hl
+}
+
+// brokerProblem is what the broker itself knows to be wrong, if anything.
+func brokerProblem(b Broker) string {
+	if p, ok := b.(BrokerProblems); ok {
+		return p.Problem()
+	}
+	return ""
 }
