@@ -39,6 +39,18 @@ type sustainedResult struct {
 // contextURL is the URL of context k under the run's url.
 func (c config) contextURL(k int) string { return c.url + "/" + strconv.Itoa(k) }
 
+// publishTarget is the URL events are published to: -publish-url, or the
+// run's url.
+func (c config) publishTarget() string {
+	if c.publishURL != "" {
+		return c.publishURL
+	}
+	return c.url
+}
+
+// publishURLOf is the URL events of context k are published to.
+func (c config) publishURLOf(k int) string { return c.publishTarget() + "/" + strconv.Itoa(k) }
+
 // origin is the run's url without its path: what precedes a context key.
 func (c config) origin() string {
 	u, err := url.Parse(c.url)
@@ -110,7 +122,7 @@ func sustained(ctx context.Context, c config) (*sustainedResult, error) {
 				time.Sleep(time.Until(scheduled(last)))
 				var err error
 				if c.batch == 1 {
-					err = publish(ctx, client, c.contextURL(first%c.contexts), first, c.payload)
+					err = publish(ctx, client, c.publishURLOf(first%c.contexts), first, c.payload)
 				} else {
 					err = publishBatch(ctx, client, c, first, last)
 				}
