@@ -98,9 +98,13 @@ func (c RedisConfig) universalOptions() (*redis.UniversalOptions, error) {
 //	<prefix>{<hub>:<context>}:m   hash: epoch, last (the last id)
 //	<prefix>{<hub>:<context>}:s   stream: the history, entry ids <id>-0
 //
-// and announces events on one channel per hub, <prefix><hub>:events. The
-// keys expire after the history's max age without a publish (both) or a
-// node loading the context (the hash).
+// and announces a context's events on a channel with the same hash tag,
+//
+//	<prefix>{<hub>:<context>}:e   a shard channel on a Redis Cluster
+//
+// and deletions and probes on one channel per hub, <prefix><hub>:events.
+// The keys expire after the history's max age without a publish (both) or
+// a node loading the context (the hash).
 type redisBroker struct {
 	client  redis.UniversalClient
 	prefix  string

@@ -157,28 +157,28 @@ func (s *shardedChannels) receive(sh *shard) {
 		if s.ctx.Err() != nil {
 			return
 		}
-		var netErr interface{ Timeout() bool }
-		switch {
-		case err == nil:
+		if err == nil {
 			pinged = false
 			s.handle(sh, msg)
-		case errors.As(err, &netErr) && netErr.Timeout() && !pinged:
-			pinged = true
-			if err := sh.ps.Ping(s.ctx); err != nil {
-				s.logFailure("pinging "+sh.addr, -1, err)
-				s.drop(sh)
-				return
-			}
-		case movedSlot(err) >= 0:
-			// Subscribing to a slot this master no longer owns.
-			s.loseSlot(sh, movedSlot(err))
-		default:
-			if !errors.Is(err, redis.ErrClosed) {
-				s.logFailure("receiving from "+sh.addr, -1, err)
-			}
-			s.drop(sh)
-			return
+			continue
 		}
+		var netErr interface{ Timeout() bool }
+		if errors.As(err, &netErr) && netErr.Timeout() && !pinged {
+			pinged = true
+			if err := sh.ps.Ping(s.ctx); err == nil {
+				continue
+			}
+		} else if slot := movedSlot(err); slot >= 0 {
+			// Subscribing to a slot this master no longer owns.
+			s.loseSlot(sh, slot)
+			continue
+		}
+		// The connection failed, or the master left a ping unanswered.
+		if !errors.Is(err, redis.ErrClosed) {
+			s.logFailure("receiving from "+sh.addr, -1, err)
+		}
+		s.drop(sh)
+		return
 	}
 }
 

@@ -289,21 +289,30 @@ func TestFailoverLosesNothingSilently(t *testing.T) {
 	})
 }
 
-// followFailover has one node publish and another's client follow while
-// kill kills the master that holds the context, until the publishes go
-// through again.
-func followFailover(t *testing.T, cfg RedisConfig, key string, kill func()) {
-	publisher, follower := sharedHub(t, cfg, HubConfig{History: 1000}), sharedHub(t, cfg, HubConfig{History: 1000})
+// followFrom subscribes to key on follower, closed when the test ends,
+// and waits until an event published on publisher reaches it: the
+// follower's channel subscription is in place.
+func followFrom(t *testing.T, publisher, follower *Hub, key string) *Subscriber {
+	t.Helper()
 	sub, err := follower.Subscribe(key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sub.Close()
+	t.Cleanup(sub.Close)
 	start := sub.Position()
 	waitFor(t, "the follower to follow", func() bool {
 		_, err := publisher.Publish(key, Event{Data: []byte("warm-up")})
 		return err == nil && sub.Position() != start
 	})
+	return sub
+}
+
+// followFailover has one node publish and another's client follow while
+// kill kills the master that holds the context, until the publishes go
+// through again.
+func followFailover(t *testing.T, cfg RedisConfig, key string, kill func()) {
+	publisher, follower := sharedHub(t, cfg, HubConfig{History: 1000}), sharedHub(t, cfg, HubConfig{History: 1000})
+	sub := followFrom(t, publisher, follower, key)
 
 	// The client reads everything, in order, as a stream would.
 	type got struct {
@@ -466,16 +475,7 @@ func TestShardChannelsFollowAMovedSlot(t *testing.T) {
 	cfg := RedisConfig{Addresses: cluster.addrs}
 	publisher, follower := sharedHub(t, cfg, HubConfig{History: 100}), sharedHub(t, cfg, HubConfig{History: 100})
 	const key = "/moving"
-	sub, err := follower.Subscribe(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
-	start := sub.Position()
-	waitFor(t, "the follower to follow", func() bool {
-		_, err := publisher.Publish(key, Event{Data: []byte("warm-up")})
-		return err == nil && sub.Position() != start
-	})
+	sub := followFrom(t, publisher, follower, key)
 
 	channel := follower.broker.(*redisBroker).contextChannel(key)
 	from, to := cluster.moveSlot(t, slotOf(channel))
@@ -535,16 +535,8 @@ func TestHealthFailsWhileAShardIsDeaf(t *testing.T) {
 			key = k
 		}
 	}
-	sub, err := follower.Subscribe(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
-	start := sub.Position()
-	waitFor(t, "the follower to follow and be healthy", func() bool {
-		_, err := publisher.Publish(key, Event{Data: []byte("warm-up")})
-		return err == nil && sub.Position() != start && follower.Health().OK
-	})
+	sub := followFrom(t, publisher, follower, key)
+	waitFor(t, "the follower to be healthy", func() bool { return follower.Health().OK })
 
 	master := cluster.masterOf(t, broker.contextChannel(key))
 	if err := master.Process.Signal(syscall.SIGSTOP); err != nil {
