@@ -160,10 +160,24 @@ func (h *Hub) sync(c *hubContext) (ok bool) {
 		h.logger.Warn("could not bring a context up to date", zap.String("hub", h.name), zap.String("context", c.key), zap.Error(err))
 		return false
 	}
-	if c.replace(st) {
+	if c.replace(st) && h.brokerBehind(ctx, c) {
 		h.diverge(c)
 	}
 	return true
+}
+
+// brokerBehind confirms that the broker lost events the mirror holds. A
+// load's answer can be older than announcements the mirror applied while
+// it was on its way (they come on another connection); a position asked
+// for after they were applied cannot be, unless the broker lost them.
+func (h *Hub) brokerBehind(ctx context.Context, c *hubContext) bool {
+	held := c.position()
+	pos, ok, err := h.broker.Position(ctx, c.key)
+	if err != nil {
+		h.logger.Warn("could not check a context against the broker", zap.String("hub", h.name), zap.String("context", c.key), zap.Error(err))
+		return false
+	}
+	return ok && pos.Epoch == held.Epoch && pos.ID < held.ID
 }
 
 // diverge moves a context whose events the broker lost to a new epoch, so

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 )
 
 func TestRedisDownAtStartFailsTheConfig(t *testing.T) {
@@ -240,5 +242,79 @@ func TestEventsLostByRedisAreNeverSkippedSilently(t *testing.T) {
 				t.Errorf("after the loss the client got %+v, %v; want the next event at %s", d, err, rcpt.Cursor)
 			}
 		})
+	}
+}
+
+// answersLate is a broker whose next Load answers with a state captured
+// earlier, as a load whose answer was on its way while newer events came
+// in on the subscription's connection.
+type answersLate struct {
+	Broker
+	mu   sync.Mutex
+	next *BrokerState
+}
+
+func (b *answersLate) Load(ctx context.Context, key string, keep Retention) (BrokerState, error) {
+	b.mu.Lock()
+	next := b.next
+	b.next = nil
+	b.mu.Unlock()
+	if next != nil {
+		return *next, nil
+	}
+	return b.Broker.Load(ctx, key, keep)
+}
+
+// TestALateLoadIsNotALoss: a reload's answer older than the events the
+// mirror applied meanwhile is not taken for a broker that lost them (as a
+// failover's is, above): the context keeps its epoch and clients are told
+// nothing.
+func TestALateLoadIsNotALoss(t *testing.T) {
+	r := startRedis(t)
+	real, err := NewRedisBroker(RedisConfig{URL: r.url()}, DefaultHubName, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := &answersLate{Broker: real}
+	follower := NewHub(DefaultHubName, HubConfig{History: 50}, late)
+	defer follower.Close()
+	publisher := redisHub(t, r, HubConfig{History: 50})
+	defer publisher.Close()
+	const key = "/late"
+	sub := followFrom(t, publisher, follower, key)
+	ctx := context.Background()
+	earlier, err := real.Load(ctx, key, follower.config().retention())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last Cursor
+	for i := range 3 {
+		rcpt, err := publisher.Publish(key, Event{Data: []byte(fmt.Sprint("event ", i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = rcpt.Cursor
+	}
+	waitFor(t, "the follower to hold every event", func() bool { return sub.Position() == last })
+
+	late.mu.Lock()
+	late.next = &earlier
+	late.mu.Unlock()
+	follower.mu.RLock()
+	c := follower.contexts[key]
+	follower.mu.RUnlock()
+	follower.sync(c)
+
+	if got := sub.Position(); got != last {
+		t.Fatalf("after a late load the mirror is at %v, want %v: taken for a loss", got, last)
+	}
+	rcpt, err := publisher.Publish(key, Event{Data: []byte("after")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if d, err := sub.Next(waitCtx, last); err != nil || d.Missed != 0 || d.Cursor != rcpt.Cursor {
+		t.Errorf("after a late load the client got %+v, %v; want the next event, nothing missed", d, err)
 	}
 }
