@@ -32,9 +32,14 @@ type wsClient struct {
 	t    testing.TB
 	conn net.Conn
 	r    io.Reader
-	// answerPings makes next answer pings with pongs, as browsers do.
+	// answerPings makes next answer pings with pongs, as browsers do,
+	// until the client sent a close frame: a ping the server sent before
+	// it read that close is left unanswered, as the server may already be
+	// ending the connection (over HTTP/2, the client's half of the
+	// stream is then closed).
 	answerPings bool
 	pings       int
+	closing     bool
 }
 
 // dialWS opens a WebSocket to url (ws:// or wss://).
@@ -100,7 +105,7 @@ func (c *wsClient) next(d time.Duration) (ws.OpCode, []byte, error) {
 		switch f.Header.OpCode {
 		case ws.OpPing:
 			c.pings++
-			if c.answerPings {
+			if c.answerPings && !c.closing {
 				c.send(ws.OpPong, f.Payload)
 			}
 			continue
@@ -151,6 +156,7 @@ func (c *wsClient) closed(d time.Duration, code ws.StatusCode) string {
 
 // send sends one masked frame, as a client must.
 func (c *wsClient) send(op ws.OpCode, payload []byte) {
+	c.closing = c.closing || op == ws.OpClose
 	f := ws.MaskFrame(ws.NewFrame(op, true, payload))
 	c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	if err := ws.WriteFrame(c.conn, f); err != nil {
