@@ -322,8 +322,10 @@ func followFailover(t *testing.T, cfg RedisConfig, key string, kill func()) {
 	seen := make(chan got, 10_000)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// The client starts where the context is before the first publish
+	// (read here, not in the goroutine, which may start after it).
+	after := sub.Position()
 	go func() {
-		after := sub.Position()
 		for {
 			d, err := sub.Next(ctx, after)
 			if err != nil {
