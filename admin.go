@@ -121,47 +121,32 @@ func (AdminAPI) handlePublish(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if isBatch(r) {
-		return publishAdminBatch(w, r, hub)
-	}
+	limits := batchLimits{size: AdminMaxBatchSize, events: AdminMaxBatchEvents, eventSize: AdminMaxMessageSize}
 	key := r.URL.Query().Get("context")
-	if key == "" {
+	switch {
+	case isBatch(r) && r.URL.Query().Has("context"):
+		return apiError(http.StatusBadRequest, errors.New("a batch names each event's context on its line, not in the query"))
+	case !isBatch(r) && key == "":
 		return apiError(http.StatusBadRequest, errors.New("missing context query parameter"))
 	}
-	data, err := readMessage(w, r, AdminMaxMessageSize)
+	in, err := readPublish(w, r, key, limits)
 	if err != nil {
 		countPublishError(hub.Name(), err)
 		return apiError(messageStatus(err), err)
 	}
-	rcpt, replayed, err := publishOne(hub, r, key, eventFromRequest(r, data))
-	if err != nil {
-		countPublishError(hub.Name(), err)
-		return apiError(hubStatus(err), fmt.Errorf("context %.64q: %w", key, err))
-	}
-	markReplayed(w, replayed)
-	return writeReceipt(w, nil, rcpt)
-}
-
-// publishAdminBatch publishes a batch whose lines name their contexts.
-func publishAdminBatch(w http.ResponseWriter, r *http.Request, hub *Hub) error {
-	if r.URL.Query().Has("context") {
-		return apiError(http.StatusBadRequest, errors.New("a batch names each event's context on its line, not in the query"))
-	}
-	limits := batchLimits{size: AdminMaxBatchSize, events: AdminMaxBatchEvents, eventSize: AdminMaxMessageSize}
-	batch, lines, err := readBatch(w, r, "", limits)
-	if err != nil {
-		countPublishError(hub.Name(), err)
-		return apiError(messageStatus(err), err)
-	}
-	receipts, replayed, err := publishBatch(hub, r, batch)
-	if err != nil {
-		countPublishError(hub.Name(), err)
-		if !stoppedOnTheWay(err) {
-			return apiError(hubStatus(err), err)
+	res := submit(hub, in)
+	if !in.batch {
+		if res.err != nil {
+			return apiError(hubStatus(res.err), fmt.Errorf("context %.64q: %w", key, res.err))
 		}
+		markReplayed(w, res.replayed)
+		return writeReceipt(w, nil, res.receipt())
 	}
-	markReplayed(w, replayed)
-	return writeBatchAnswer(w, batchAnswerStatus(err), newBatchAnswer(batch, lines, receipts, err))
+	if res.err != nil && !stoppedOnTheWay(res.err) {
+		return apiError(hubStatus(res.err), res.err)
+	}
+	markReplayed(w, res.replayed)
+	return writeBatchAnswer(w, batchAnswerStatus(res.err), newBatchAnswer(in.Publications, in.lines, res.receipts, res.err))
 }
 
 func (AdminAPI) handleContexts(w http.ResponseWriter, r *http.Request) error {

@@ -19,16 +19,13 @@ var ErrBrokerUnavailable = errors.New("broker unavailable")
 // broker, the hub's contexts are local mirrors of the broker's, holding the
 // subscribers of this node.
 type Broker interface {
-	// Publish assigns ev the next id of the context named key (creating
-	// the context in a new epoch if it does not exist), stores it in the
-	// context's history, keeping what keep says, and announces it to every
-	// node through Follow.
-	Publish(ctx context.Context, key string, ev *Event, keep Retention) (Cursor, error)
-
-	// PublishBatch publishes each event of the batch as Publish does, in
-	// order, in one round trip, and returns their cursors, one per event.
-	// If any failed, it returns an error too, and the cursors of the
-	// events not published are zero.
+	// PublishBatch assigns each event of the batch the next id of its
+	// context (creating the context in a new epoch if it does not exist),
+	// stores it in the context's history, keeping what keep says, and
+	// announces it to every node through Follow: in order, in one round
+	// trip, returning their cursors, one per event. If any failed, it
+	// returns an error too, and the cursors of the events not published
+	// are zero. A single publish is a batch of one.
 	PublishBatch(ctx context.Context, batch []Publication, keep Retention) ([]Cursor, error)
 
 	// Claim claims an idempotency key for a publish under way, for a

@@ -233,7 +233,9 @@ redis.call('PUBLISH', ARGV[1], 'd ' .. #ARGV[2] .. '\n' .. ARGV[2])
 return n
 `)
 
-func (b *redisBroker) Publish(ctx context.Context, key string, ev *Event, keep Retention) (Cursor, error) {
+// publish runs the publish script for one event: a batch of one needs no
+// pipeline.
+func (b *redisBroker) publish(ctx context.Context, key string, ev *Event, keep Retention) (Cursor, error) {
 	res, err := publishScript.Run(ctx, b.client, b.keys(key), b.publishArgs(key, ev, keep)...).Slice()
 	if err != nil {
 		return Cursor{}, fmt.Errorf("%w: publishing to redis: %v", ErrBrokerUnavailable, err)
@@ -252,6 +254,10 @@ func (b *redisBroker) Publish(ctx context.Context, key string, ev *Event, keep R
 // script (a node that restarted or was flushed) did not run, so they are
 // sent again with the script itself, in their order.
 func (b *redisBroker) PublishBatch(ctx context.Context, batch []Publication, keep Retention) ([]Cursor, error) {
+	if len(batch) == 1 {
+		cur, err := b.publish(ctx, batch[0].Key, &batch[0].Event, keep)
+		return []Cursor{cur}, err
+	}
 	cursors := make([]Cursor, len(batch))
 	pending := make([]int, len(batch))
 	for i := range pending {

@@ -273,38 +273,6 @@ type Receipt struct {
 	Woken int
 }
 
-// Publish appends ev to the context named key, creating the context if
-// needed, and wakes every subscriber waiting on it: goroutines waiting in
-// Next are woken by one broadcast and each reads the event from the history
-// by its own cursor; detached streams are written to, as far as their
-// sockets take it without waiting, before Publish returns. The hub sets
-// ev's ID and Published time and keeps ev.Data, which the caller must not
-// modify afterwards.
-func (h *Hub) Publish(key string, ev Event) (Receipt, error) {
-	if h.isClosed() {
-		return Receipt{}, ErrHubClosed
-	}
-	if !validEventType(ev.Type) {
-		return Receipt{}, ErrBadEventType
-	}
-	if len(key) > MaxKeyLength {
-		return Receipt{}, ErrKeyTooLong
-	}
-	ev.withMemo()
-	if h.broker != nil {
-		return h.publishShared(key, &ev)
-	}
-	var r Receipt
-	err := h.withContext(key, func(c *hubContext) error {
-		r = c.publish(&ev, h.config(), h.now())
-		return nil
-	})
-	if err == nil {
-		h.metrics.published.Inc()
-	}
-	return r, err
-}
-
 // contextList returns the hub's contexts at this moment, for work on each
 // that must not hold the hub lock.
 func (h *Hub) contextList() []*hubContext {

@@ -15,7 +15,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// Errors of PublishOnce.
+// Errors of a publish with an idempotency key.
 var (
 	// ErrIdempotencyKeyReused: the key was used for different events.
 	ErrIdempotencyKeyReused = errors.New("idempotency key already used for other events")
@@ -50,86 +50,96 @@ type outcome struct {
 	Error  string `json:"e,omitempty"`
 }
 
-// PublishOnce publishes the batch as PublishBatch does, unless a publish
-// with the same idempotency key was made within the hub's idempotency
-// window: then it returns that publish's receipts (and replayed true)
-// without publishing anything. The key covers the same events only: used
-// for other events it fails with ErrIdempotencyKeyReused. A publish that
-// published nothing frees its key, so that a retry can publish. With a
-// broker, the keys are shared by every node.
-func (h *Hub) PublishOnce(key string, batch []Publication) (receipts []Receipt, replayed bool, err error) {
-	if !validIdempotencyKey(key) {
-		return nil, false, ErrBadIdempotencyKey
-	}
-	fp := fingerprint(batch)
+// idempotencyKeys is where a hub records its idempotency keys: in its own
+// memory, or with a broker, in the broker for every node.
+type idempotencyKeys interface {
+	// claim returns what the key's publish gave, or nil once it claimed
+	// the key for the caller, who must then settle it. A publish with the
+	// key under way is waited for.
+	claim(key string) (*outcome, error)
+	// settle records what the claimed key's publish gave, or frees the
+	// key if o is nil.
+	settle(key string, o *outcome)
+}
+
+func (h *Hub) idempotencyKeys() idempotencyKeys {
 	if h.broker != nil {
-		return h.publishOnceShared(key, fp, batch)
+		return brokerKeys{h}
 	}
+	return memoryKeys{h}
+}
+
+// memoryKeys are an in-process hub's keys.
+type memoryKeys struct{ h *Hub }
+
+func (k memoryKeys) claim(key string) (*outcome, error) {
+	h := k.h
 	for {
-		known, wait := h.idempotency.claim(key, fp, h.now(), h.config())
-		switch {
-		case known != nil:
-			return h.replay(known, fp)
-		case wait != nil:
-			select {
-			case <-wait: // the first publish ended: look again
-			case <-h.closed:
-				return nil, false, ErrHubClosed
-			}
-			continue
+		known, wait := h.idempotency.claim(key, h.now(), h.config())
+		if wait == nil {
+			return known, nil
 		}
-		receipts, err = h.PublishBatch(batch)
-		h.idempotency.settle(key, newOutcome(fp, receipts, err), h.now(), h.config())
-		return receipts, false, err
+		select {
+		case <-wait: // the first publish ended: look again
+		case <-h.closed:
+			return nil, ErrHubClosed
+		}
 	}
 }
 
-// publishOnceShared is PublishOnce through the broker: the key is claimed
-// there for the window, and a key under way on some node is looked at
-// again until that publish ends or brokerTimeout passes.
-func (h *Hub) publishOnceShared(key, fp string, batch []Publication) ([]Receipt, bool, error) {
+func (k memoryKeys) settle(key string, o *outcome) {
+	k.h.idempotency.settle(key, o, k.h.now(), k.h.config())
+}
+
+// brokerKeys are claimed in the broker for the window; a key under way on
+// some node is looked at again until that publish ends or brokerTimeout
+// passes.
+type brokerKeys struct{ h *Hub }
+
+func (k brokerKeys) claim(key string) (*outcome, error) {
+	h := k.h
 	window := time.Duration(h.config().IdempotencyWindow)
 	deadline := time.Now().Add(brokerTimeout)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
 		claimed, stored, err := h.broker.Claim(ctx, key, window)
 		cancel()
-		if err != nil {
-			return nil, false, err
-		}
-		if claimed {
-			break
-		}
-		if stored != nil {
+		switch {
+		case err != nil:
+			return nil, err
+		case claimed:
+			return nil, nil
+		case stored != nil:
 			var known outcome
 			if err := json.Unmarshal(stored, &known); err != nil {
-				return nil, false, fmt.Errorf("idempotency record of %.64q: %v", key, err)
+				return nil, fmt.Errorf("idempotency record of %.64q: %v", key, err)
 			}
-			return h.replay(&known, fp)
-		}
-		if time.Now().After(deadline) {
-			return nil, false, ErrIdempotencyPending
+			return &known, nil
+		case time.Now().After(deadline):
+			return nil, ErrIdempotencyPending
 		}
 		select {
 		case <-time.After(20 * time.Millisecond):
 		case <-h.closed:
-			return nil, false, ErrHubClosed
+			return nil, ErrHubClosed
 		}
 	}
-	receipts, err := h.PublishBatch(batch)
-	o := newOutcome(fp, receipts, err)
+}
+
+func (k brokerKeys) settle(key string, o *outcome) {
+	h := k.h
+	window := time.Duration(h.config().IdempotencyWindow)
 	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
 	defer cancel()
 	if o == nil {
 		_ = h.broker.Settle(ctx, key, nil, window) // frees the key
-		return receipts, false, err
+		return
 	}
 	record, _ := json.Marshal(o)
-	if serr := h.broker.Settle(ctx, key, record, window); serr != nil {
+	if err := h.broker.Settle(ctx, key, record, window); err != nil {
 		h.logger.Warn("recording an idempotency key; a retry would publish again",
-			zap.String("hub", h.name), zap.Error(serr))
+			zap.String("hub", h.name), zap.Error(err))
 	}
-	return receipts, false, err
 }
 
 // newOutcome records what a publish gave, or nil if it published nothing
@@ -215,7 +225,7 @@ type idempotencyRef struct {
 // claim returns the key's outcome if it has one, a channel to wait on if
 // its publish is under way, or neither once it claimed the key for the
 // caller, who must then settle it.
-func (m *idempotencyMemory) claim(key, fp string, now time.Time, cfg *HubConfig) (*outcome, <-chan struct{}) {
+func (m *idempotencyMemory) claim(key string, now time.Time, cfg *HubConfig) (*outcome, <-chan struct{}) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.expireLocked(now, cfg.IdempotencyKeys-1)

@@ -13,21 +13,6 @@ import (
 // subscribers use, applying the events the broker announces in order and
 // reloading a context from the broker when it sees a gap.
 
-// publishShared publishes through the broker, then applies the event to
-// this node's mirror at once rather than waiting for the broker's
-// announcement, which then finds it already applied.
-func (h *Hub) publishShared(key string, ev *Event) (Receipt, error) {
-	ev.Published = h.now()
-	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
-	cur, err := h.broker.Publish(ctx, key, ev, h.config().retention())
-	cancel()
-	if err != nil {
-		return Receipt{}, err
-	}
-	h.metrics.published.Inc()
-	return h.applyPublished(key, cur, ev), nil
-}
-
 // applyPublished applies an event the broker just published from this
 // node to the node's mirror of its context, if it has one, without waiting
 // for the broker's announcement, and returns the event's receipt.

@@ -17,91 +17,119 @@ const HeaderIdempotencyKey = "Idempotency-Key"
 // HeaderReplayed marks an answer given again for a repeated Idempotency-Key.
 const HeaderReplayed = "Idempotent-Replayed"
 
-// servePublish publishes the request body as an event, or the events of a
-// batch body.
-func (h *Handler) servePublish(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string) error {
-	if isBatch(r) {
-		return h.servePublishBatch(w, r, key)
+// The HTTP side of the publish path: every entry (a route's POST, the admin
+// API, a WebSocket message) turns what it was sent into a publishInput,
+// hands it to submit, which is Hub.Submit, and renders the publishResult
+// in its own form (a receipt, a batch answer, a reply frame).
+//
+//	request ─ readPublish ─ submit ─ Hub.Submit ─ render (writeReceipt │ writeBatchAnswer │ wsReply)
+
+// publishInput is a publish as read: the submission for the hub and, for a
+// batch, each event's line, to answer by.
+type publishInput struct {
+	Submission
+	batch bool
+	lines []int
+	// keyErr is what is wrong with the Idempotency-Key header: the
+	// publish is refused as the hub refuses a bad key.
+	keyErr error
+}
+
+// publishResult is what the hub made of a publishInput.
+type publishResult struct {
+	receipts []Receipt
+	replayed bool
+	err      error
+}
+
+// receipt is the receipt of a single publish.
+func (res publishResult) receipt() Receipt {
+	if len(res.receipts) == 0 {
+		return Receipt{}
 	}
-	data, err := readMessage(w, r, h.MaxMessageSize)
+	return res.receipts[0]
+}
+
+// readPublish reads a publish request: one event to key, or a batch's
+// events (on a route, to key; on the admin API, where key is empty, each
+// to the context its line names), and the request's Idempotency-Key.
+func readPublish(w http.ResponseWriter, r *http.Request, key string, limits batchLimits) (publishInput, error) {
+	var in publishInput
+	if in.batch = isBatch(r); in.batch {
+		pubs, lines, err := readBatch(w, r, key, limits)
+		if err != nil {
+			return in, err
+		}
+		in.Publications, in.lines = pubs, lines
+	} else {
+		data, err := readMessage(w, r, limits.eventSize)
+		if err != nil {
+			return in, err
+		}
+		in.Publications = []Publication{{Key: key, Event: eventFromRequest(r, data)}}
+	}
+	in.IdempotencyKey, in.keyErr = idempotencyKey(r)
+	return in, nil
+}
+
+// submit hands the input to the hub and counts a refusal. The error of a
+// single publish is its event's, not a batch's.
+func submit(hub *Hub, in publishInput) publishResult {
+	var res publishResult
+	if res.err = in.keyErr; res.err == nil {
+		res.receipts, res.replayed, res.err = hub.Submit(in.Submission)
+	}
+	if be, ok := errors.AsType[*BatchError](res.err); ok && !in.batch {
+		res.err = be.Err
+	}
+	if res.err != nil {
+		countPublishError(hub.Name(), res.err)
+	}
+	return res
+}
+
+// servePublish publishes the request body as an event, or the events of a
+// batch body, to the route's context.
+func (h *Handler) servePublish(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string) error {
+	limits := batchLimits{size: h.MaxBatchSize, events: h.MaxBatchEvents, eventSize: h.MaxMessageSize}
+	in, err := readPublish(w, r, key, limits)
 	if err != nil {
 		countPublishError(h.Hub, err)
+		if in.batch {
+			// The client needs the line number, which Caddy's error
+			// handling would not tell it: the answer says it, as a batch
+			// answer.
+			h.logger.Debug("batch refused", zap.String("context", key), zap.Error(err))
+			return writeBatchAnswer(w, messageStatus(err), batchAnswer{Receipts: []batchReceipt{}, Error: err.Error()})
+		}
 		return caddyhttp.Error(messageStatus(err), err)
 	}
-	rcpt, replayed, err := publishOne(h.hub, r, key, eventFromRequest(r, data))
-	if err != nil {
-		countPublishError(h.Hub, err)
-		return h.refuse(w, key, err)
-	}
-	markReplayed(w, replayed)
-	return writeReceipt(w, repl, rcpt)
-}
-
-// servePublishBatch publishes a batch's events to the route's context.
-func (h *Handler) servePublishBatch(w http.ResponseWriter, r *http.Request, key string) error {
-	limits := batchLimits{size: h.MaxBatchSize, events: h.MaxBatchEvents, eventSize: h.MaxMessageSize}
-	batch, lines, err := readBatch(w, r, key, limits)
-	if err != nil {
-		// The client needs the line number, which Caddy's error handling
-		// would not tell it: the answer says it, as a batch answer.
-		countPublishError(h.Hub, err)
-		h.logger.Debug("batch refused", zap.String("context", key), zap.Error(err))
-		return writeBatchAnswer(w, messageStatus(err), batchAnswer{Receipts: []batchReceipt{}, Error: err.Error()})
-	}
-	receipts, replayed, err := publishBatch(h.hub, r, batch)
-	if err != nil {
-		countPublishError(h.Hub, err)
-		if hubStatus(err) == http.StatusServiceUnavailable {
-			h.limitLog.Warn("batch stopped", zap.String("hub", h.Hub), zap.String("context", key), zap.Error(err))
+	res := submit(h.hub, in)
+	if in.batch {
+		if hubStatus(res.err) == http.StatusServiceUnavailable {
+			h.limitLog.Warn("batch stopped", zap.String("hub", h.Hub), zap.String("context", key), zap.Error(res.err))
 		}
+		markReplayed(w, res.replayed)
+		return writeBatchAnswer(w, batchAnswerStatus(res.err), newBatchAnswer(in.Publications, in.lines, res.receipts, res.err))
 	}
-	markReplayed(w, replayed)
-	return writeBatchAnswer(w, batchAnswerStatus(err), newBatchAnswer(batch, lines, receipts, err))
-}
-
-// publishOne publishes one event, once per Idempotency-Key if the request
-// has one.
-func publishOne(hub *Hub, r *http.Request, key string, ev Event) (Receipt, bool, error) {
-	idem, ok, err := idempotencyKey(r)
-	if err != nil {
-		return Receipt{}, false, err
+	if res.err != nil {
+		return h.refuse(w, key, res.err)
 	}
-	if !ok {
-		rcpt, err := hub.Publish(key, ev)
-		return rcpt, false, err
-	}
-	receipts, replayed, err := hub.PublishOnce(idem, []Publication{{Key: key, Event: ev}})
-	if err != nil {
-		return Receipt{}, false, err
-	}
-	return receipts[0], replayed, nil
-}
-
-// publishBatch publishes a batch, once per Idempotency-Key if the request
-// has one.
-func publishBatch(hub *Hub, r *http.Request, batch []Publication) ([]Receipt, bool, error) {
-	idem, ok, err := idempotencyKey(r)
-	if err != nil {
-		return nil, false, err
-	}
-	if !ok {
-		receipts, err := hub.PublishBatch(batch)
-		return receipts, false, err
-	}
-	return hub.PublishOnce(idem, batch)
+	markReplayed(w, res.replayed)
+	return writeReceipt(w, repl, res.receipt())
 }
 
 // idempotencyKey returns the request's Idempotency-Key, if it has one; two
-// of them are refused rather than one picked.
-func idempotencyKey(r *http.Request) (string, bool, error) {
+// of them are refused rather than one picked, and so is an empty one.
+func idempotencyKey(r *http.Request) (string, error) {
 	values := r.Header.Values(HeaderIdempotencyKey)
 	switch {
 	case len(values) == 0:
-		return "", false, nil
-	case len(values) > 1:
-		return "", false, ErrBadIdempotencyKey
+		return "", nil
+	case len(values) > 1 || values[0] == "":
+		return "", ErrBadIdempotencyKey
 	}
-	return values[0], true, nil
+	return values[0], nil
 }
 
 // stoppedOnTheWay reports whether a batch failed after it was checked, so

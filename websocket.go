@@ -384,21 +384,14 @@ func (ss *wsSession) publish(p *wsPublish) wsReply {
 		countPublishError(h.Hub, errMessageTooLarge)
 		return refuse(http.StatusRequestEntityTooLarge, errMessageTooLarge)
 	}
-	var rcpt Receipt
-	var replayed bool
-	if p.IdempotencyKey == "" {
-		rcpt, err = h.hub.Publish(key, ev)
-	} else {
-		var receipts []Receipt
-		receipts, replayed, err = h.hub.PublishOnce(p.IdempotencyKey, []Publication{{Key: key, Event: ev}})
-		if err == nil {
-			rcpt = receipts[0]
-		}
+	res := submit(h.hub, publishInput{Submission: Submission{
+		Publications:   []Publication{{Key: key, Event: ev}},
+		IdempotencyKey: p.IdempotencyKey,
+	}})
+	if res.err != nil {
+		return refuse(hubStatus(res.err), res.err)
 	}
-	if err != nil {
-		countPublishError(h.Hub, err)
-		return refuse(hubStatus(err), err)
-	}
+	rcpt, replayed := res.receipt(), res.replayed
 	return wsReply{Control: "receipt", Ref: p.Ref, Context: p.Context, ID: rcpt.Cursor.ID, Cursor: rcpt.Cursor.String(), Replayed: replayed}
 }
 
