@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/caddy-comet/comet/internal/takeover"
+	"github.com/caddy-comet/comet/internal/wsframe"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
@@ -502,7 +503,7 @@ func (s *detachedStream) onTimer(now time.Time) bool {
 		s.kick()
 	case hb > 0 && now.Sub(time.Unix(0, s.lastWrite.Load())) >= hb:
 		if s.ws != nil && s.ws.pongOverdue() {
-			s.last = appendWSClose(nil, closeNoPong, "no pong")
+			s.last = wsframe.AppendClose(nil, closeNoPong, "no pong")
 			return s.endLocked()
 		}
 		step := s.members[0].st.step(Delivery{}, false, errTick)

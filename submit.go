@@ -61,6 +61,12 @@ func (r Receipt) Published() bool { return r.Cursor.Epoch != "" }
 // event: those of events not published have a zero cursor (see
 // Receipt.Published). With a broker, the events are one call to it.
 func (h *Hub) Submit(s Submission) (receipts []Receipt, replayed bool, err error) {
+	return h.submit(s, nil)
+}
+
+// submit is Submit with receipts written into room, if it has enough: a
+// single publish keeps its receipt off the heap.
+func (h *Hub) submit(s Submission, room []Receipt) (receipts []Receipt, replayed bool, err error) {
 	if h.isClosed() {
 		return nil, false, ErrHubClosed
 	}
@@ -68,7 +74,7 @@ func (h *Hub) Submit(s Submission) (receipts []Receipt, replayed bool, err error
 		return nil, false, err
 	}
 	if s.IdempotencyKey == "" {
-		receipts, err = h.commit(s.Publications)
+		receipts, err = h.commit(s.Publications, room)
 		return receipts, false, err
 	}
 	return h.commitOnce(s.IdempotencyKey, s.Publications)
@@ -112,26 +118,35 @@ func (h *Hub) commitOnce(key string, batch []Publication) ([]Receipt, bool, erro
 	if known != nil {
 		return h.replay(known, fp)
 	}
-	receipts, err := h.commit(batch)
+	receipts, err := h.commit(batch, nil)
 	keys.settle(key, newOutcome(fp, receipts, err))
 	return receipts, false, err
 }
 
 // commit publishes checked publications: through the broker, or to this
 // hub's own contexts.
-func (h *Hub) commit(batch []Publication) ([]Receipt, error) {
+func (h *Hub) commit(batch []Publication, room []Receipt) ([]Receipt, error) {
 	for i := range batch {
 		batch[i].Event.withMemo()
 	}
 	if h.broker != nil {
-		return h.commitShared(batch)
+		return h.commitShared(batch, receiptsIn(room, len(batch)))
 	}
-	return h.commitLocal(batch)
+	return h.commitLocal(batch, receiptsIn(room, len(batch)))
+}
+
+// receiptsIn returns n zero receipts, in room if it has space for them.
+func receiptsIn(room []Receipt, n int) []Receipt {
+	if cap(room) < n {
+		return make([]Receipt, n)
+	}
+	room = room[:n]
+	clear(room)
+	return room
 }
 
 // commitLocal appends each event to its context here, in order.
-func (h *Hub) commitLocal(batch []Publication) ([]Receipt, error) {
-	receipts := make([]Receipt, len(batch))
+func (h *Hub) commitLocal(batch []Publication, receipts []Receipt) ([]Receipt, error) {
 	cfg, now := h.config(), h.now()
 	for i := range batch {
 		err := h.withContext(batch[i].Key, func(c *hubContext) error {
@@ -149,7 +164,7 @@ func (h *Hub) commitLocal(batch []Publication) ([]Receipt, error) {
 // commitShared hands the batch to the broker at once and then applies each
 // event to this node's mirror of its context rather than waiting for the
 // broker's announcement, which then finds it already applied.
-func (h *Hub) commitShared(batch []Publication) ([]Receipt, error) {
+func (h *Hub) commitShared(batch []Publication, receipts []Receipt) ([]Receipt, error) {
 	now := h.now()
 	for i := range batch {
 		batch[i].Event.Published = now
@@ -157,7 +172,6 @@ func (h *Hub) commitShared(batch []Publication) ([]Receipt, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
 	cursors, err := h.broker.PublishBatch(ctx, batch, h.config().retention())
 	cancel()
-	receipts := make([]Receipt, len(batch))
 	failed := -1
 	for i, cur := range cursors {
 		if cur.Epoch == "" {
@@ -183,7 +197,8 @@ func (h *Hub) commitShared(batch []Publication) ([]Receipt, error) {
 // ev's ID and Published time and keeps ev.Data, which the caller must not
 // modify afterwards. It is Submit of one event.
 func (h *Hub) Publish(key string, ev Event) (Receipt, error) {
-	receipts, _, err := h.Submit(Submission{Publications: []Publication{{Key: key, Event: ev}}})
+	var room [1]Receipt
+	receipts, _, err := h.submit(Submission{Publications: []Publication{{Key: key, Event: ev}}}, room[:0])
 	if be, ok := errors.AsType[*BatchError](err); ok {
 		err = be.Err // of one event, the error is the event's
 	}

@@ -1,7 +1,6 @@
 package comet
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -16,10 +15,10 @@ import (
 	"time"
 
 	"github.com/caddy-comet/comet/internal/takeover"
+	"github.com/caddy-comet/comet/internal/wsframe"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/gobwas/ws"
-	"github.com/gobwas/ws/wsutil"
 	"go.uber.org/zap"
 )
 
@@ -58,7 +57,7 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, repl *c
 
 	sess := &wsSession{h: h, key: key, keys: []string{key}, tok: tok}
 	hs := heldWebSocket{sess: sess, sub: sub, after: after, life: life, m: m,
-		open: appendWSText(nil, formatNDJSON.open(nil, after))}
+		open: wsframe.AppendText(nil, formatNDJSON.open(nil, after))}
 	if isWebSocketConnect(r) {
 		defer h.unsubscribe(sub, m)
 		// RFC 8441: the stream is the socket once a 2xx is out.
@@ -198,130 +197,29 @@ type wsOutcome struct {
 	end    bool     // the socket is over once reply is written
 }
 
-// wsReader reads a client's frames. It is made only while there is
-// something to read, so that an idle socket holds no buffer.
-type wsReader struct {
-	br *bufio.Reader
-	rd wsutil.Reader
-}
-
-var wsReaders = sync.Pool{New: func() any { return &wsReader{br: bufio.NewReaderSize(nil, 4<<10)} }}
-
-// newWSReader returns a reader of src, which starts with what the session
-// read before, if anything.
-func (ss *wsSession) newWSReader(src io.Reader) *wsReader {
+// newWSReader returns a reader of src's frames, which starts with what the
+// session read before, if anything.
+func (ss *wsSession) newWSReader(src io.Reader) *wsframe.Reader {
 	if ss.prefix != nil {
 		src = io.MultiReader(bytes.NewReader(ss.prefix), src)
 		ss.prefix = nil
 	}
-	r := wsReaders.Get().(*wsReader)
-	r.br.Reset(src)
-	r.rd = wsutil.Reader{
-		Source: r.br, State: ws.StateServerSide, CheckUTF8: true,
-		MaxMessageSize: ss.h.MaxMessageSize,
-	}
-	return r
+	return wsframe.NewReader(src, ss.h.MaxMessageSize)
 }
 
-func (r *wsReader) release() {
-	r.br.Reset(nil)
-	r.rd = wsutil.Reader{}
-	wsReaders.Put(r)
-}
+// heard notes that the client spoke.
+func (ss *wsSession) heard() { ss.lastRead.Store(time.Now().UnixNano()) }
 
 // readFrame reads one frame, or a whole message with the control frames
 // between its parts, and decides what it leads to.
-func (ss *wsSession) readFrame(r *wsReader) wsOutcome {
-	var replies []byte
-	control := func(hdr ws.Header, body io.Reader) (wsOutcome, error) {
-		payload := make([]byte, hdr.Length)
-		if _, err := io.ReadFull(body, payload); err != nil {
-			return wsOutcome{end: true}, err
-		}
-		out := ss.control(hdr.OpCode, payload)
-		replies = append(replies, out.reply...)
-		return out, nil
+func (ss *wsSession) readFrame(r *wsframe.Reader) wsOutcome {
+	f := r.Next(ss.heard)
+	if !f.IsText || f.End {
+		return wsOutcome{reply: f.Reply, end: f.End}
 	}
-	r.rd.OnIntermediate = func(hdr ws.Header, body io.Reader) error {
-		if out, err := control(hdr, body); err != nil || out.end {
-			return errClientClosed
-		}
-		return nil
-	}
-	hdr, err := r.rd.NextFrame()
-	if err != nil {
-		return ss.readFailed(err, replies)
-	}
-	ss.lastRead.Store(time.Now().UnixNano())
-	if hdr.OpCode.IsControl() {
-		out, err := control(hdr, &r.rd)
-		if err != nil {
-			return ss.readFailed(err, replies)
-		}
-		return out
-	}
-	msg, err := io.ReadAll(&r.rd)
-	ss.lastRead.Store(time.Now().UnixNano())
-	if err != nil {
-		return ss.readFailed(err, replies)
-	}
-	if hdr.OpCode != ws.OpText {
-		return wsOutcome{reply: appendWSClose(replies, ws.StatusUnsupportedData, "send text messages"), end: true}
-	}
-	out := ss.message(msg)
-	out.reply = append(replies, out.reply...)
+	out := ss.message(f.Text)
+	out.reply = append(f.Reply, out.reply...)
 	return out
-}
-
-// errClientClosed ends a read at a close frame between a message's parts.
-var errClientClosed = errors.New("the client closed the socket")
-
-// readFailed decides how a socket ends whose frame could not be read: with
-// a close frame that says what was wrong with it, or without a word when
-// the client left.
-func (ss *wsSession) readFailed(err error, replies []byte) wsOutcome {
-	var code ws.StatusCode
-	var pe ws.ProtocolError
-	switch {
-	case errors.Is(err, errClientClosed):
-		return wsOutcome{reply: replies, end: true}
-	case errors.Is(err, wsutil.ErrMessageTooLarge), errors.Is(err, wsutil.ErrFrameTooLarge):
-		code = ws.StatusMessageTooBig
-	case errors.Is(err, wsutil.ErrInvalidUTF8):
-		code = ws.StatusInvalidFramePayloadData
-	case errors.As(err, &pe):
-		code = ws.StatusProtocolError
-	default:
-		return wsOutcome{end: true} // gone, or stopped halfway through a frame
-	}
-	return wsOutcome{reply: appendWSClose(replies, code, truncateReason(err.Error())), end: true}
-}
-
-// truncateReason keeps a close reason within a control frame's 125 bytes.
-func truncateReason(s string) string {
-	if len(s) > 120 {
-		return s[:120]
-	}
-	return s
-}
-
-// control answers a control frame: a ping with a pong, a close with a
-// close, as RFC 6455 §5.5 asks.
-func (ss *wsSession) control(op ws.OpCode, payload []byte) wsOutcome {
-	switch op {
-	case ws.OpPing:
-		return wsOutcome{reply: appendWSFrame(nil, ws.OpPong, payload)}
-	case ws.OpClose:
-		code, reason := ws.ParseCloseFrameData(payload)
-		if err := ws.CheckCloseFrameData(code, reason); err != nil {
-			return wsOutcome{reply: appendWSClose(nil, ws.StatusProtocolError, err.Error()), end: true}
-		}
-		if code.Empty() {
-			return wsOutcome{reply: appendWSFrame(nil, ws.OpClose, nil), end: true}
-		}
-		return wsOutcome{reply: appendWSClose(nil, code, ""), end: true}
-	}
-	return wsOutcome{} // a pong: the client is there
 }
 
 // message answers a client's text message: a cursor to go on from, or an
@@ -521,7 +419,7 @@ func (hr *heldReader) stop(conn heldConn) {
 // last ping; else the ping is on its way (the caller writes it).
 func (ss *wsSession) keepAlive(out *heldSocket) bool {
 	if ss.pongOverdue() {
-		_ = out.writeLast(appendWSClose(nil, closeNoPong, "no pong"))
+		_ = out.writeLast(wsframe.AppendClose(nil, closeNoPong, "no pong"))
 		return false
 	}
 	ss.pinged()
@@ -532,7 +430,7 @@ func (ss *wsSession) keepAlive(out *heldSocket) bool {
 // detached sends, until it leaves or the socket ends.
 func (h *Handler) readHeldWebSocket(conn heldConn, ss *wsSession, out *heldSocket, resume func([]Cursor)) {
 	r := ss.newWSReader(conn)
-	defer r.release()
+	defer r.Release()
 	for {
 		o := ss.readFrame(r)
 		write := out.write
@@ -628,10 +526,10 @@ func (s *detachedStream) startReading() {
 // reader took costs a look, and no wait.
 func (s *detachedStream) readClient() {
 	ss := s.ws
-	var r *wsReader
+	var r *wsframe.Reader
 	defer func() {
 		if r != nil {
-			r.release()
+			r.Release()
 		}
 	}()
 	for {
@@ -668,8 +566,8 @@ func (s *detachedStream) readClient() {
 // came with its handshake, what the reader holds, what the socket holds,
 // or, over TLS, what the connection decrypted already; else whether it
 // closed its end.
-func (s *detachedStream) clientSent(r *wsReader) (more, closed bool) {
-	if s.ws.prefix != nil || r != nil && r.br.Buffered() > 0 {
+func (s *detachedStream) clientSent(r *wsframe.Reader) (more, closed bool) {
+	if s.ws.prefix != nil || r != nil && r.Buffered() {
 		return true, false
 	}
 	if unread, closed := takeover.Pending(s.raw); unread || closed {
@@ -681,8 +579,7 @@ func (s *detachedStream) clientSent(r *wsReader) (more, closed bool) {
 	// A read past its deadline returns what crypto/tls holds already and
 	// otherwise fails at once, without harm to the connection.
 	_ = s.sock.SetReadDeadline(aLongTimeAgo)
-	_, err := r.br.Peek(1)
-	return err == nil, false
+	return r.Peek() == nil, false
 }
 
 // answer writes what a client's frame gets, after anything half written,

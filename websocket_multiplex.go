@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddy-comet/comet/internal/wsframe"
 )
 
 // WebSocket sockets of several contexts, on a route with multiplex: the
@@ -41,7 +43,7 @@ func (h *Handler) serveMultiplexedWebSocket(w http.ResponseWriter, r *http.Reque
 	w.Header().Del("Vary")
 	sess := &wsSession{h: h, key: keys[0], keys: keys, tok: tok}
 	life := h.lifetime(time.Now(), tok)
-	open := appendWSText(nil, formatNDJSON.openMultiplexed(nil, composite, keys))
+	open := wsframe.AppendText(nil, formatNDJSON.openMultiplexed(nil, composite, keys))
 
 	if sock, overTLS := h.detachableSocket(w, r); sock != nil && !isWebSocketConnect(r) {
 		if s := h.newDetachedStream(w, sock, overTLS, transportWebSocket, keys[0], life); s != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/caddy-comet/comet/internal/wsframe"
 	"github.com/gobwas/ws"
 )
 
@@ -43,8 +44,6 @@ const (
 
 var _ [memoSlots - 1 - memoMultiplexedWebSocket]struct{}
 
-var wsPing = ws.MustCompileFrame(ws.NewPingFrame(nil))
-
 // wsEncoding writes a stream's lines as WebSocket messages: those of line,
 // the NDJSON encoding of the stream (of one context, or of one context of
 // several), each framed. slot is the memo slot of the event frames.
@@ -57,77 +56,33 @@ type wsEncoding struct {
 var webSocketOf = wsEncoding{line: formatNDJSON, slot: memoWebSocket}
 
 func (e wsEncoding) missed(b []byte, missed int64, resume *Cursor) []byte {
-	return appendWSText(b, e.line.missed(nil, missed, resume))
+	return wsframe.AppendText(b, e.line.missed(nil, missed, resume))
 }
 
 // reconnect is the line saying why the stream ends, then a close frame
 // whose code says it too.
 func (e wsEncoding) reconnect(b []byte, reason string, cur Cursor) []byte {
-	b = appendWSText(b, e.line.reconnect(nil, reason, cur))
-	return appendWSClose(b, closeCodes[reason], reason)
+	b = wsframe.AppendText(b, e.line.reconnect(nil, reason, cur))
+	return wsframe.AppendClose(b, closeCodes[reason], reason)
 }
 
 func (e wsEncoding) deleted(b []byte) []byte {
-	b = appendWSText(b, e.line.deleted(nil))
-	return appendWSClose(b, closeDeleted, "deleted")
+	b = wsframe.AppendText(b, e.line.deleted(nil))
+	return wsframe.AppendClose(b, closeDeleted, "deleted")
 }
 
-func (e wsEncoding) heartbeat() []byte { return wsPing }
+func (e wsEncoding) heartbeat() []byte { return wsframe.Ping }
 
 // delivery frames the line's event once per event, and its notice.
 func (e wsEncoding) delivery(d Delivery) (notice, frame []byte) {
 	notice, line := e.line.delivery(d)
 	if notice != nil {
-		notice = appendWSText(nil, notice)
+		notice = wsframe.AppendText(nil, notice)
 	}
 	if line != nil {
-		frame = d.Event.derived(e.slot, func() any { return appendWSText(nil, line) }).([]byte)
+		frame = d.Event.derived(e.slot, func() any { return wsframe.AppendText(nil, line) }).([]byte)
 	}
 	return notice, frame
-}
-
-// appendWSText appends lines, one text message each.
-func appendWSText(b, lines []byte) []byte {
-	for len(lines) > 0 {
-		line := lines
-		if i := indexNewline(lines); i >= 0 {
-			line, lines = lines[:i], lines[i+1:]
-		} else {
-			lines = nil
-		}
-		b = appendWSFrame(b, ws.OpText, line)
-	}
-	return b
-}
-
-func indexNewline(b []byte) int {
-	for i, c := range b {
-		if c == '\n' {
-			return i
-		}
-	}
-	return -1
-}
-
-// appendWSClose appends a close frame with code and reason.
-func appendWSClose(b []byte, code ws.StatusCode, reason string) []byte {
-	return appendWSFrame(b, ws.OpClose, ws.NewCloseFrameBody(code, reason))
-}
-
-// appendWSFrame appends one final, unmasked frame.
-func appendWSFrame(b []byte, op ws.OpCode, payload []byte) []byte {
-	w := byteAppender{b}
-	if err := ws.WriteHeader(&w, ws.Header{Fin: true, OpCode: op, Length: int64(len(payload))}); err != nil {
-		panic("comet: framing a WebSocket message: " + err.Error()) // an append cannot fail
-	}
-	return append(w.b, payload...)
-}
-
-type byteAppender struct{ b []byte }
-
-func (a *byteAppender) Write(p []byte) (int, error) {
-	a.b = append(a.b, p...)
-	return len(p), nil
 }
 
 // wsRequest is a message a WebSocket client sends: a cursor to go on from,
@@ -189,5 +144,5 @@ func (p *wsPublish) event() Event {
 }
 
 func wsReplyFrame(r wsReply) []byte {
-	return appendWSText(nil, appendJSONLine(nil, r))
+	return wsframe.AppendText(nil, appendJSONLine(nil, r))
 }
