@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/jwtauth"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
@@ -56,7 +57,7 @@ func cmdCometToken(fs caddycmd.Flags) (int, error) {
 	subscribe, _ := fs.GetStringArray("subscribe")
 	publish, _ := fs.GetStringArray("publish")
 	raw, err := signToken(key, tokenRequest{
-		subject: fs.String("sub"), grants: grants{Subscribe: subscribe, Publish: publish},
+		subject: fs.String("sub"), grants: jwtauth.Grants{Subscribe: subscribe, Publish: publish},
 		ttl: fs.Duration("ttl"), issuer: fs.String("issuer"), audience: fs.String("audience"),
 	}, time.Now())
 	if err != nil {
@@ -84,7 +85,7 @@ func readSecretFlag(v string) ([]byte, error) {
 // tokenRequest is what a token made by comet-token says.
 type tokenRequest struct {
 	subject          string
-	grants           grants
+	grants           jwtauth.Grants
 	ttl              time.Duration // 0: no exp
 	issuer, audience string
 }
@@ -105,5 +106,5 @@ func signToken(key []byte, req tokenRequest, now time.Time) (string, error) {
 	if req.audience != "" {
 		std.Audience = jwt.Audience{req.audience}
 	}
-	return jwt.Signed(signer).Claims(std).Claims(tokenClaims{Comet: req.grants}).Serialize()
+	return jwt.Signed(signer).Claims(std).Claims(jwtauth.Claims{Comet: req.grants}).Serialize()
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/jwtauth"
 	"github.com/caddy-comet/comet/internal/takeover"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -246,7 +247,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if isWebSocketConnect(r) {
 		method = http.MethodGet
 	}
-	var tok *token // the request's token, where the route requires one
+	var tok *jwtauth.Token // the request's token, where the route requires one
 	switch method {
 	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodDelete:
 		write := r.Method == http.MethodPost || r.Method == http.MethodDelete
@@ -257,7 +258,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 				return err
 			}
 			if tok != nil {
-				repl.Set("comet.subscriber", tok.subject)
+				repl.Set("comet.subscriber", tok.Subject)
 			}
 		}
 	}
@@ -312,7 +313,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 
 // serveSubscribe suspends a GET until there is an event after the client's
 // cursor, the expiration delay passes, the client leaves or the hub closes.
-func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, tok *token) error {
+func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, tok *jwtauth.Token) error {
 	m := h.metrics[transportLongPoll]
 	life := h.lifetime(time.Now(), tok)
 	sub, after, err := h.subscribe(w, r, key, tok, m)
@@ -362,14 +363,14 @@ func abandon(w http.ResponseWriter) error {
 // if any. When the subscriber is nil, the request was refused: the error,
 // if any, is for Caddy to answer. The caller must detach a subscriber it
 // gets.
-func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request, key string, tok *token, m *transportMetrics) (*Subscriber, Cursor, error) {
+func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request, key string, tok *jwtauth.Token, m *transportMetrics) (*Subscriber, Cursor, error) {
 	after, hasCursor, err := requestCursor(r)
 	if err != nil {
 		return nil, Cursor{}, caddyhttp.Error(http.StatusBadRequest, err)
 	}
 	identity := ""
 	if tok != nil {
-		identity = tok.subject
+		identity = tok.Subject
 	}
 	sub, err := h.hub.SubscribeAs(key, identity)
 	if err != nil {
@@ -400,13 +401,13 @@ type lifetime struct {
 
 // lifetime is the lifetime of a subscription that starts at now, allowed
 // by tok (nil: no token was required).
-func (h *Handler) lifetime(now time.Time, tok *token) lifetime {
+func (h *Handler) lifetime(now time.Time, tok *jwtauth.Token) lifetime {
 	life := lifetime{why: errExpired}
 	if h.Expiration > 0 {
 		life.end = now.Add(time.Duration(h.Expiration))
 	}
-	if tok != nil && !tok.expires.IsZero() && (life.end.IsZero() || tok.expires.Before(life.end)) {
-		life = lifetime{end: tok.expires, why: errUnauthorized}
+	if tok != nil && !tok.Expires.IsZero() && (life.end.IsZero() || tok.Expires.Before(life.end)) {
+		life = lifetime{end: tok.Expires, why: errUnauthorized}
 	}
 	return life
 }

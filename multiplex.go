@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/jwtauth"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -164,7 +165,7 @@ func requestCursorText(r *http.Request) string {
 // contexts after the client's cursor for it, as serveStream does for one:
 // the same protocol decisions (streamState), each context's own ids and
 // gaps, and one cursor for them all.
-func (h *Handler) serveMultiplexed(w http.ResponseWriter, r *http.Request, keys []string, f wireFormat, tok *token) error {
+func (h *Handler) serveMultiplexed(w http.ResponseWriter, r *http.Request, keys []string, f wireFormat, tok *jwtauth.Token) error {
 	m := h.metrics[f.transport()]
 	mx, err := h.subscribeRequested(w, r, keys, f, tok, m)
 	if mx == nil {
@@ -209,7 +210,7 @@ func (h *Handler) serveMultiplexed(w http.ResponseWriter, r *http.Request, keys 
 // of several, each authorized as if asked for alone, from the cursor the
 // client sent. A nil subscription means the request was refused: the
 // error, if any, is for Caddy to answer.
-func (h *Handler) subscribeRequested(w http.ResponseWriter, r *http.Request, keys []string, f wireFormat, tok *token, m *transportMetrics) (*multiplexed, error) {
+func (h *Handler) subscribeRequested(w http.ResponseWriter, r *http.Request, keys []string, f wireFormat, tok *jwtauth.Token, m *transportMetrics) (*multiplexed, error) {
 	if refused, err := h.authorizeRest(w, r, keys); refused {
 		return nil, err // answered; err is what writing the answer gave
 	}
@@ -252,7 +253,7 @@ func (s *detachedStream) followAll(w http.ResponseWriter, r *http.Request, mx *m
 // long poll of that context does (answerPoll), with the cursor of them all
 // and the context's name. The other contexts' cursors are given back as
 // they came, so that the next poll gets what they have.
-func (h *Handler) serveMultiplexedPoll(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, keys []string, tok *token) error {
+func (h *Handler) serveMultiplexedPoll(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, keys []string, tok *jwtauth.Token) error {
 	m := h.metrics[transportLongPoll]
 	if refused, err := h.authorizeRest(w, r, keys); refused {
 		return err // answered; err is what writing the answer gave
@@ -378,10 +379,10 @@ func (h *Handler) authorizeRest(w http.ResponseWriter, r *http.Request, keys []s
 // it sent them, and makes each subscriber signal mx.wake when its context
 // changes; f is the stream's format (a poll writes none). On a refusal it
 // detaches what it attached and returns nil.
-func (h *Handler) subscribeAll(w http.ResponseWriter, keys []string, resume []Cursor, f wireFormat, tok *token, m *transportMetrics) (*multiplexed, error) {
+func (h *Handler) subscribeAll(w http.ResponseWriter, keys []string, resume []Cursor, f wireFormat, tok *jwtauth.Token, m *transportMetrics) (*multiplexed, error) {
 	identity := ""
 	if tok != nil {
-		identity = tok.subject
+		identity = tok.Subject
 	}
 	mx := &multiplexed{keys: keys, wake: make(chan struct{}, 1), changed: make([]atomic.Bool, len(keys)),
 		subs: make([]*Subscriber, 0, len(keys)), states: make([]streamState, 0, len(keys))}

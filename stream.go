@@ -10,6 +10,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/caddy-comet/comet/internal/jwtauth"
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
@@ -219,7 +220,7 @@ func appendJSONLine(b []byte, v any) []byte {
 
 // serveStream keeps a GET open and writes every event after the client's
 // cursor: first what history holds, then each new event as it is published.
-func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, f wireFormat, tok *token) error {
+func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, f wireFormat, tok *jwtauth.Token) error {
 	m := h.metrics[f.transport()]
 	life := h.lifetime(time.Now(), tok)
 	sub, after, err := h.subscribe(w, r, key, tok, m)

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/jwtauth"
 	"github.com/caddy-comet/comet/internal/takeover"
 	"github.com/caddy-comet/comet/internal/wsframe"
 	"github.com/caddyserver/caddy/v2"
@@ -36,7 +37,7 @@ import (
 const wsReadTimeout = 10 * time.Second
 
 // serveWebSocket subscribes a GET that asks to upgrade to WebSocket.
-func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, tok *token) error {
+func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, tok *jwtauth.Token) error {
 	if err := checkWebSocketHandshake(w, r); err != nil {
 		return err
 	}
@@ -144,7 +145,7 @@ type wsSession struct {
 	h    *Handler
 	key  string   // the first context, for logs
 	keys []string // the socket's contexts: one, or several (multiplex)
-	tok  *token
+	tok  *jwtauth.Token
 
 	// prefix is what the client sent right after its handshake, read
 	// from net/http's buffer: it is read before the socket.
@@ -271,7 +272,7 @@ func (ss *wsSession) publish(p *wsPublish) wsReply {
 		return refuse(http.StatusMethodNotAllowed, errors.New("this route does not take events from clients"))
 	case err != nil:
 		return refuse(http.StatusBadRequest, err)
-	case h.Auth != nil && h.Auth.Publish && (ss.tok == nil || !grantsContext(ss.tok.grants.Publish, key)):
+	case h.Auth != nil && h.Auth.Publish && (ss.tok == nil || !jwtauth.Covers(ss.tok.Grants.Publish, key)):
 		return refuse(http.StatusForbidden, errors.New("the token does not allow to publish to this context"))
 	}
 	ev := p.event()

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/jwtauth"
 	"github.com/caddy-comet/comet/internal/wsframe"
 )
 
@@ -21,7 +22,7 @@ func webSocketOfMember(line streamEncoding) wsEncoding {
 }
 
 // serveMultiplexedWebSocket subscribes a socket to several contexts.
-func (h *Handler) serveMultiplexedWebSocket(w http.ResponseWriter, r *http.Request, keys []string, tok *token) error {
+func (h *Handler) serveMultiplexedWebSocket(w http.ResponseWriter, r *http.Request, keys []string, tok *jwtauth.Token) error {
 	if err := checkWebSocketHandshake(w, r); err != nil {
 		return err
 	}

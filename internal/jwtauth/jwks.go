@@ -1,4 +1,4 @@
-package comet
+package jwtauth
 
 import (
 	"encoding/json"
