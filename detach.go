@@ -10,7 +10,6 @@ import (
 
 	"github.com/caddy-comet/comet/internal/takeover"
 	"github.com/caddy-comet/comet/internal/wsframe"
-	"go.uber.org/zap"
 )
 
 // Detached streams.
@@ -49,25 +48,11 @@ import (
 // streams to write their last words.
 const detachedDrainTimeout = 5 * time.Second
 
-// streamMember is a context a detached stream follows: its subscriber,
-// its state in the stream, and, in a stream of several (see multiplex.go),
-// whether it changed since the stream last looked; nil for a stream of
-// one, which looks at its context whenever it is told of a change.
-type streamMember struct {
-	sub     *Subscriber
-	st      *streamState
-	changed *atomic.Bool
-}
-
 // detachedStream is a stream whose connection the handler took over.
 type detachedStream struct {
 	detachedSocket
-	// members are the contexts the stream follows: one, or several.
-	members []streamMember
-	h       *Handler // the route that opened the stream, for its settings
-	m       *transportMetrics
-	key     string
-	life    lifetime // when and why the stream ends on its own
+	sn *subscription // the contexts the stream follows, and where it stands in each
+	h  *Handler      // the route that opened the stream, for its settings
 
 	// dirty says the context changed since the stream last caught up.
 	dirty atomic.Bool
@@ -86,7 +71,6 @@ type detachedStream struct {
 	// mu is held by whoever writes to the socket: a publisher's goroutine
 	// only ever tries it, so none waits for another.
 	mu      sync.Mutex
-	own     streamState    // the state of a stream of one context
 	pending []byte         // what a write that could not wait left unwritten
 	last    []byte         // last words; once set, the stream ends after them
 	broken  error          // a write failed: the client is gone or stopped reading
@@ -98,41 +82,32 @@ type detachedStream struct {
 	ws *wsSession
 }
 
-// detach takes the stream's connection over from net/http and returns
-// true, or returns false, having changed nothing, when it cannot. The
-// stream then has no goroutine of its own: publishers write its events,
-// a timer keeps its heartbeat and expiration, the hang-up watcher reports
-// its client leaving, and a goroutine is started only for work that may
-// wait (see kick).
-func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sock net.Conn, overTLS bool, sub *Subscriber, after Cursor, f wireFormat, key string, life lifetime) bool {
-	s := h.newDetachedStream(w, sock, overTLS, f.transport(), key, life)
-	if s == nil {
-		return false
-	}
-	s.own = streamState{f: f, after: after}
-	s.members = []streamMember{{sub: sub, st: &s.own}}
-	if s.takeOver(w, r, hijack) != takenOver {
-		return false
-	}
-	sub.watch(s.changed)
-	s.beginAfter(r)
-	return true
-}
-
-// newDetachedStream returns a stream to take sock over with, without its
-// members yet, or nil if the response or the socket cannot be.
-func (h *Handler) newDetachedStream(w http.ResponseWriter, sock net.Conn, overTLS bool, t transport, key string, life lifetime) *detachedStream {
+// detach takes the subscription's connection (how.sock) over from
+// net/http with take (hijack, or a WebSocket's upgrade) and reports how it
+// went; not taken over, nothing changed. A taken-over stream has no
+// goroutine of its own: publishers write its events, a timer keeps its
+// heartbeat and expiration, the hang-up watcher reports its client leaving
+// (or, for a WebSocket, speaking: ws), and a goroutine is started only for
+// work that may wait (see kick).
+func (h *Handler) detach(w http.ResponseWriter, r *http.Request, how holding, sn *subscription, ws *wsSession, take func(http.ResponseWriter, *http.Request) (net.Conn, error)) takeoverResult {
 	if !passesBodyThrough(w, true) {
-		return nil
+		return notTakenOver
 	}
-	raw, err := rawSocket(sock)
+	raw, err := rawSocket(how.sock)
 	if err != nil {
-		return nil
+		return notTakenOver
 	}
-	return &detachedStream{
-		detachedSocket: detachedSocket{sock: sock, raw: raw, overTLS: overTLS}, h: h,
-		m: h.metrics[t], key: key, life: life,
+	s := &detachedStream{detachedSocket: detachedSocket{sock: how.sock, raw: raw, overTLS: how.overTLS}, sn: sn, h: h, ws: ws}
+	if ws != nil {
+		// A socket's opening message follows the handshake, which take writes.
+		s.pending = wsframe.AppendText(nil, sn.open(formatNDJSON))
 	}
+	result := s.takeOver(w, r, take)
+	if result == takenOver {
+		sn.watchAll(s.changed)
+		s.beginAfter(r)
+	}
+	return result
 }
 
 // takeoverResult is how taking a stream's connection over went.
@@ -291,7 +266,7 @@ func (s *detachedStream) nextTimer() time.Time {
 	if hb := time.Duration(s.h.Heartbeat); hb > 0 {
 		next = time.Unix(0, s.lastWrite.Load()).Add(hb)
 	}
-	if end := s.life.end; !end.IsZero() && (next.IsZero() || end.Before(next)) {
+	if end := s.sn.life.end; !end.IsZero() && (next.IsZero() || end.Before(next)) {
 		next = end
 	}
 	return next
@@ -308,8 +283,8 @@ func (s *detachedStream) onTimer(now time.Time) bool {
 	if !s.ok() {
 		return s.endLocked()
 	}
-	if end := s.life.end; !end.IsZero() && !now.Before(end) {
-		s.endWith(s.members[0].st.step(Delivery{}, false, s.life.why))
+	if end := s.sn.life.end; !end.IsZero() && !now.Before(end) {
+		s.endWith(s.sn.states[0].step(Delivery{}, false, s.sn.life.why))
 		return s.endLocked()
 	}
 	hb := time.Duration(s.h.Heartbeat)
@@ -322,7 +297,7 @@ func (s *detachedStream) onTimer(now time.Time) bool {
 			s.last = wsframe.AppendClose(nil, closeNoPong, "no pong")
 			return s.endLocked()
 		}
-		step := s.members[0].st.step(Delivery{}, false, errTick)
+		step := s.sn.states[0].step(Delivery{}, false, errTick)
 		waiting := s.waitForRoom()
 		s.send(true, step.frame)
 		s.stopWaiting(waiting)
@@ -395,12 +370,7 @@ func (s *detachedStream) endLocked() bool {
 		s.send(true, s.pending, s.last)
 		s.stopWaiting(waiting)
 	}
-	if writeTimedOut(s.broken) {
-		countDropped(s.h.Hub, droppedSlow)
-		s.h.limitLog.Warn("dropped a stream whose reader stopped reading",
-			zap.String("hub", s.h.Hub), zap.String("context", s.key),
-			zap.Duration("write_timeout", time.Duration(s.h.WriteTimeout)))
-	}
+	s.h.droppedIfSlow(s.broken, s.sn.transport, s.sn.keys[0])
 	return false
 }
 
@@ -420,27 +390,25 @@ func (s *detachedStream) catchUp(wait bool) (handOver bool) {
 	if len(s.pending) > 0 && !s.send(wait, s.pending) {
 		return true
 	}
-	for i := range s.members {
-		mem := &s.members[i]
-		if mem.changed != nil && !mem.changed.Swap(false) {
+	for i := range s.sn.subs {
+		if !s.sn.takeChange(i) {
 			continue
 		}
-		if handOver := s.catchUpWith(mem, wait); handOver {
-			if mem.changed != nil {
-				mem.changed.Store(true) // it may have more
-			}
+		if handOver := s.catchUpWith(i, wait); handOver {
+			s.sn.markChanged(i) // it may have more
 			return true
 		}
 	}
 	return false
 }
 
-// catchUpWith writes every delivery of one member the stream has not had
+// catchUpWith writes every delivery of context i the stream has not had
 // yet, as catchUp does. The caller holds s.mu.
-func (s *detachedStream) catchUpWith(mem *streamMember, wait bool) (handOver bool) {
+func (s *detachedStream) catchUpWith(i int, wait bool) (handOver bool) {
+	sub, st := s.sn.subs[i], &s.sn.states[i]
 	for {
-		d, ready, err := mem.sub.poll(mem.st.after)
-		step := mem.st.step(d, ready, err)
+		d, ready, err := sub.poll(st.after)
+		step := st.step(d, ready, err)
 		switch {
 		case step.end:
 			s.endWith(step)
@@ -449,7 +417,7 @@ func (s *detachedStream) catchUpWith(mem *streamMember, wait bool) (handOver boo
 			return false // up to date
 		}
 		sent := s.send(wait, step.notice, step.frame)
-		s.h.countStream(s.m, step, s.broken == nil)
+		s.h.countStream(s.sn.m, step, s.broken == nil)
 		if !sent {
 			return true
 		}
@@ -459,7 +427,7 @@ func (s *detachedStream) catchUpWith(mem *streamMember, wait bool) (handOver boo
 // endWith makes a step that ends the stream its last words. The caller
 // holds s.mu.
 func (s *detachedStream) endWith(step streamStep) {
-	s.h.countStream(s.m, step, false)
+	s.h.countStream(s.sn.m, step, false)
 	s.last = append(append([]byte(nil), step.notice...), step.frame...)
 }
 
@@ -511,10 +479,7 @@ func (s *detachedStream) finish() {
 		s.timer.Stop()
 	}
 	s.mu.Unlock()
-	for _, mem := range s.members {
-		mem.sub.Close()
-		s.m.subscribers.Dec()
-	}
+	s.sn.close()
 	s.leaving.Stop()
 	takeover.DiscardUnread(s.raw) // nothing read the socket: see DiscardUnread
 	_ = s.sock.Close()

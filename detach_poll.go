@@ -120,17 +120,20 @@ type detachedPoll struct {
 	over        bool           // the connection was handed back or closed: hands off
 }
 
-// detachPoll takes a parked long poll's connection over and returns true,
-// or returns false, having changed nothing, when it cannot.
-func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, sock net.Conn, inj *takeover.Injector, sub *Subscriber, after Cursor, life lifetime) bool {
-	_, overTLS := sock.(*tls.Conn)
-	raw, err := rawSocket(sock)
+// detachPoll takes the connection of a parked long poll of one context
+// (how.sock) over and returns true, or returns false, having changed
+// nothing, when it cannot. The poll then owns the subscription's
+// subscriber.
+func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, how holding, sn *subscription) bool {
+	_, overTLS := how.sock.(*tls.Conn)
+	raw, err := rawSocket(how.sock)
 	if err != nil {
 		return false
 	}
+	sub, life := sn.subs[0], sn.life
 	p := &detachedPoll{
-		detachedSocket: detachedSocket{sock: sock, raw: raw, overTLS: overTLS}, inj: inj, sub: sub, h: h,
-		m: h.metrics[transportLongPoll], after: after,
+		detachedSocket: detachedSocket{sock: how.sock, raw: raw, overTLS: overTLS}, inj: how.inj, sub: sub, h: h,
+		m: sn.m, after: sn.states[0].after,
 	}
 	leaving, ok := takeover.WatchHangUp(raw, p.left)
 	if !ok {

@@ -266,32 +266,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	switch method {
 	case http.MethodGet:
 		w.Header().Add("Vary", "Accept")
-		t := requestedTransport(r)
-		if h.transports&t == 0 {
-			return caddyhttp.Error(http.StatusNotAcceptable, fmt.Errorf(
-				"this route does not serve %s; it serves: %s (long poll: any Accept; sse: Accept: text/event-stream; stream: Accept: application/x-ndjson; websocket: an upgrade)",
-				t, h.transports))
+		sn, err := h.subscription(w, r, key, keys, tok)
+		if sn == nil {
+			return err
 		}
-		if keys != nil {
-			switch t {
-			case transportWebSocket:
-				return h.serveMultiplexedWebSocket(w, r, keys, tok)
-			case transportSSE:
-				return h.serveMultiplexed(w, r, keys, formatSSE, tok)
-			case transportStream:
-				return h.serveMultiplexed(w, r, keys, formatNDJSON, tok)
-			}
-			return h.serveMultiplexedPoll(w, r, repl, keys, tok)
-		}
-		switch t {
-		case transportWebSocket:
-			return h.serveWebSocket(w, r, repl, key, tok)
-		case transportSSE:
-			return h.serveStream(w, r, repl, key, formatSSE, tok)
-		case transportStream:
-			return h.serveStream(w, r, repl, key, formatNDJSON, tok)
-		}
-		return h.serveSubscribe(w, r, repl, key, tok)
+		return h.serveSubscription(w, r, repl, sn)
 	case http.MethodHead:
 		if keys != nil {
 			return h.serveMultiplexedPosition(w, r, keys)
@@ -309,86 +288,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	w.Header().Set("Allow", h.allow)
 	return caddyhttp.Error(http.StatusMethodNotAllowed,
 		fmt.Errorf("method %s is not allowed on a comet context; allowed: %s", r.Method, h.allow))
-}
-
-// serveSubscribe suspends a GET until there is an event after the client's
-// cursor, the expiration delay passes, the client leaves or the hub closes.
-func (h *Handler) serveSubscribe(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, tok *jwtauth.Token) error {
-	m := h.metrics[transportLongPoll]
-	life := h.lifetime(time.Now(), tok)
-	sub, after, err := h.subscribe(w, r, key, tok, m)
-	if sub == nil {
-		return err
-	}
-	if sock, inj := h.detachablePoll(w, r); sock != nil {
-		// Only a poll that must wait is worth taking over.
-		if _, ready, err := sub.poll(after); err == nil && !ready && h.detachPoll(w, r, sock, inj, sub, after, life) {
-			return nil
-		}
-	}
-	defer h.unsubscribe(sub, m)
-	wait, cancel := life.bound(r.Context())
-	defer cancel()
-	d, err := sub.Next(wait, after)
-	switch {
-	case err == nil, errors.Is(err, ErrHubClosed), errors.Is(err, ErrContextDeleted):
-	case r.Context().Err() != nil:
-		return abandon(w)
-	default:
-		err = errExpired
-	}
-	a, _ := answerPoll(sub, after, d, err == nil, err)
-	m.countPoll(a)
-	setPollPlaceholders(repl, a)
-	return writePollAnswer(w, a)
-}
-
-// abandon ends a long poll whose client left, or closed its end of the
-// connection, by closing the connection without an answer: net/http would
-// otherwise write an empty 200 with none of the cursor headers, and a
-// client that only half-closed would take it for an event. A detached
-// poll closes the connection the same way. Over HTTP/2 the client's
-// stream is already gone, and nothing is written.
-func abandon(w http.ResponseWriter) error {
-	if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
-		_ = conn.Close()
-	}
-	return nil
-}
-
-// subscribe attaches a subscriber for a GET and returns the cursor to serve
-// it from: the one the client sent back, or else the context's position
-// now, so that it gets the next event (the seed's behaviour).
-// The subscriber's identity is the subject of the token that allowed it,
-// if any. When the subscriber is nil, the request was refused: the error,
-// if any, is for Caddy to answer. The caller must detach a subscriber it
-// gets.
-func (h *Handler) subscribe(w http.ResponseWriter, r *http.Request, key string, tok *jwtauth.Token, m *transportMetrics) (*Subscriber, Cursor, error) {
-	after, hasCursor, err := requestCursor(r)
-	if err != nil {
-		return nil, Cursor{}, caddyhttp.Error(http.StatusBadRequest, err)
-	}
-	identity := ""
-	if tok != nil {
-		identity = tok.Subject
-	}
-	sub, err := h.hub.SubscribeAs(key, identity)
-	if err != nil {
-		if errors.Is(err, ErrTooManySubscribers) || errors.Is(err, ErrTooManyContexts) {
-			countDropped(h.Hub, droppedLimit)
-		}
-		return nil, Cursor{}, h.refuse(w, key, err)
-	}
-	m.subscribers.Inc()
-	if !hasCursor {
-		return sub, sub.Start(), nil
-	}
-	return sub, sub.Resume(after), nil
-}
-
-func (h *Handler) unsubscribe(sub *Subscriber, m *transportMetrics) {
-	sub.Close()
-	m.subscribers.Dec()
 }
 
 // lifetime is when a subscription ends on its own, and why: at the

@@ -3,18 +3,13 @@ package comet
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
-	"time"
 
-	"github.com/caddy-comet/comet/internal/jwtauth"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"go.uber.org/zap"
 )
 
 // Bounds of multiplexing: how many contexts one request may name.
@@ -91,49 +86,6 @@ func (h *Handler) multiplexedKeys(r *http.Request, repl *caddy.Replacer) ([]stri
 	return keys, nil
 }
 
-// multiplexed is a stream's subscription to several contexts: a subscriber
-// and a stream state each, and one channel that any of them changing
-// signals, so that one goroutine follows them all. changed marks which,
-// so that a publish to one context costs its followers one look at that
-// context, not at all of theirs.
-type multiplexed struct {
-	keys    []string
-	subs    []*Subscriber
-	states  []streamState
-	changed []atomic.Bool
-	wake    chan struct{}
-	// notify is what the subscribers call once they marked their change:
-	// a signal on wake, or, once the stream is detached, its watcher.
-	notify atomic.Pointer[watcherFunc]
-}
-
-// signal wakes the goroutine that follows the contexts.
-func (mx *multiplexed) signal() (later func()) {
-	select {
-	case mx.wake <- struct{}{}:
-	default:
-	}
-	return nil
-}
-
-// composite is the cursor of the whole stream, with cur in place of
-// context i's: every context's cursor, in the request's order, joined by
-// commas.
-func (mx *multiplexed) composite(i int, cur Cursor) string {
-	var b strings.Builder
-	for j := range mx.states {
-		if j > 0 {
-			b.WriteByte(',')
-		}
-		if j == i {
-			b.WriteString(cur.String())
-		} else {
-			b.WriteString(mx.states[j].after.String())
-		}
-	}
-	return b.String()
-}
-
 // parseComposite splits a multiplexed stream's cursor into one per context.
 func parseComposite(text string, n int) ([]Cursor, error) {
 	parts := strings.Split(text, ",")
@@ -161,135 +113,6 @@ func requestCursorText(r *http.Request) string {
 	return text
 }
 
-// serveMultiplexed keeps a GET open and writes every event of each of its
-// contexts after the client's cursor for it, as serveStream does for one:
-// the same protocol decisions (streamState), each context's own ids and
-// gaps, and one cursor for them all.
-func (h *Handler) serveMultiplexed(w http.ResponseWriter, r *http.Request, keys []string, f wireFormat, tok *jwtauth.Token) error {
-	m := h.metrics[f.transport()]
-	mx, err := h.subscribeRequested(w, r, keys, f, tok, m)
-	if mx == nil {
-		return err
-	}
-	detached := false
-	defer func() {
-		if detached {
-			return // the detached stream unsubscribes when it ends
-		}
-		for _, sub := range mx.subs {
-			h.unsubscribe(sub, m)
-		}
-	}()
-
-	open := mx.composite(-1, Cursor{})
-	hdr := w.Header()
-	hdr.Set("Content-Type", f.contentType())
-	hdr.Set("Cache-Control", "no-store")
-	hdr.Set("X-Accel-Buffering", "no")
-	hdr.Set("Incremental", "?1")
-	hdr.Set(HeaderCursor, open)
-	sock, overTLS := h.detachableSocket(w, r)
-	if sock != nil {
-		hdr.Set("Transfer-Encoding", "identity") // see detach.go
-	}
-	w.WriteHeader(http.StatusOK)
-	out := streamWriter{w: w, rc: http.NewResponseController(w), timeout: time.Duration(h.WriteTimeout)}
-	defer out.clearDeadline()
-	if out.write(f.openMultiplexed(nil, open, keys)) != nil {
-		return nil
-	}
-	life := h.lifetime(time.Now(), tok)
-	if sock != nil && h.detachMultiplexed(w, r, sock, overTLS, mx, f, life) {
-		detached = true
-		return nil
-	}
-	return h.followAll(r, mx, out, m, life)
-}
-
-// subscribeRequested subscribes a stream to every context of a request
-// of several, each authorized as if asked for alone, from the cursor the
-// client sent. A nil subscription means the request was refused: the
-// error, if any, is for Caddy to answer.
-func (h *Handler) subscribeRequested(w http.ResponseWriter, r *http.Request, keys []string, f wireFormat, tok *jwtauth.Token, m *transportMetrics) (*multiplexed, error) {
-	if refused, err := h.authorizeRest(w, r, keys); refused {
-		return nil, err // answered; err is what writing the answer gave
-	}
-	resume, err := multiplexedResume(r, len(keys))
-	if err != nil {
-		return nil, err
-	}
-	return h.subscribeAll(w, keys, resume, f, tok, m)
-}
-
-// detachMultiplexed takes a multiplexed stream's connection over, as
-// detach does for a stream of one context: its contexts' changes then go
-// to the detached stream's watcher, which writes them.
-func (h *Handler) detachMultiplexed(w http.ResponseWriter, r *http.Request, sock net.Conn, overTLS bool, mx *multiplexed, f wireFormat, life lifetime) bool {
-	s := h.newDetachedStream(w, sock, overTLS, f.transport(), mx.keys[0], life)
-	if s == nil {
-		return false
-	}
-	return s.followAll(w, r, mx, hijack) == takenOver
-}
-
-// followAll takes the connection over with hijack for a stream of the
-// contexts of mx, whose changes then go to the stream's watcher.
-func (s *detachedStream) followAll(w http.ResponseWriter, r *http.Request, mx *multiplexed, hijack func(http.ResponseWriter, *http.Request) (net.Conn, error)) takeoverResult {
-	s.members = make([]streamMember, len(mx.subs))
-	for i := range mx.subs {
-		s.members[i] = streamMember{sub: mx.subs[i], st: &mx.states[i], changed: &mx.changed[i]}
-	}
-	result := s.takeOver(w, r, hijack)
-	if result == takenOver {
-		watch := watcherFunc(s.changed)
-		mx.notify.Store(&watch)
-		s.beginAfter(r)
-	}
-	return result
-}
-
-// serveMultiplexedPoll suspends a GET of several contexts until one of
-// them has something after the client's cursor for it, and answers as a
-// long poll of that context does (answerPoll), with the cursor of them all
-// and the context's name. The other contexts' cursors are given back as
-// they came, so that the next poll gets what they have.
-func (h *Handler) serveMultiplexedPoll(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, keys []string, tok *jwtauth.Token) error {
-	m := h.metrics[transportLongPoll]
-	if refused, err := h.authorizeRest(w, r, keys); refused {
-		return err // answered; err is what writing the answer gave
-	}
-	resume, err := multiplexedResume(r, len(keys))
-	if err != nil {
-		return err
-	}
-	mx, err := h.subscribeAll(w, keys, resume, formatNDJSON, tok, m)
-	if mx == nil {
-		return err
-	}
-	defer func() {
-		for _, sub := range mx.subs {
-			h.unsubscribe(sub, m)
-		}
-	}()
-	life := h.lifetime(time.Now(), tok)
-	ctx, cancel := life.bound(r.Context())
-	defer cancel()
-	for {
-		if i, d, ready, err := mx.pick(); i >= 0 {
-			return h.answerMultiplexedPoll(w, repl, mx, i, d, ready, err, m)
-		}
-		select {
-		case <-mx.wake:
-			continue
-		case <-ctx.Done():
-		}
-		if r.Context().Err() != nil {
-			return abandon(w)
-		}
-		return h.answerMultiplexedPoll(w, repl, mx, 0, Delivery{}, false, errExpired, m)
-	}
-}
-
 // serveMultiplexedPosition answers a HEAD of several contexts with the
 // cursor of them all now, from which a client misses nothing of any.
 func (h *Handler) serveMultiplexedPosition(w http.ResponseWriter, r *http.Request, keys []string) error {
@@ -311,43 +134,6 @@ func (h *Handler) serveMultiplexedPosition(w http.ResponseWriter, r *http.Reques
 	hdr.Set(HeaderCursor, composite)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
-}
-
-// pick returns the context a poll of several answers about now, with what
-// its subscriber's poll gave, or -1 if none has anything: an end (the hub
-// closing, a context deleted) or a gap at once, else the context whose
-// next event is the oldest, so that a busy context cannot starve another.
-func (mx *multiplexed) pick() (int, Delivery, bool, error) {
-	best := -1
-	var bestD Delivery
-	for i, sub := range mx.subs {
-		d, ready, err := sub.poll(mx.states[i].after)
-		switch {
-		case err != nil:
-			return i, d, false, err
-		case !ready:
-			continue
-		case d.Event == nil:
-			return i, d, true, nil
-		case best < 0 || d.Event.Published.Before(bestD.Event.Published):
-			best, bestD = i, d
-		}
-	}
-	return best, bestD, best >= 0, nil
-}
-
-// answerMultiplexedPoll writes the answer about context i.
-func (h *Handler) answerMultiplexedPoll(w http.ResponseWriter, repl *caddy.Replacer, mx *multiplexed, i int, d Delivery, ready bool, err error, m *transportMetrics) error {
-	a, _ := answerPoll(mx.subs[i], mx.states[i].after, d, ready, err)
-	if a.status != http.StatusGone {
-		a.composite = mx.composite(i, a.cursor)
-	}
-	if !a.expired && a.status != http.StatusServiceUnavailable {
-		a.context = mx.keys[i]
-	}
-	m.countPoll(a)
-	setPollPlaceholders(repl, a)
-	return writePollAnswer(w, a)
 }
 
 // multiplexedResume parses the client's cursor of n contexts, if it sent
@@ -375,138 +161,23 @@ func (h *Handler) authorizeRest(w http.ResponseWriter, r *http.Request, keys []s
 	return false, nil
 }
 
-// subscribeAll subscribes to every context, from the client's cursors if
-// it sent them, and makes each subscriber signal mx.wake when its context
-// changes; f is the stream's format (a poll writes none). On a refusal it
-// detaches what it attached and returns nil.
-func (h *Handler) subscribeAll(w http.ResponseWriter, keys []string, resume []Cursor, f wireFormat, tok *jwtauth.Token, m *transportMetrics) (*multiplexed, error) {
-	identity := ""
-	if tok != nil {
-		identity = tok.Subject
-	}
-	mx := &multiplexed{keys: keys, wake: make(chan struct{}, 1), changed: make([]atomic.Bool, len(keys)),
-		subs: make([]*Subscriber, 0, len(keys)), states: make([]streamState, 0, len(keys))}
-	signal := watcherFunc(mx.signal)
-	mx.notify.Store(&signal)
-	// One allocation for every context's encoding, not one each.
-	encodings := make([]memberEncoding, len(keys))
-	for i, key := range keys {
-		sub, err := h.hub.SubscribeAs(key, identity)
-		if err != nil {
-			for _, s := range mx.subs {
-				h.unsubscribe(s, m)
-			}
-			if errors.Is(err, ErrTooManySubscribers) || errors.Is(err, ErrTooManyContexts) {
-				countDropped(h.Hub, droppedLimit)
-			}
-			return nil, h.refuse(w, key, err)
-		}
-		m.subscribers.Inc()
-		mx.changed[i].Store(true) // to write what it has from the client's cursor
-		sub.watch(func() func() {
-			mx.changed[i].Store(true)
-			return (*mx.notify.Load())()
-		})
-		after := sub.Start()
-		if resume != nil {
-			after = sub.Resume(resume[i])
-		}
-		mx.subs = append(mx.subs, sub)
-		encodings[i] = memberEncoding{f: f, mx: mx, i: i}
-		mx.states = append(mx.states, streamState{f: &encodings[i], after: after})
-	}
-	return mx, nil
-}
-
-// followAll writes what each context has after its cursor, then waits for
-// any of them to change, until one of the protocol's ends.
-func (h *Handler) followAll(r *http.Request, mx *multiplexed, out streamWriter, m *transportMetrics, life lifetime) error {
-	ctx, cancel := life.bound(r.Context())
-	defer cancel()
-	var tick <-chan time.Time
-	if h.Heartbeat > 0 {
-		heartbeat := time.NewTicker(time.Duration(h.Heartbeat))
-		defer heartbeat.Stop()
-		tick = heartbeat.C
-	}
-	for {
-		wrote, end, err := h.writeReady(mx, &out, m)
-		if end || err != nil {
-			return nil
-		}
-		if wrote {
-			continue // a context may have more
-		}
-		var why error
-		select {
-		case <-mx.wake:
-			continue
-		case <-tick:
-			why = errTick
-		case <-ctx.Done():
-			if r.Context().Err() != nil {
-				return nil // the client left
-			}
-			why = life.why
-		}
-		st := mx.states[0].step(Delivery{}, false, why)
-		err = out.write(st.notice, st.frame)
-		h.countStream(m, st, err == nil)
-		if st.end || err != nil {
-			return nil
-		}
-	}
-}
-
-// writeReady writes one step of each context that changed and has
-// something ready, and reports whether it wrote, and whether the stream
-// ends. A context it wrote for stays marked: it may have more.
-func (h *Handler) writeReady(mx *multiplexed, out frameWriter, m *transportMetrics) (wrote, end bool, err error) {
-	for i, sub := range mx.subs {
-		if !mx.changed[i].Swap(false) {
-			continue
-		}
-		d, ready, perr := sub.poll(mx.states[i].after)
-		if perr == nil && !ready {
-			continue
-		}
-		mx.changed[i].Store(true)
-		st := mx.states[i].step(d, ready, perr)
-		err = out.write(st.notice, st.frame)
-		h.countStream(m, st, err == nil)
-		if err != nil {
-			if writeTimedOut(err) {
-				countDropped(h.Hub, droppedSlow)
-				h.limitLog.Warn("dropped a stream whose reader stopped reading",
-					zap.String("hub", h.Hub), zap.String("context", mx.keys[i]), zap.Duration("write_timeout", time.Duration(h.WriteTimeout)))
-			}
-			return wrote, true, err
-		}
-		if st.end {
-			return true, true, nil
-		}
-		wrote = true
-	}
-	return wrote, false, nil
-}
-
 // memberEncoding is one context's part of a multiplexed stream: its events
 // and notices say which context they are of, and the cursors they carry
 // (SSE's id, NDJSON's control lines) name every context.
 type memberEncoding struct {
 	f  wireFormat
-	mx *multiplexed
+	sn *subscription
 	i  int
 }
 
-func (e memberEncoding) key() string { return e.mx.keys[e.i] }
+func (e memberEncoding) key() string { return e.sn.keys[e.i] }
 
 func (e memberEncoding) missed(b []byte, missed int64, resume *Cursor) []byte {
 	count := missedText(missed)
 	if e.f == formatSSE {
 		b = appendSSEField(b, "event", "comet-missed")
 		if resume != nil {
-			b = appendSSEField(b, "id", e.mx.composite(e.i, *resume))
+			b = appendSSEField(b, "id", e.sn.composite(e.i, *resume))
 		}
 		return append(appendSSEData(b, jsonLine(multiplexNotice{Context: e.key(), Missed: count})), '\n')
 	}
@@ -519,10 +190,10 @@ func (e memberEncoding) missed(b []byte, missed int64, resume *Cursor) []byte {
 
 func (e memberEncoding) reconnect(b []byte, reason string, cur Cursor) []byte {
 	if e.f == formatSSE {
-		b = appendSSEField(b, "id", e.mx.composite(e.i, cur))
+		b = appendSSEField(b, "id", e.sn.composite(e.i, cur))
 		return e.f.reconnect(b, reason, cur)
 	}
-	return appendJSONLine(b, ndjsonControl{Control: "reconnect", Reason: reason, Cursor: e.mx.composite(e.i, cur)})
+	return appendJSONLine(b, ndjsonControl{Control: "reconnect", Reason: reason, Cursor: e.sn.composite(e.i, cur)})
 }
 
 func (e memberEncoding) deleted(b []byte) []byte {
@@ -547,7 +218,7 @@ func (e memberEncoding) delivery(d Delivery) (notice, frame []byte) {
 	if e.f == formatNDJSON {
 		return notice, line
 	}
-	frame = appendSSEField(nil, "id", e.mx.composite(e.i, d.Cursor))
+	frame = appendSSEField(nil, "id", e.sn.composite(e.i, d.Cursor))
 	if d.Event.Type != "" {
 		frame = appendSSEField(frame, "event", d.Event.Type)
 	}

@@ -3,14 +3,12 @@ package comet
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"time"
 	"unicode/utf8"
 
-	"github.com/caddy-comet/comet/internal/jwtauth"
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
@@ -36,13 +34,6 @@ const (
 	// The token that allowed the stream expired: come back with a new one.
 	reasonUnauthorized = "unauthorized"
 )
-
-func (f wireFormat) transport() transport {
-	if f == formatSSE {
-		return transportSSE
-	}
-	return transportStream
-}
 
 func (f wireFormat) contentType() string {
 	if f == formatSSE {
@@ -218,50 +209,48 @@ func appendJSONLine(b []byte, v any) []byte {
 	return append(append(b, line...), '\n')
 }
 
-// serveStream keeps a GET open and writes every event after the client's
-// cursor: first what history holds, then each new event as it is published.
-func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, f wireFormat, tok *jwtauth.Token) error {
-	m := h.metrics[f.transport()]
-	life := h.lifetime(time.Now(), tok)
-	sub, after, err := h.subscribe(w, r, key, tok, m)
-	if sub == nil {
-		return err
+// serveStream keeps a GET open and writes every event of each of its
+// contexts after the client's cursor for it: first what history holds,
+// then each new event as it is published. Its connection is taken over
+// (detach.go) once the headers and the opening are out, if how took it.
+func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, sn *subscription, how holding) error {
+	f := formatNDJSON
+	if sn.transport == transportSSE {
+		f = formatSSE
 	}
-	detached := false
-	defer func() {
-		if !detached {
-			h.unsubscribe(sub, m)
-		}
-	}()
-
 	hdr := w.Header()
 	hdr.Set("Content-Type", f.contentType())
 	hdr.Set("Cache-Control", "no-store")
 	hdr.Set("X-Accel-Buffering", "no") // a buffering proxy in front would hold events back
 	hdr.Set("Incremental", "?1")       // RFC 10036: forward as it comes; Caddy's encode honours it
-	hdr.Set(HeaderCursor, after.String())
-	repl.Set("comet.cursor", after.String())
-	repl.Set("comet.event.id", after.ID)
-	repl.Set("comet.subscribers", sub.ContextSubscribers())
-	sock, overTLS := h.detachableSocket(w, r)
-	if sock != nil {
+	hdr.Set(HeaderCursor, sn.composite(-1, Cursor{}))
+	sn.setPlaceholders(repl)
+	if how.sock != nil {
 		// The body will end when the connection closes (see detach.go).
 		hdr.Set("Transfer-Encoding", "identity")
 	}
 	w.WriteHeader(http.StatusOK)
 
 	out := streamWriter{w: w, rc: http.NewResponseController(w), timeout: time.Duration(h.WriteTimeout)}
-	if out.write(f.open(nil, after)) != nil {
+	if out.write(sn.open(f)) != nil {
 		out.clearDeadline()
+		sn.close()
 		return nil
 	}
-	if sock != nil && h.detach(w, r, sock, overTLS, sub, after, f, key, life) {
-		detached = true
-		return nil
+	if how.sock != nil && h.detach(w, r, how, sn, nil, hijack) == takenOver {
+		return nil // the detached stream closes the subscription when it ends
 	}
+	defer sn.close()
 	defer out.clearDeadline()
+	h.holdStream(r, sn, &out)
+	return nil
+}
 
-	ctx, cancel := life.bound(r.Context())
+// holdStream writes what each context has after its cursor, then waits
+// for any of them to change, until one of the protocol's ends.
+func (h *Handler) holdStream(r *http.Request, sn *subscription, out *streamWriter) {
+	sn.holdHere()
+	ctx, cancel := sn.life.bound(r.Context())
 	defer cancel()
 	var heartbeat *time.Timer
 	var tick <-chan time.Time
@@ -270,36 +259,81 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *cadd
 		defer heartbeat.Stop()
 		tick = heartbeat.C
 	}
-
-	st := streamState{f: f, after: after}
 	for {
-		d, err := sub.next(ctx, st.after, tick)
-		switch {
-		case err == nil, errors.Is(err, ErrHubClosed), errors.Is(err, ErrContextDeleted), errors.Is(err, errTick):
-		case r.Context().Err() != nil:
-			return nil // the client left
-		default:
-			err = life.why
+		wrote, end, err := h.writeReady(sn, out)
+		if end || err != nil {
+			return
 		}
-		step := st.step(d, err == nil, err)
-		err = out.write(step.notice, step.frame)
-		h.countStream(m, step, err == nil)
-		if step.end {
-			return nil
-		}
-		if err != nil {
-			// The reader is gone, or stopped reading and let a write time out.
-			if writeTimedOut(err) {
-				countDropped(h.Hub, droppedSlow)
-				h.limitLog.Warn("dropped a stream whose reader stopped reading",
-					zap.String("hub", h.Hub), zap.String("context", key), zap.Duration("write_timeout", out.timeout))
+		if wrote {
+			if heartbeat != nil {
+				heartbeat.Reset(time.Duration(h.Heartbeat))
 			}
-			return nil
+			continue // a context may have more
+		}
+		why := sn.wait(ctx, tick)
+		switch {
+		case why == nil:
+			continue
+		case why == errTick:
+		case r.Context().Err() != nil:
+			return // the client left
+		default:
+			why = sn.life.why
+		}
+		st := sn.states[0].step(Delivery{}, false, why)
+		err = out.write(st.notice, st.frame)
+		h.countStream(sn.m, st, err == nil)
+		if err != nil {
+			h.droppedIfSlow(err, sn.transport, sn.keys[0])
+		}
+		if st.end || err != nil {
+			return
 		}
 		if heartbeat != nil {
 			heartbeat.Reset(time.Duration(h.Heartbeat))
 		}
 	}
+}
+
+// writeReady writes one step of each context that changed and has
+// something ready, and reports whether it wrote, and whether the stream
+// ends. A context it wrote for stays marked: it may have more.
+func (h *Handler) writeReady(sn *subscription, out frameWriter) (wrote, end bool, err error) {
+	for i, sub := range sn.subs {
+		if !sn.takeChange(i) {
+			continue
+		}
+		d, ready, perr := sub.poll(sn.states[i].after)
+		if perr == nil && !ready {
+			continue
+		}
+		sn.markChanged(i)
+		st := sn.states[i].step(d, ready, perr)
+		err = out.write(st.notice, st.frame)
+		h.countStream(sn.m, st, err == nil)
+		if err != nil {
+			h.droppedIfSlow(err, sn.transport, sn.keys[i])
+			return wrote, true, err
+		}
+		if st.end {
+			return true, true, nil
+		}
+		wrote = true
+	}
+	return wrote, false, nil
+}
+
+// droppedIfSlow counts and logs a subscriber dropped because a write to
+// it timed out: its reader stopped reading. Any other failed write is a
+// client that left.
+func (h *Handler) droppedIfSlow(err error, t transport, key string) {
+	if !writeTimedOut(err) {
+		return
+	}
+	countDropped(h.Hub, droppedSlow)
+	h.limitLog.Warn("dropped a subscriber whose reader stopped reading",
+		zap.String("hub", h.Hub), zap.String("transport", t.String()), zap.String("context", key),
+		zap.Duration("write_timeout", time.Duration(h.WriteTimeout)))
 }
 
 // resumeBefore is the cursor from which a client that missed events gets

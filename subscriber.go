@@ -65,15 +65,20 @@ func (s *Subscriber) ContextSubscribers() int { return int(s.c.subscribers.Load(
 // (ErrHubClosed) or the context is deleted (ErrContextDeleted). It returns at once if the event is already in history, or
 // if events after the cursor were lost, with Delivery.Missed saying so.
 func (s *Subscriber) Next(ctx context.Context, after Cursor) (Delivery, error) {
-	return s.next(ctx, after, nil)
+	return s.next(ctx, after, nil, nil)
 }
 
-// errTick is what next returns when its tick channel fires first.
-var errTick = errors.New("tick")
+// errTick is what next returns when its tick channel fires first, and
+// errPoked when its poke channel does.
+var (
+	errTick  = errors.New("tick")
+	errPoked = errors.New("poked")
+)
 
 // next is Next that also returns errTick when tick fires, so that a stream
-// can write heartbeats from its own goroutine without another one.
-func (s *Subscriber) next(ctx context.Context, after Cursor, tick <-chan time.Time) (Delivery, error) {
+// can write heartbeats from its own goroutine without another one, and
+// errPoked when poke does, so that another goroutine can wake it.
+func (s *Subscriber) next(ctx context.Context, after Cursor, tick <-chan time.Time, poke <-chan struct{}) (Delivery, error) {
 	c := s.c
 	for {
 		c.mu.RLock()
@@ -99,6 +104,8 @@ func (s *Subscriber) next(ctx context.Context, after Cursor, tick <-chan time.Ti
 			err = ErrHubClosed
 		case <-tick:
 			err = errTick
+		case <-poke:
+			err = errPoked
 		}
 		c.waiting.Add(-1)
 		if err != nil {

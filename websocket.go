@@ -36,87 +36,44 @@ import (
 // may take.
 const wsReadTimeout = 10 * time.Second
 
-// serveWebSocket subscribes a GET that asks to upgrade to WebSocket.
-func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, tok *jwtauth.Token) error {
-	if err := checkWebSocketHandshake(w, r); err != nil {
-		return err
-	}
-	m := h.metrics[transportWebSocket]
-	life := h.lifetime(time.Now(), tok)
-	sub, after, err := h.subscribe(w, r, key, tok, m)
-	if sub == nil {
-		return err
-	}
-	repl.Set("comet.cursor", after.String())
-	repl.Set("comet.event.id", after.ID)
-	repl.Set("comet.subscribers", sub.ContextSubscribers())
-	w.Header().Set(HeaderCursor, after.String())
+// serveWebSocket answers the handshake of a subscription's socket and
+// serves it: detached (detach.go) if how took its connection, else held
+// by this goroutine and a reader (websocket_held.go).
+func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, sn *subscription, how holding) error {
+	sn.setPlaceholders(repl)
+	w.Header().Set(HeaderCursor, sn.composite(-1, Cursor{}))
 	w.Header().Del("Vary") // the answer is the upgrade, not a representation
-
-	sess := &wsSession{h: h, key: key, keys: []string{key}, tok: tok}
-	hs := heldWebSocket{sess: sess, sub: sub, after: after, life: life, m: m,
-		open: wsframe.AppendText(nil, formatNDJSON.open(nil, after))}
-	if isWebSocketConnect(r) {
-		defer h.unsubscribe(sub, m)
+	ss := &wsSession{h: h, key: sn.keys[0], keys: sn.keys, tok: sn.tok}
+	if how.sock != nil {
+		switch h.detach(w, r, how, sn, ss, ss.upgrade) {
+		case takenOver:
+			return nil // the detached socket closes the subscription when it ends
+		case hijackFailed:
+			sn.close()
+			return nil
+		}
+	}
+	defer sn.close()
+	var conn heldConn
+	if how.overStream {
 		// RFC 8441: the stream is the socket once a 2xx is out.
 		w.WriteHeader(http.StatusOK)
 		rc := http.NewResponseController(w)
 		if rc.Flush() != nil {
 			return nil
 		}
-		sess.lastRead.Store(time.Now().UnixNano())
-		h.holdWebSocket(&streamConn{r: r, w: w, rc: rc}, hs)
-		return nil
-	}
-	switch h.detachWebSocket(w, r, hs) {
-	case takenOver:
-		return nil
-	case hijackFailed:
-		h.unsubscribe(sub, m)
-		return nil
-	}
-	defer h.unsubscribe(sub, m)
-	conn, err := sess.upgrade(w, r)
-	if err != nil {
-		return nil // the client was answered, or is gone
+		ss.lastRead.Store(time.Now().UnixNano())
+		conn = &streamConn{r: r, w: w, rc: rc}
+	} else {
+		c, err := ss.upgrade(w, r)
+		if err != nil {
+			return nil // the client was answered, or is gone
+		}
+		conn = c
 	}
 	defer conn.Close()
-	h.holdWebSocket(conn, hs)
+	h.holdWebSocket(conn, ss, sn)
 	return nil
-}
-
-// heldWebSocket is what serving a socket starts from: its session, its
-// subscriber and cursor, its lifetime and series, and its first message.
-type heldWebSocket struct {
-	sess  *wsSession
-	sub   *Subscriber
-	after Cursor
-	life  lifetime
-	m     *transportMetrics
-	open  []byte
-}
-
-// detachWebSocket answers the handshake and takes the socket over as a
-// detached stream (see detach.go), where the connection allows it.
-func (h *Handler) detachWebSocket(w http.ResponseWriter, r *http.Request, hs heldWebSocket) takeoverResult {
-	sock, overTLS := h.detachableSocket(w, r)
-	if sock == nil {
-		return notTakenOver
-	}
-	s := h.newDetachedStream(w, sock, overTLS, transportWebSocket, hs.sess.key, hs.life)
-	if s == nil {
-		return notTakenOver
-	}
-	s.own = streamState{f: webSocketOf, after: hs.after}
-	s.members = []streamMember{{sub: hs.sub, st: &s.own}}
-	s.ws = hs.sess
-	s.pending = hs.open
-	result := s.takeOver(w, r, hs.sess.upgrade)
-	if result == takenOver {
-		hs.sub.watch(s.changed)
-		s.beginAfter(r)
-	}
-	return result
 }
 
 // checkWebSocketHandshake refuses, as HTTP, an upgrade that cannot be
@@ -394,12 +351,7 @@ func (s *detachedStream) answer(o wsOutcome) bool {
 		return false
 	}
 	if o.resume != nil {
-		for i, mem := range s.members {
-			*mem.st = streamState{f: mem.st.f, after: mem.sub.Resume(o.resume[i])}
-			if mem.changed != nil {
-				mem.changed.Store(true)
-			}
-		}
+		s.sn.resumeAt(o.resume)
 		if s.catchUp(true) {
 			s.kick()
 		}

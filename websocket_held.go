@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/caddy-comet/comet/internal/wsframe"
-	"go.uber.org/zap"
 )
 
 // A WebSocket that is not detached (detach off, or a connection that cannot
@@ -17,67 +16,64 @@ import (
 // goroutine, which reads what the client sends.
 
 // holdWebSocket serves a socket that is not detached: this goroutine
-// writes, and another reads what the client sends.
-func (h *Handler) holdWebSocket(conn heldConn, hs heldWebSocket) {
-	ss, sub, life, m := hs.sess, hs.sub, hs.life, hs.m
+// writes what the contexts have, as holdStream does for a stream, and
+// another reads what the client sends.
+func (h *Handler) holdWebSocket(conn heldConn, ss *wsSession, sn *subscription) {
 	out := &heldSocket{conn: conn, timeout: time.Duration(h.WriteTimeout)}
-	if out.write(hs.open) != nil {
+	if out.write(wsframe.AppendText(nil, sn.open(formatNDJSON))) != nil {
 		return
 	}
-	ctx, cancel := life.bound(context.Background())
+	sn.holdHere()
+	ctx, cancel := sn.life.bound(context.Background())
 	defer cancel()
-	// wake wakes the writer: the reader has a cursor for it, or the
-	// heartbeat is due. One pending wake is enough.
-	wake := make(chan time.Time, 1)
-	poke := func() {
-		select {
-		case wake <- time.Time{}:
-		default:
-		}
-	}
-	var resume atomic.Pointer[Cursor]
-	reader := h.startHeldReader(conn, ss, out, cancel, poke, func(curs []Cursor) {
-		resume.Store(&curs[0])
-		poke()
+	// The reader wakes the writer when the heartbeat is due, and when the
+	// client sent a cursor to go on from.
+	var resume atomic.Pointer[[]Cursor]
+	reader := h.startHeldReader(conn, ss, out, cancel, func() { sn.signal() }, func(curs []Cursor) {
+		resume.Store(&curs)
+		sn.signal()
 	})
 	defer reader.stop(conn)
-	st := streamState{f: webSocketOf, after: hs.after}
 	for {
-		d, err := sub.next(ctx, st.after, wake)
-		if cur := resume.Swap(nil); cur != nil {
-			st = streamState{f: webSocketOf, after: sub.Resume(*cur)}
-			continue
+		if curs := resume.Swap(nil); curs != nil {
+			sn.resumeAt(*curs)
 		}
+		wrote, end, err := h.writeReady(sn, out)
+		if end || err != nil {
+			if end {
+				out.writeLast() // the last words are out: nothing after them
+			}
+			return
+		}
+		if wrote {
+			continue // a context may have more
+		}
+		why := sn.wait(ctx, nil)
 		switch {
-		case err == nil, errors.Is(err, ErrHubClosed), errors.Is(err, ErrContextDeleted):
-		case errors.Is(err, errTick):
+		case why == nil:
 			if !reader.heartbeatDue() {
-				continue // a wake for a cursor
+				continue // a context changed, or a cursor came
 			}
 			if !ss.keepAlive(out) {
 				return
 			}
+			why = errTick
 		case reader.clientLeft():
 			return
 		default:
-			err = life.why
+			why = sn.life.why
 		}
-		step := st.step(d, err == nil, err)
+		st := sn.states[0].step(Delivery{}, false, why)
 		write := out.write
-		if step.end {
+		if st.end {
 			write = out.writeLast
 		}
-		werr := write(step.notice, step.frame)
-		h.countStream(m, step, werr == nil)
-		if step.end {
-			return
+		err = write(st.notice, st.frame)
+		h.countStream(sn.m, st, err == nil)
+		if err != nil {
+			h.droppedIfSlow(err, sn.transport, sn.keys[0])
 		}
-		if werr != nil {
-			if writeTimedOut(werr) {
-				countDropped(h.Hub, droppedSlow)
-				h.limitLog.Warn("dropped a WebSocket whose reader stopped reading",
-					zap.String("hub", h.Hub), zap.String("context", ss.key), zap.Duration("write_timeout", out.timeout))
-			}
+		if st.end || err != nil {
 			return
 		}
 	}

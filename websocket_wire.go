@@ -55,6 +55,14 @@ type wsEncoding struct {
 // webSocketOf is the encoding of a WebSocket stream of one context.
 var webSocketOf = wsEncoding{line: formatNDJSON, slot: memoWebSocket}
 
+// webSocketOfMember wraps the NDJSON encoding of one context of a socket
+// of several in WebSocket messages: the messages are the multiplexed
+// NDJSON stream's lines (each event and notice names its context), and
+// the cursor of the open and reconnect messages names every context.
+func webSocketOfMember(line streamEncoding) wsEncoding {
+	return wsEncoding{line: line, slot: memoMultiplexedWebSocket}
+}
+
 func (e wsEncoding) missed(b []byte, missed int64, resume *Cursor) []byte {
 	return wsframe.AppendText(b, e.line.missed(nil, missed, resume))
 }
