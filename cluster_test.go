@@ -21,19 +21,21 @@ type node struct {
 	bin    string
 	config string
 	base   string
+	admin  string
 	cmd    *exec.Cmd
 	output bytes.Buffer
 }
 
 func startNode(t *testing.T, name string, r *redisServer) *node {
 	t.Helper()
-	n := &node{t: t, name: name, bin: buildCaddy(t), base: "http://" + freeAddr(t)}
+	n := &node{t: t, name: name, bin: buildCaddy(t), base: "http://" + freeAddr(t), admin: freeAddr(t)}
 	n.config = filepath.Join(t.TempDir(), "Caddyfile")
 	cfg := fmt.Sprintf(`{
 	admin %s
 	persist_config off
 	comet {
 		history 500
+		health_interval 50ms
 		broker redis %s
 	}
 }
@@ -44,7 +46,7 @@ func startNode(t *testing.T, name string, r *redisServer) *node {
 		heartbeat off
 	}
 }
-`, freeAddr(t), r.url(), n.base)
+`, n.admin, r.url(), n.base)
 	if err := os.WriteFile(n.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -67,6 +69,17 @@ func (n *node) start() {
 		n.t.Fatal(err)
 	}
 	waitFor(n.t, "node "+n.name+" to serve", func() bool { return headSubscribers(http.DefaultClient, n.base+"/c") >= 0 })
+	// As a load balancer would, send clients only once the node hears the
+	// broker: until then it cannot tell an absent cursor given by another
+	// node from one that missed a deletion, and answers it "missed unknown".
+	waitFor(n.t, "node "+n.name+" to hear the broker", func() bool {
+		resp, err := http.Get("http://" + n.admin + "/comet/health")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
 }
 
 func (n *node) stop() {
