@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+
+	"github.com/caddy-comet/comet/internal/hub"
 )
 
 // BatchContentType is the media type of a POST body that carries many
@@ -126,7 +128,7 @@ func parseBatchLine(text []byte, key string, eventSize int64) (Publication, erro
 		pub.Event.ContentType = "application/json"
 	}
 	pub.Event.Data = data
-	if err := checkPublication(&pub); err != nil {
+	if err := hub.CheckPublication(&pub); err != nil {
 		return Publication{}, err
 	}
 	return pub, nil

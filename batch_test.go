@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/redisbroker"
 	"github.com/go-jose/go-jose/v4"
 	"github.com/redis/go-redis/v9"
 )
@@ -173,7 +174,7 @@ func TestBatchInClusterModeIsOneRoundTrip(t *testing.T) {
 	defer held.Close()
 
 	var pipelines, commands atomic.Int64
-	node.broker.(*redisBroker).client.AddHook(countingHook{&pipelines, &commands})
+	redisbroker.Client(node.Broker()).AddHook(countingHook{&pipelines, &commands})
 	batch := func() []Publication {
 		var b []Publication
 		for i := range 100 {
@@ -203,7 +204,7 @@ func TestBatchInClusterModeIsOneRoundTrip(t *testing.T) {
 	waitFor(t, "the other node to mirror /k3's 20 events", func() bool { return held.Position().ID == 20 })
 
 	// A Redis that forgot the script gets it again, in order.
-	if err := node.broker.(*redisBroker).client.ScriptFlush(t.Context()).Err(); err != nil {
+	if err := redisbroker.Client(node.Broker()).ScriptFlush(t.Context()).Err(); err != nil {
 		t.Fatal(err)
 	}
 	receipts, err = node.PublishBatch(batch())

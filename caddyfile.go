@@ -222,7 +222,7 @@ func (c *HubOptions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		var err error
 		switch d.Val() {
 		case "history":
-			err = c.parseHistory(d)
+			err = parseHistory(&c.HubConfig, d)
 		case "max_contexts":
 			c.MaxContexts, err = parseCount(d)
 		case "max_subscribers":
@@ -245,7 +245,7 @@ func (c *HubOptions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-func (c *HubConfig) parseHistory(d *caddyfile.Dispenser) error {
+func parseHistory(c *HubConfig, d *caddyfile.Dispenser) error {
 	args := d.RemainingArgs()
 	if len(args) < 1 || len(args) > 2 {
 		return d.ArgErr()
@@ -310,7 +310,7 @@ func parseBroker(d *caddyfile.Dispenser) (*BrokerConfig, error) {
 			return nil, err
 		}
 	}
-	if err := r.validate(); err != nil {
+	if err := r.Validate(); err != nil {
 		return nil, d.Err(err.Error())
 	}
 	return &BrokerConfig{Redis: r}, nil

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/redisbroker"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 )
@@ -54,7 +55,7 @@ func TestANodeReceivesOnlyWhatItFollows(t *testing.T) {
 	follower, publisher := redisHub(t, r, cfg), redisHub(t, r, cfg)
 	defer follower.Close()
 	defer publisher.Close()
-	b := follower.broker.(*redisBroker)
+	b := follower.Broker()
 
 	const followed = 2000
 	before := redisStat(t, rdb, "subscribe")
@@ -73,7 +74,7 @@ func TestANodeReceivesOnlyWhatItFollows(t *testing.T) {
 	}
 	wg.Wait()
 	waitFor(t, "every context's channel to be subscribed", func() bool {
-		return numSub(t, rdb, b.contextChannel("/f/0")) == 1 && numSub(t, rdb, b.contextChannel(fmt.Sprintf("/f/%d", followed-1))) == 1
+		return numSub(t, rdb, redisbroker.ContextChannel(b, "/f/0")) == 1 && numSub(t, rdb, redisbroker.ContextChannel(b, fmt.Sprintf("/f/%d", followed-1))) == 1
 	})
 	if n := redisStat(t, rdb, "subscribe") - before; n > followed/10 {
 		t.Errorf("%d SUBSCRIBE commands for %d contexts, want them batched", n, followed)
@@ -81,7 +82,7 @@ func TestANodeReceivesOnlyWhatItFollows(t *testing.T) {
 
 	// Events of a followed context arrive; those of others never reach
 	// this node.
-	received := follower.announced.Load()
+	received := follower.Announced()
 	for i := range 100 {
 		if _, err := publisher.Publish("/other", Event{Data: []byte(strconv.Itoa(i))}); err != nil {
 			t.Fatal(err)
@@ -96,7 +97,7 @@ func TestANodeReceivesOnlyWhatItFollows(t *testing.T) {
 	if err != nil || d.Event == nil || string(d.Event.Data) != "followed" {
 		t.Fatalf("the followed context got %v, %v", d, err)
 	}
-	if got := follower.announced.Load() - received; got != 1 {
+	if got := follower.Announced() - received; got != 1 {
 		t.Errorf("the node received %d events, want the 1 of the context it follows (100 were published to another)", got)
 	}
 
@@ -106,7 +107,7 @@ func TestANodeReceivesOnlyWhatItFollows(t *testing.T) {
 	r.kill()
 	r.start()
 	waitFor(t, "the channels to be subscribed again", func() bool {
-		return numSub(t, rdb, b.contextChannel("/f/0")) == 1 && numSub(t, rdb, b.contextChannel(fmt.Sprintf("/f/%d", followed-1))) == 1
+		return numSub(t, rdb, redisbroker.ContextChannel(b, "/f/0")) == 1 && numSub(t, rdb, redisbroker.ContextChannel(b, fmt.Sprintf("/f/%d", followed-1))) == 1
 	})
 	if n := redisStat(t, rdb, "subscribe"); n > 10 {
 		t.Errorf("%d SUBSCRIBE commands to subscribe again to %d channels", n, followed+1)
@@ -127,7 +128,7 @@ func TestANodeReceivesOnlyWhatItFollows(t *testing.T) {
 		s.Close()
 	}
 	waitFor(t, "the channels to be left", func() bool {
-		return numSub(t, rdb, b.contextChannel("/f/0")) == 0 && numSub(t, rdb, b.contextChannel("/f/9")) == 0
+		return numSub(t, rdb, redisbroker.ContextChannel(b, "/f/0")) == 0 && numSub(t, rdb, redisbroker.ContextChannel(b, "/f/9")) == 0
 	})
 }
 
@@ -215,10 +216,10 @@ func eachNodeReceivesItsShare(t *testing.T, redisCfg RedisConfig, subscribers fu
 			}
 		}
 	}()
-	b := publisher.broker.(*redisBroker)
+	b := publisher.Broker()
 	waitFor(t, "every node to subscribe to its contexts' channels", func() bool {
 		for i := contexts - nodes; i < contexts; i++ {
-			if subscribers(b.contextChannel(key(i))) != 1 {
+			if subscribers(redisbroker.ContextChannel(b, key(i))) != 1 {
 				return false
 			}
 		}
@@ -227,13 +228,13 @@ func eachNodeReceivesItsShare(t *testing.T, redisCfg RedisConfig, subscribers fu
 	for n := range followers {
 		followed := map[int]bool{}
 		for i := n; i < contexts; i += nodes {
-			followed[slotOf(b.contextChannel(key(i)))] = true
+			followed[redisbroker.SlotOf(redisbroker.ContextChannel(b, key(i)))] = true
 		}
 		slots += len(followed)
 	}
 	var before [nodes]int64
 	for n, hub := range followers {
-		before[n] = hub.announced.Load()
+		before[n] = hub.Announced()
 	}
 	batch := make([]Publication, 0, 100)
 	for i := range contexts {
@@ -246,11 +247,11 @@ func eachNodeReceivesItsShare(t *testing.T, redisCfg RedisConfig, subscribers fu
 		}
 	}
 	for n, hub := range followers {
-		waitFor(t, fmt.Sprintf("node %d to receive its share", n), func() bool { return hub.announced.Load()-before[n] >= want[n] })
+		waitFor(t, fmt.Sprintf("node %d to receive its share", n), func() bool { return hub.Announced()-before[n] >= want[n] })
 	}
 	time.Sleep(100 * time.Millisecond) // anything more would have come by now
 	for n, hub := range followers {
-		if got := hub.announced.Load() - before[n]; got != want[n] {
+		if got := hub.Announced() - before[n]; got != want[n] {
 			t.Errorf("node %d received %d events, want the %d of its contexts, of %d published", n, got, want[n], contexts)
 		}
 	}

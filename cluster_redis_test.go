@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/redisbroker"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
@@ -162,9 +163,9 @@ func TestRedisClusterSharesTheHub(t *testing.T) {
 	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
 	defer rdb.Close()
 	ctx := context.Background()
-	broker := a.broker.(*redisBroker)
+	broker := a.Broker()
 	for i := range contexts {
-		channel := broker.contextChannel(key(i))
+		channel := redisbroker.ContextChannel(broker, key(i))
 		master, err := rdb.MasterForKey(ctx, channel)
 		if err != nil {
 			t.Fatal(err)
@@ -283,8 +284,7 @@ func TestFailoverLosesNothingSilently(t *testing.T) {
 	})
 	t.Run("cluster", func(t *testing.T) {
 		cluster := startRedisCluster(t, 1)
-		b := &redisBroker{prefix: DefaultRedisKeyPrefix, hub: DefaultHubName}
-		followFailover(t, RedisConfig{Addresses: cluster.addrs}, key, func() { cluster.killMasterOf(t, b.keys(key)[0]) })
+		followFailover(t, RedisConfig{Addresses: cluster.addrs}, key, func() { cluster.killMasterOf(t, redisbroker.KeysOf(DefaultRedisKeyPrefix, DefaultHubName, key)[0]) })
 	})
 }
 

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/redisbroker"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 )
@@ -87,8 +88,8 @@ func TestShardChannelsFollowAMovedSlot(t *testing.T) {
 	const key = "/moving"
 	sub := followFrom(t, publisher, follower, key)
 
-	channel := follower.broker.(*redisBroker).contextChannel(key)
-	from, to := cluster.moveSlot(t, slotOf(channel))
+	channel := redisbroker.ContextChannel(follower.Broker(), key)
+	from, to := cluster.moveSlot(t, redisbroker.SlotOf(channel))
 	newMaster := redis.NewClient(&redis.Options{Addr: to})
 	defer newMaster.Close()
 	waitFor(t, "both nodes to subscribe on the slot's new master", func() bool {
@@ -137,18 +138,18 @@ func TestHealthFailsWhileAShardIsDeaf(t *testing.T) {
 	publisher, follower := sharedHub(t, cfg, hubCfg), sharedHub(t, cfg, hubCfg)
 	// A context whose slot is on another master than the hub's channel,
 	// so that only the shard channel goes deaf.
-	broker := follower.broker.(*redisBroker)
-	hubMaster := cluster.masterOf(t, broker.channel)
+	broker := follower.Broker()
+	hubMaster := cluster.masterOf(t, redisbroker.HubChannel(broker))
 	key := ""
 	for i := 0; key == ""; i++ {
-		if k := fmt.Sprint("/deaf/", i); cluster.masterOf(t, broker.contextChannel(k)) != hubMaster {
+		if k := fmt.Sprint("/deaf/", i); cluster.masterOf(t, redisbroker.ContextChannel(broker, k)) != hubMaster {
 			key = k
 		}
 	}
 	sub := followFrom(t, publisher, follower, key)
 	waitFor(t, "the follower to be healthy", func() bool { return follower.Health().OK })
 
-	master := cluster.masterOf(t, broker.contextChannel(key))
+	master := cluster.masterOf(t, redisbroker.ContextChannel(broker, key))
 	if err := master.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}

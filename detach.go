@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/hub"
 	"github.com/caddy-comet/comet/internal/takeover"
 	"github.com/caddy-comet/comet/internal/wsframe"
 )
@@ -297,7 +298,7 @@ func (s *detachedStream) onTimer(now time.Time) bool {
 			s.last = wsframe.AppendClose(nil, closeNoPong, "no pong")
 			return s.endLocked()
 		}
-		step := s.sn.states[0].step(Delivery{}, false, errTick)
+		step := s.sn.states[0].step(Delivery{}, false, hub.ErrTick)
 		waiting := s.waitForRoom()
 		s.send(true, step.frame)
 		s.stopWaiting(waiting)
@@ -407,7 +408,7 @@ func (s *detachedStream) catchUp(wait bool) (handOver bool) {
 func (s *detachedStream) catchUpWith(i int, wait bool) (handOver bool) {
 	sub, st := s.sn.subs[i], &s.sn.states[i]
 	for {
-		d, ready, err := sub.poll(st.after)
+		d, ready, err := sub.Poll(st.after)
 		step := st.step(d, ready, err)
 		switch {
 		case step.end:

@@ -161,7 +161,7 @@ func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, how holding
 		p.expiry = time.AfterFunc(time.Until(life.end), p.expire)
 	}
 	p.mu.Unlock()
-	sub.watch(p.changed)
+	sub.Watch(p.changed)
 	// Until the request is over, Caddy's cleanup may still set the
 	// socket's deadlines: the connection is handed back only after.
 	context.AfterFunc(r.Context(), p.requestOver)
@@ -328,7 +328,7 @@ func (p *detachedPoll) chooseAnswerLocked(expired bool) bool {
 	if p.answer != nil {
 		return true
 	}
-	d, ready, err := p.sub.poll(p.after)
+	d, ready, err := p.sub.Poll(p.after)
 	if expired && err == nil && !ready {
 		err = errExpired
 	}
@@ -381,11 +381,11 @@ func (c *cachedAnswer) fits(sig string, a pollAnswer, keep bool) bool {
 // the same cursor with the same headers, the event is rendered once. Its
 // Date header is then the first poll's, within the fan-out's time.
 func (p *detachedPoll) sharedAnswer(a pollAnswer) []byte {
-	if c, ok := a.event.lastDerived(memoPollAnswer).(*cachedAnswer); ok && c.fits(p.sig, a, p.keep) {
+	if c, ok := a.event.LastDerived(memoPollAnswer).(*cachedAnswer); ok && c.fits(p.sig, a, p.keep) {
 		return c.bytes
 	}
 	c := &cachedAnswer{sig: p.sig, cursor: a.cursor, missed: a.missed, keep: p.keep, bytes: p.render(a)}
-	a.event.keepDerived(memoPollAnswer, c)
+	a.event.KeepDerived(memoPollAnswer, c)
 	return c.bytes
 }
 

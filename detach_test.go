@@ -112,12 +112,7 @@ func TestDetachingStaysOutOfTheWayOfEncode(t *testing.T) {
 	}
 	hub := s.hub(DefaultHubName)
 	waitFor(t, "both streams to attach", func() bool { return hub.SubscriberCount() == 2 })
-	hub.mu.RLock()
-	c := hub.contexts["/c"]
-	hub.mu.RUnlock()
-	c.mu.RLock()
-	watchers := len(c.watchers)
-	c.mu.RUnlock()
+	watchers := watcherCount(hub, "/c")
 	if watchers != 1 {
 		t.Fatalf("%d streams detached, want 1: the NDJSON one", watchers)
 	}

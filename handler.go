@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/hub"
 	"github.com/caddy-comet/comet/internal/jwtauth"
 	"github.com/caddy-comet/comet/internal/takeover"
 	"github.com/caddyserver/caddy/v2"
@@ -380,6 +382,21 @@ func cursorSent(r *http.Request) (text string, etag bool) {
 	return r.Header.Get("If-None-Match"), true
 }
 
+// parseETag extracts a cursor from an If-None-Match value. Clients send back
+// the ETag they were given, so only the first entity tag is looked at; weak
+// tags are accepted because intermediaries may weaken them.
+func parseETag(v string) (Cursor, error) {
+	v = strings.TrimSpace(v)
+	if first, _, found := strings.Cut(v, ","); found {
+		v = strings.TrimSpace(first)
+	}
+	v = strings.TrimPrefix(v, "W/")
+	if len(v) < 2 || v[0] != '"' || v[len(v)-1] != '"' {
+		return Cursor{}, hub.ErrBadCursor
+	}
+	return ParseCursor(v[1 : len(v)-1])
+}
+
 var errMessageTooLarge = errors.New("message too large")
 
 // readMessage reads a publish request's body, refusing more than limit
@@ -435,7 +452,7 @@ func hubStatus(err error) int {
 	case errors.Is(err, ErrIdempotencyPending):
 		return http.StatusConflict
 	case errors.Is(err, ErrTooManyContexts), errors.Is(err, ErrTooManySubscribers), errors.Is(err, ErrHubClosed),
-		errors.Is(err, ErrBrokerUnavailable), errors.Is(err, errFailedBefore):
+		errors.Is(err, ErrBrokerUnavailable), errors.Is(err, hub.ErrFailedBefore):
 		return http.StatusServiceUnavailable
 	default:
 		return http.StatusInternalServerError

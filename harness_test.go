@@ -425,64 +425,19 @@ func publishN(t testing.TB, h *Hub, key string, n int) Cursor {
 	return last
 }
 
-// followContext attaches n subscribers to the context, each reading every
-// event in a loop as a streaming client would and calling each delivery's
-// onDelivery (which may be nil), and returns a function that detaches them
-// and waits for them to finish.
-func followContext(t testing.TB, h *Hub, key string, n int, onDelivery func()) (stop func()) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for range n {
-		sub, err := h.Subscribe(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		wg.Go(func() {
-			defer sub.Close()
-			cur := sub.Start()
-			for {
-				d, err := sub.Next(ctx, cur)
-				if err != nil {
-					return
-				}
-				cur = d.Cursor
-				if onDelivery != nil {
-					onDelivery()
-				}
-			}
-		})
-	}
-	return func() {
-		cancel()
-		wg.Wait()
-	}
+// parkedCount is how many subscribers of a context a publish would wake
+// now: those waiting in Next, and watchers (detached polls and streams).
+func parkedCount(h *Hub, key string) int {
+	woken, _ := h.Parked(key)
+	return woken
 }
 
 // watcherCount counts the subscribers of a context that are watchers: the
 // ones taken over from net/http (and those of requests that follow
 // several contexts, on any path).
-// parkedCount is how many subscribers of a context a publish would wake
-// now: those waiting in Next, and watchers (detached polls and streams).
-func parkedCount(h *Hub, key string) int {
-	return countIn(h, key, (*hubContext).woken)
-}
-
 func watcherCount(h *Hub, key string) int {
-	return countIn(h, key, func(c *hubContext) int { return len(c.watchers) })
-}
-
-// countIn reads a count of a context under its lock; 0 without it.
-func countIn(h *Hub, key string, count func(*hubContext) int) int {
-	h.mu.RLock()
-	c := h.contexts[key]
-	h.mu.RUnlock()
-	if c == nil {
-		return 0
-	}
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return count(c)
+	_, watchers := h.Parked(key)
+	return watchers
 }
 
 // waitFor polls cond until it holds, failing the test after five seconds.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 
+	"github.com/caddy-comet/comet/internal/hub"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -13,29 +14,15 @@ import (
 // is unbounded.
 var metrics = struct {
 	subscribers   *prometheus.GaugeVec
-	contexts      *prometheus.GaugeVec
-	published     *prometheus.CounterVec
 	deliveries    *prometheus.CounterVec
 	expiries      *prometheus.CounterVec
 	dropped       *prometheus.CounterVec
 	publishErrors *prometheus.CounterVec
-	refusals      *prometheus.CounterVec
-	forgotten     *prometheus.CounterVec
-	replayed      *prometheus.CounterVec
-	announced     *prometheus.CounterVec
 }{
 	subscribers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "comet", Name: "subscribers",
 		Help: "Subscribers attached over HTTP, by transport.",
 	}, []string{"hub", "transport"}),
-	contexts: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: "caddy", Subsystem: "comet", Name: "contexts",
-		Help: "Contexts held by the hub.",
-	}, []string{"hub"}),
-	published: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "comet", Name: "events_published_total",
-		Help: "Events published, through HTTP, the admin API or Go.",
-	}, []string{"hub"}),
 	deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "comet", Name: "deliveries_total",
 		Help: "Events written to subscribers, by transport.",
@@ -52,31 +39,14 @@ var metrics = struct {
 		Namespace: "caddy", Subsystem: "comet", Name: "publish_errors_total",
 		Help: "Publishes refused: too_large, invalid, limit, closed, broker (unreachable), idempotency (a key used for other events, or still under way).",
 	}, []string{"hub", "reason"}),
-	refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "comet", Name: "limit_refusals_total",
-		Help: "Requests of any kind (subscribe, publish, over HTTP, the admin API or Go) refused because a limit was reached: max_contexts or max_subscribers.",
-	}, []string{"hub", "limit"}),
-	forgotten: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "comet", Name: "idempotency_keys_forgotten_total",
-		Help: "Idempotency keys an in-process hub forgot before their window ended because it held idempotency_keys of them; a retry with one would publish again.",
-	}, []string{"hub"}),
-	replayed: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "comet", Name: "publishes_replayed_total",
-		Help: "Publishes repeated with an Idempotency-Key already used, answered with the first receipts and not published again.",
-	}, []string{"hub"}),
-	announced: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "comet", Name: "broker_events_received_total",
-		Help: "Events the broker announced to this node: in cluster mode, those of the contexts the node mirrors.",
-	}, []string{"hub"}),
 }
 
 // registerMetrics adds comet's collectors to a config's registry.
 func registerMetrics(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{
-		metrics.subscribers, metrics.contexts, metrics.published, metrics.deliveries,
-		metrics.expiries, metrics.dropped, metrics.publishErrors, metrics.refusals,
-		metrics.forgotten, metrics.replayed, metrics.announced,
-	} {
+	for _, c := range append(hub.Collectors(),
+		metrics.subscribers, metrics.deliveries, metrics.expiries, metrics.dropped,
+		metrics.publishErrors,
+	) {
 		if err := reg.Register(c); err != nil {
 			if already, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok && already.ExistingCollector == c {
 				continue
@@ -86,44 +56,6 @@ func registerMetrics(reg prometheus.Registerer) error {
 	}
 	return nil
 }
-
-// hubMetrics are the series a hub keeps itself, so that publishing from Go
-// counts as well.
-type hubMetrics struct {
-	contexts             prometheus.Gauge
-	published            prometheus.Counter
-	refusals             [limitCount]prometheus.Counter
-	idempotencyForgotten prometheus.Counter
-	replayed             prometheus.Counter
-	announced            prometheus.Counter
-}
-
-func newHubMetrics(hub string) hubMetrics {
-	m := hubMetrics{
-		contexts:             metrics.contexts.WithLabelValues(hub),
-		published:            metrics.published.WithLabelValues(hub),
-		idempotencyForgotten: metrics.forgotten.WithLabelValues(hub),
-		replayed:             metrics.replayed.WithLabelValues(hub),
-		announced:            metrics.announced.WithLabelValues(hub),
-	}
-	for l, name := range limitNames {
-		m.refusals[l] = metrics.refusals.WithLabelValues(hub, name)
-	}
-	return m
-}
-
-// A limit of the hub, as named in caddy_comet_limit_refusals_total.
-type limit int
-
-const (
-	limitContexts limit = iota
-	limitSubscribers
-	limitCount
-)
-
-var limitNames = [limitCount]string{"max_contexts", "max_subscribers"}
-
-func (m *hubMetrics) refused(l limit) { m.refusals[l].Inc() }
 
 // transportMetrics are a route's series for one transport, looked up once
 // so that the request path only adds.

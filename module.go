@@ -53,7 +53,7 @@ func LookupHub(name string) (*Hub, bool) {
 	hubs.Range(func(_, value any) bool {
 		// A reload that changes a hub's broker runs the old and the new hub
 		// side by side for a moment: the newer one is the current one.
-		if p := value.(pooledHub); p.name == name && (found.Hub == nil || p.generation > found.generation) {
+		if p := value.(pooledHub); p.Name() == name && (found.Hub == nil || p.generation > found.generation) {
 			found = p
 		}
 		return true
@@ -66,7 +66,7 @@ func runningHubNames() []string {
 	seen := make(map[string]bool)
 	var names []string
 	hubs.Range(func(_, value any) bool {
-		if name := value.(pooledHub).name; !seen[name] {
+		if name := value.(pooledHub).Name(); !seen[name] {
 			seen[name] = true
 			names = append(names, name)
 		}
@@ -101,11 +101,11 @@ func (o HubOptions) validate() error {
 	case o.Broker != nil && o.Broker.Redis == nil:
 		return errors.New("broker needs a kind: redis")
 	case o.Broker != nil:
-		if err := o.Broker.Redis.validate(); err != nil {
+		if err := o.Broker.Redis.Validate(); err != nil {
 			return err
 		}
 	}
-	return o.HubConfig.validate()
+	return o.HubConfig.Validate()
 }
 
 // newHub makes the hub the options describe, connecting to its broker.
@@ -223,7 +223,7 @@ func (a *App) options(name string) HubOptions {
 // running config's bounds in place.
 func (a *App) Start() error {
 	for name, acq := range a.acquired {
-		acq.hub.configure(a.options(name).HubConfig)
+		acq.hub.Configure(a.options(name).HubConfig)
 	}
 	return nil
 }

@@ -214,7 +214,7 @@ func (e memberEncoding) delivery(d Delivery) (notice, frame []byte) {
 	if d.Event == nil {
 		return notice, nil
 	}
-	line := d.Event.derived(memoMultiplexed, func() any { return multiplexedLine(d.Event, e.key(), d.Cursor) }).([]byte)
+	line := d.Event.Derived(memoMultiplexed, func() any { return multiplexedLine(d.Event, e.key(), d.Cursor) }).([]byte)
 	if e.f == formatNDJSON {
 		return notice, line
 	}

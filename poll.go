@@ -15,7 +15,7 @@ import (
 func (h *Handler) servePoll(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, sn *subscription, how holding) error {
 	if how.sock != nil {
 		// Only a poll that must wait is worth taking over.
-		if _, ready, err := sn.subs[0].poll(sn.states[0].after); err == nil && !ready && h.detachPoll(w, r, how, sn) {
+		if _, ready, err := sn.subs[0].Poll(sn.states[0].after); err == nil && !ready && h.detachPoll(w, r, how, sn) {
 			return nil
 		}
 	}
@@ -48,7 +48,7 @@ func (sn *subscription) pick() (int, Delivery, bool, error) {
 		if !sn.takeChange(i) {
 			continue
 		}
-		d, ready, err := sub.poll(sn.states[i].after)
+		d, ready, err := sub.Poll(sn.states[i].after)
 		switch {
 		case err != nil:
 			return i, d, false, err

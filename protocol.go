@@ -3,6 +3,8 @@ package comet
 import (
 	"errors"
 	"net/http"
+
+	"github.com/caddy-comet/comet/internal/hub"
 )
 
 // The protocol's decisions: what a subscriber is answered, and when. Every
@@ -95,7 +97,7 @@ type streamStep struct {
 // step decides what the stream writes when its wait for an event after
 // s.after ended with d, ready and err: those of Subscriber.poll, or of
 // next (ready when err is nil), with err errExpired once the route's
-// expiration passed or errTick when a heartbeat is due. It moves s past
+// expiration passed or hub.ErrTick when a heartbeat is due. It moves s past
 // what it decides to write; nothing to write and no end means wait on.
 func (s *streamState) step(d Delivery, ready bool, err error) streamStep {
 	f := s.f
@@ -108,7 +110,7 @@ func (s *streamState) step(d Delivery, ready bool, err error) streamStep {
 		return streamStep{frame: f.reconnect(nil, reasonExpired, s.after), end: true, expired: true}
 	case errors.Is(err, errUnauthorized):
 		return streamStep{frame: f.reconnect(nil, reasonUnauthorized, s.after), end: true}
-	case errors.Is(err, errTick):
+	case errors.Is(err, hub.ErrTick):
 		return streamStep{frame: f.heartbeat()}
 	case !ready:
 		return streamStep{}

@@ -270,7 +270,7 @@ func TestExpiryNeverSkipsAnEventPublishedAsItEnds(t *testing.T) {
 		if a.cursor != after {
 			t.Errorf("%v: answered cursor %s, want the poll's own %s", end, a.cursor, after)
 		}
-		if d, ready, err := sub.poll(a.cursor); err != nil || !ready || string(d.Event.Data) != "late" {
+		if d, ready, err := sub.Poll(a.cursor); err != nil || !ready || string(d.Event.Data) != "late" {
 			t.Errorf("%v: the next poll from %s got %+v, ready %v, %v; want the late event", end, a.cursor, d, ready, err)
 		}
 	}

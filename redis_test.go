@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/redisbroker"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -108,7 +109,7 @@ func TestCursorsNeverMoveBackAfterRedisLosesItsData(t *testing.T) {
 	dead := held.Position()
 	// Node A hears no more announcements, as between Redis going away and
 	// A's subscription coming back: its mirror stays in the dead epoch.
-	a.stopFollowing()
+	a.StopFollowing()
 
 	r.restartEmpty()
 	var told Receipt
@@ -126,14 +127,14 @@ func TestCursorsNeverMoveBackAfterRedisLosesItsData(t *testing.T) {
 	}
 	defer sub.Close()
 	from := sub.Resume(told.Cursor)
-	if d, ready, err := sub.poll(from); err != nil || ready {
+	if d, ready, err := sub.Poll(from); err != nil || ready {
 		t.Fatalf("node A served the cursor %s from B with %+v (event %v), %v; want nothing: the client is up to date", told.Cursor, d, d.Event, err)
 	}
 	if from != told.Cursor {
 		t.Errorf("node A resumes %s from %s", told.Cursor, from)
 	}
 	// The subscriber A held in the dead epoch is told of the gap.
-	if d, ready, err := held.poll(dead); err != nil || !ready || d.Missed != MissedUnknown || d.Cursor != told.Cursor {
+	if d, ready, err := held.Poll(dead); err != nil || !ready || d.Missed != MissedUnknown || d.Cursor != told.Cursor {
 		t.Errorf("the subscriber at %s got %+v, ready %v, %v; want the new epoch's event with missed unknown", dead, d, ready, err)
 	}
 }
@@ -171,7 +172,7 @@ func TestEventsLostByRedisAreNeverSkippedSilently(t *testing.T) {
 			}
 			defer sub.Close()
 			waitFor(t, "the follower to follow", func() bool {
-				return numSub(t, rdb, follower.broker.(*redisBroker).contextChannel(key)) == 1
+				return numSub(t, rdb, redisbroker.ContextChannel(follower.Broker(), key)) == 1
 			})
 			var last Cursor
 			for i := 1; i <= 5; i++ {
@@ -184,7 +185,7 @@ func TestEventsLostByRedisAreNeverSkippedSilently(t *testing.T) {
 			waitFor(t, "the follower to hold every event", func() bool { return sub.Position() == last })
 
 			// Events 4 and 5 are lost, as a failed-over master loses them.
-			keys := follower.broker.(*redisBroker).keys(key)
+			keys := redisbroker.Keys(follower.Broker(), key)
 			ctx := context.Background()
 			if err := rdb.HSet(ctx, keys[0], "last", 3).Err(); err != nil {
 				t.Fatal(err)
@@ -208,10 +209,7 @@ func TestEventsLostByRedisAreNeverSkippedSilently(t *testing.T) {
 					t.Fatalf("the publish after the loss got %v, %v; want id 4 given again", rcpt.Cursor, err)
 				}
 			} else if noticed == "at a reload" {
-				follower.mu.RLock()
-				c := follower.contexts[key]
-				follower.mu.RUnlock()
-				follower.sync(c)
+				follower.Reload(key)
 			} else {
 				// The client comes back with its cursor to a node that
 				// never held the lost events.
@@ -283,7 +281,7 @@ func TestALateLoadIsNotALoss(t *testing.T) {
 	const key = "/late"
 	sub := followFrom(t, publisher, follower, key)
 	ctx := context.Background()
-	earlier, err := real.Load(ctx, key, follower.config().retention())
+	earlier, err := real.Load(ctx, key, follower.Retention())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -300,10 +298,7 @@ func TestALateLoadIsNotALoss(t *testing.T) {
 	late.mu.Lock()
 	late.next = &earlier
 	late.mu.Unlock()
-	follower.mu.RLock()
-	c := follower.contexts[key]
-	follower.mu.RUnlock()
-	follower.sync(c)
+	follower.Reload(key)
 
 	if got := sub.Position(); got != last {
 		t.Fatalf("after a late load the mirror is at %v, want %v: taken for a loss", got, last)

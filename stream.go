@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/caddy-comet/comet/internal/hub"
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
@@ -71,17 +72,17 @@ func ndjsonEventOf(ev *Event, cur Cursor) ndjsonEvent {
 // rendered for it in memoPollAnswer, and its line in multiplexed streams
 // in memoMultiplexed.
 const (
-	memoPollAnswer  = memoSlot(wireFormatCount)
+	memoPollAnswer  = hub.MemoSlot(wireFormatCount)
 	memoMultiplexed = memoPollAnswer + 1
 )
 
 // The memo has room for them: a negative length would not compile.
-var _ [memoSlots - 1 - memoMultiplexed]struct{}
+var _ [hub.MemoSlots - 1 - memoMultiplexed]struct{}
 
-// frame returns the event's encoding in format f, at cursor cur (the same
+// eventFrame returns the event's encoding in format f, at cursor cur (the same
 // for every subscriber), made once per event and shared.
-func (e *Event) frame(f wireFormat, cur Cursor) []byte {
-	return e.derived(memoSlot(f), func() any { return f.encode(nil, e, cur) }).([]byte)
+func eventFrame(e *Event, f wireFormat, cur Cursor) []byte {
+	return e.Derived(hub.MemoSlot(f), func() any { return f.encode(nil, e, cur) }).([]byte)
 }
 
 // open appends what starts a stream: the cursor it starts from, so that a
@@ -274,7 +275,7 @@ func (h *Handler) holdStream(r *http.Request, sn *subscription, out *streamWrite
 		switch {
 		case why == nil:
 			continue
-		case why == errTick:
+		case why == hub.ErrTick:
 		case r.Context().Err() != nil:
 			return // the client left
 		default:
@@ -303,7 +304,7 @@ func (h *Handler) writeReady(sn *subscription, out frameWriter) (wrote, end bool
 		if !sn.takeChange(i) {
 			continue
 		}
-		d, ready, perr := sub.poll(sn.states[i].after)
+		d, ready, perr := sub.Poll(sn.states[i].after)
 		if perr == nil && !ready {
 			continue
 		}
@@ -375,7 +376,7 @@ type streamEncoding interface {
 // subscriber and must not be modified.
 func (f wireFormat) delivery(d Delivery) (notice, frame []byte) {
 	if d.Event != nil {
-		frame = d.Event.frame(f, d.Cursor)
+		frame = eventFrame(d.Event, f, d.Cursor)
 	}
 	return missedNotice(f, d), frame
 }

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/hub"
 	"github.com/caddy-comet/comet/internal/jwtauth"
 	"github.com/caddy-comet/comet/internal/takeover"
 	"github.com/caddyserver/caddy/v2"
@@ -192,13 +193,13 @@ func (sn *subscription) close() {
 // watchAll makes every subscriber a watcher (see watch.go) that marks its
 // context changed and calls notify. The holder calls it once, before it
 // first looks at the contexts, so that no change is missed.
-func (sn *subscription) watchAll(notify watcherFunc) {
+func (sn *subscription) watchAll(notify hub.WatcherFunc) {
 	if !sn.several {
-		sn.subs[0].watch(notify)
+		sn.subs[0].Watch(notify)
 		return
 	}
 	for i, sub := range sn.subs {
-		sub.watch(func() func() {
+		sub.Watch(func() func() {
 			sn.changed[i].Store(true)
 			return notify()
 		})
@@ -219,12 +220,12 @@ func (sn *subscription) holdHere() {
 
 // wait waits, in a subscription held by the request's goroutine, until
 // a context may have changed since the holder last looked, or signal was
-// called (nil: look again), tick fires (errTick) or ctx ends (its error).
+// called (nil: look again), tick fires (hub.ErrTick) or ctx ends (its error).
 func (sn *subscription) wait(ctx context.Context, tick <-chan time.Time) error {
 	if !sn.several {
-		_, err := sn.subs[0].next(ctx, sn.states[0].after, tick, sn.wake)
+		_, err := sn.subs[0].Wait(ctx, sn.states[0].after, tick, sn.wake)
 		switch {
-		case errors.Is(err, errTick), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		case errors.Is(err, hub.ErrTick), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 			return err
 		}
 		return nil // ready, poked, or an end the holder's next look finds
@@ -233,7 +234,7 @@ func (sn *subscription) wait(ctx context.Context, tick <-chan time.Time) error {
 	case <-sn.wake:
 		return nil
 	case <-tick:
-		return errTick
+		return hub.ErrTick
 	case <-ctx.Done():
 		return ctx.Err()
 	}

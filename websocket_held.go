@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/hub"
 	"github.com/caddy-comet/comet/internal/wsframe"
 )
 
@@ -57,7 +58,7 @@ func (h *Handler) holdWebSocket(conn heldConn, ss *wsSession, sn *subscription) 
 			if !ss.keepAlive(out) {
 				return
 			}
-			why = errTick
+			why = hub.ErrTick
 		case reader.clientLeft():
 			return
 		default:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/caddy-comet/comet/internal/hub"
 	"github.com/caddy-comet/comet/internal/wsframe"
 	"github.com/gobwas/ws"
 )
@@ -42,14 +43,14 @@ const (
 	memoMultiplexedWebSocket = memoWebSocket + 1
 )
 
-var _ [memoSlots - 1 - memoMultiplexedWebSocket]struct{}
+var _ [hub.MemoSlots - 1 - memoMultiplexedWebSocket]struct{}
 
 // wsEncoding writes a stream's lines as WebSocket messages: those of line,
 // the NDJSON encoding of the stream (of one context, or of one context of
 // several), each framed. slot is the memo slot of the event frames.
 type wsEncoding struct {
 	line streamEncoding
-	slot memoSlot
+	slot hub.MemoSlot
 }
 
 // webSocketOf is the encoding of a WebSocket stream of one context.
@@ -88,7 +89,7 @@ func (e wsEncoding) delivery(d Delivery) (notice, frame []byte) {
 		notice = wsframe.AppendText(nil, notice)
 	}
 	if line != nil {
-		frame = d.Event.derived(e.slot, func() any { return wsframe.AppendText(nil, line) }).([]byte)
+		frame = d.Event.Derived(e.slot, func() any { return wsframe.AppendText(nil, line) }).([]byte)
 	}
 	return notice, frame
 }

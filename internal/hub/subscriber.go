@@ -1,4 +1,4 @@
-package comet
+package hub
 
 import (
 	"context"
@@ -15,7 +15,7 @@ type Subscriber struct {
 	closed   bool
 	identity string // counted in c.identities while attached; "" anonymous
 
-	changed    watcherFunc // set while the subscriber is a watcher
+	changed    WatcherFunc // set while the subscriber is a watcher
 	watchIndex int         // its place in c.watchers
 }
 
@@ -65,20 +65,21 @@ func (s *Subscriber) ContextSubscribers() int { return int(s.c.subscribers.Load(
 // (ErrHubClosed) or the context is deleted (ErrContextDeleted). It returns at once if the event is already in history, or
 // if events after the cursor were lost, with Delivery.Missed saying so.
 func (s *Subscriber) Next(ctx context.Context, after Cursor) (Delivery, error) {
-	return s.next(ctx, after, nil, nil)
+	return s.Wait(ctx, after, nil, nil)
 }
 
-// errTick is what next returns when its tick channel fires first, and
-// errPoked when its poke channel does.
+// ErrTick is what Wait returns when its tick channel fires first, and
+// ErrPoked when its poke channel does.
 var (
-	errTick  = errors.New("tick")
-	errPoked = errors.New("poked")
+	ErrTick  = errors.New("tick")
+	ErrPoked = errors.New("poked")
 )
 
-// next is Next that also returns errTick when tick fires, so that a stream
+// Wait is Next that also returns ErrTick when tick fires, so that a stream
 // can write heartbeats from its own goroutine without another one, and
-// errPoked when poke does, so that another goroutine can wake it.
-func (s *Subscriber) next(ctx context.Context, after Cursor, tick <-chan time.Time, poke <-chan struct{}) (Delivery, error) {
+// ErrPoked when poke does, so that another goroutine can wake it. For the
+// comet module's use; not part of its Go API.
+func (s *Subscriber) Wait(ctx context.Context, after Cursor, tick <-chan time.Time, poke <-chan struct{}) (Delivery, error) {
 	c := s.c
 	for {
 		c.mu.RLock()
@@ -103,9 +104,9 @@ func (s *Subscriber) next(ctx context.Context, after Cursor, tick <-chan time.Ti
 		case <-s.hub.closed:
 			err = ErrHubClosed
 		case <-tick:
-			err = errTick
+			err = ErrTick
 		case <-poke:
-			err = errPoked
+			err = ErrPoked
 		}
 		c.waiting.Add(-1)
 		if err != nil {

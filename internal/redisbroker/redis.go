@@ -1,4 +1,4 @@
-package comet
+package redisbroker
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/hub"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
@@ -48,25 +49,25 @@ type redisBroker struct {
 	watching chan struct{}   // signals the subscriber goroutine
 }
 
-// NewRedisBroker connects to Redis as cfg says, for the hub named hub, and
-// fails if Redis does not answer. Hubs of that name on every node that use
-// the same Redis and key prefix act as one.
-func NewRedisBroker(cfg RedisConfig, hub string, logger *zap.Logger) (Broker, error) {
+// New connects to Redis as cfg says, for the hub named hubName, and fails
+// if Redis does not answer. Hubs of that name on every node that use the
+// same Redis and key prefix act as one.
+func New(cfg Config, hubName string, logger *zap.Logger) (hub.Broker, error) {
 	opts, err := cfg.universalOptions()
 	if err != nil {
 		return nil, err
 	}
 	client := redis.NewUniversalClient(opts)
 	watchClusterFailures(client)
-	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), hub.BrokerTimeout)
 	defer cancel()
 	if err := client.Ping(ctx).Err(); err != nil {
 		client.Close()
-		return nil, fmt.Errorf("%w: redis at %s: %v", ErrBrokerUnavailable, strings.Join(opts.Addrs, ", "), err)
+		return nil, fmt.Errorf("%w: redis at %s: %v", hub.ErrBrokerUnavailable, strings.Join(opts.Addrs, ", "), err)
 	}
 	prefix := cfg.KeyPrefix
 	if prefix == "" {
-		prefix = DefaultRedisKeyPrefix
+		prefix = DefaultKeyPrefix
 	}
 	announce := "PUBLISH"
 	if _, ok := client.(*redis.ClusterClient); ok {
@@ -75,8 +76,8 @@ func NewRedisBroker(cfg RedisConfig, hub string, logger *zap.Logger) (Broker, er
 	return &redisBroker{
 		client:   client,
 		prefix:   prefix,
-		hub:      hub,
-		channel:  prefix + hub + ":events",
+		hub:      hubName,
+		channel:  prefix + hubName + ":events",
 		logger:   logger,
 		announce: announce,
 		watches:  make(map[string]bool),
@@ -156,17 +157,17 @@ return n
 
 // publish runs the publish script for one event: a batch of one needs no
 // pipeline.
-func (b *redisBroker) publish(ctx context.Context, key string, ev *Event, keep Retention) (Cursor, error) {
+func (b *redisBroker) publish(ctx context.Context, key string, ev *hub.Event, keep hub.Retention) (hub.Cursor, error) {
 	res, err := publishScript.Run(ctx, b.client, b.keys(key), b.publishArgs(key, ev, keep)...).Slice()
 	if err != nil {
-		return Cursor{}, fmt.Errorf("%w: publishing to redis: %v", ErrBrokerUnavailable, err)
+		return hub.Cursor{}, fmt.Errorf("%w: publishing to redis: %v", hub.ErrBrokerUnavailable, err)
 	}
 	epoch, id, err := epochAndID(res)
 	if err != nil {
-		return Cursor{}, err
+		return hub.Cursor{}, err
 	}
 	ev.ID = id
-	return Cursor{Epoch: epoch, ID: id}, nil
+	return hub.Cursor{Epoch: epoch, ID: id}, nil
 }
 
 // PublishBatch runs the publish script once per event in one pipeline: one
@@ -174,12 +175,12 @@ func (b *redisBroker) publish(ctx context.Context, key string, ev *Event, keep R
 // uses the script's hash; events that a node refused for not knowing the
 // script (a node that restarted or was flushed) did not run, so they are
 // sent again with the script itself, in their order.
-func (b *redisBroker) PublishBatch(ctx context.Context, batch []Publication, keep Retention) ([]Cursor, error) {
+func (b *redisBroker) PublishBatch(ctx context.Context, batch []hub.Publication, keep hub.Retention) ([]hub.Cursor, error) {
 	if len(batch) == 1 {
 		cur, err := b.publish(ctx, batch[0].Key, &batch[0].Event, keep)
-		return []Cursor{cur}, err
+		return []hub.Cursor{cur}, err
 	}
-	cursors := make([]Cursor, len(batch))
+	cursors := make([]hub.Cursor, len(batch))
 	pending := make([]int, len(batch))
 	for i := range pending {
 		pending[i] = i
@@ -216,7 +217,7 @@ func (b *redisBroker) PublishBatch(ctx context.Context, batch []Publication, kee
 			}
 		}
 		if firstErr != nil {
-			return cursors, fmt.Errorf("%w: publishing to redis: %v", ErrBrokerUnavailable, firstErr)
+			return cursors, fmt.Errorf("%w: publishing to redis: %v", hub.ErrBrokerUnavailable, firstErr)
 		}
 		if pending = again; len(pending) == 0 {
 			break
@@ -227,34 +228,34 @@ func (b *redisBroker) PublishBatch(ctx context.Context, batch []Publication, kee
 
 // publishCmd queues the publish script for one event, by hash or whole.
 func (b *redisBroker) publishCmd(ctx context.Context, p redis.Pipeliner,
-	run func(context.Context, redis.Scripter, []string, ...any) *redis.Cmd, pub *Publication, keep Retention) *redis.Cmd {
+	run func(context.Context, redis.Scripter, []string, ...any) *redis.Cmd, pub *hub.Publication, keep hub.Retention) *redis.Cmd {
 	return run(ctx, p, b.keys(pub.Key), b.publishArgs(pub.Key, &pub.Event, keep)...)
 }
 
 // publishArgs are the publish script's arguments for one event.
-func (b *redisBroker) publishArgs(key string, ev *Event, keep Retention) []any {
+func (b *redisBroker) publishArgs(key string, ev *hub.Event, keep hub.Retention) []any {
 	published := strconv.FormatInt(ev.Published.UnixMilli(), 10)
-	return []any{newEpoch(), keep.Events, keep.MaxAge.Milliseconds(), b.contextChannel(key),
+	return []any{hub.NewEpoch(), keep.Events, keep.MaxAge.Milliseconds(), b.contextChannel(key),
 		ev.Type, ev.ContentType, published, ev.Data, key, b.announce}
 }
 
-func (b *redisBroker) Load(ctx context.Context, key string, keep Retention) (BrokerState, error) {
+func (b *redisBroker) Load(ctx context.Context, key string, keep hub.Retention) (hub.BrokerState, error) {
 	res, err := loadScript.Run(ctx, b.client, b.keys(key),
-		newEpoch(), keep.MaxAge.Milliseconds(), keep.Events).Slice()
+		hub.NewEpoch(), keep.MaxAge.Milliseconds(), keep.Events).Slice()
 	if err != nil {
-		return BrokerState{}, fmt.Errorf("%w: loading from redis: %v", ErrBrokerUnavailable, err)
+		return hub.BrokerState{}, fmt.Errorf("%w: loading from redis: %v", hub.ErrBrokerUnavailable, err)
 	}
 	epoch, last, err := epochAndID(res)
 	if err != nil || len(res) < 3 {
-		return BrokerState{}, fmt.Errorf("unexpected answer from redis: %v", res)
+		return hub.BrokerState{}, fmt.Errorf("unexpected answer from redis: %v", res)
 	}
 	entries, _ := res[2].([]any)
-	st := BrokerState{Epoch: epoch, LastID: last}
+	st := hub.BrokerState{Epoch: epoch, LastID: last}
 	cutoff := time.Now().Add(-keep.MaxAge)
 	for i := len(entries) - 1; i >= 0; i-- { // XREVRANGE: newest first
 		ev, err := eventFromStreamEntry(entries[i])
 		if err != nil {
-			return BrokerState{}, err
+			return hub.BrokerState{}, err
 		}
 		if ev.Published.Before(cutoff) {
 			continue
@@ -272,22 +273,22 @@ func (b *redisBroker) Load(ctx context.Context, key string, keep Retention) (Bro
 	return st, nil
 }
 
-func (b *redisBroker) Position(ctx context.Context, key string) (Cursor, bool, error) {
+func (b *redisBroker) Position(ctx context.Context, key string) (hub.Cursor, bool, error) {
 	vals, err := b.client.HMGet(ctx, b.keys(key)[0], "epoch", "last").Result()
 	if err != nil {
-		return Cursor{}, false, fmt.Errorf("%w: reading from redis: %v", ErrBrokerUnavailable, err)
+		return hub.Cursor{}, false, fmt.Errorf("%w: reading from redis: %v", hub.ErrBrokerUnavailable, err)
 	}
 	if vals[0] == nil {
-		return Cursor{}, false, nil
+		return hub.Cursor{}, false, nil
 	}
 	epoch, id, err := epochAndID(vals)
-	return Cursor{Epoch: epoch, ID: id}, err == nil, err
+	return hub.Cursor{Epoch: epoch, ID: id}, err == nil, err
 }
 
 // idempotencyLease is how long a claimed idempotency key waits for its
-// publish to be settled: longer than a publish may take (brokerTimeout),
+// publish to be settled: longer than a publish may take (hub.BrokerTimeout),
 // short enough that a node that died half way frees it soon.
-const idempotencyLease = 3 * brokerTimeout
+const idempotencyLease = 3 * hub.BrokerTimeout
 
 // claimScript claims an idempotency key (an empty value while its publish
 // is under way) or returns what is stored for it.
@@ -308,7 +309,7 @@ func (b *redisBroker) Claim(ctx context.Context, key string, window time.Duratio
 	lease := min(window, idempotencyLease).Milliseconds()
 	res, err := claimScript.Run(ctx, b.client, []string{b.idempotencyKey(key)}, max(lease, 1)).Slice()
 	if err != nil {
-		return false, nil, fmt.Errorf("%w: claiming an idempotency key: %v", ErrBrokerUnavailable, err)
+		return false, nil, fmt.Errorf("%w: claiming an idempotency key: %v", hub.ErrBrokerUnavailable, err)
 	}
 	if n, _ := res[0].(int64); n == 1 {
 		return true, nil, nil
@@ -329,14 +330,14 @@ func (b *redisBroker) Settle(ctx context.Context, key string, record []byte, win
 		err = b.client.Set(ctx, b.idempotencyKey(key), record, window).Err()
 	}
 	if err != nil {
-		return fmt.Errorf("%w: settling an idempotency key: %v", ErrBrokerUnavailable, err)
+		return fmt.Errorf("%w: settling an idempotency key: %v", hub.ErrBrokerUnavailable, err)
 	}
 	return nil
 }
 
-func (b *redisBroker) Diverged(ctx context.Context, key, epoch string, keep Retention) error {
-	if err := divergeScript.Run(ctx, b.client, b.keys(key), epoch, newEpoch(), keep.MaxAge.Milliseconds()).Err(); err != nil {
-		return fmt.Errorf("%w: starting a new epoch in redis: %v", ErrBrokerUnavailable, err)
+func (b *redisBroker) Diverged(ctx context.Context, key, epoch string, keep hub.Retention) error {
+	if err := divergeScript.Run(ctx, b.client, b.keys(key), epoch, hub.NewEpoch(), keep.MaxAge.Milliseconds()).Err(); err != nil {
+		return fmt.Errorf("%w: starting a new epoch in redis: %v", hub.ErrBrokerUnavailable, err)
 	}
 	return nil
 }
@@ -344,7 +345,7 @@ func (b *redisBroker) Diverged(ctx context.Context, key, epoch string, keep Rete
 func (b *redisBroker) Delete(ctx context.Context, key string) (bool, error) {
 	n, err := deleteScript.Run(ctx, b.client, b.keys(key), b.channel, key).Int()
 	if err != nil {
-		return false, fmt.Errorf("%w: deleting from redis: %v", ErrBrokerUnavailable, err)
+		return false, fmt.Errorf("%w: deleting from redis: %v", hub.ErrBrokerUnavailable, err)
 	}
 	return n > 0, nil
 }
@@ -352,7 +353,7 @@ func (b *redisBroker) Delete(ctx context.Context, key string) (bool, error) {
 // Probe publishes a probe on the hub's channel.
 func (b *redisBroker) Probe(ctx context.Context, token string) error {
 	if err := b.client.Publish(ctx, b.channel, "p "+strconv.Itoa(len(token))+"\n"+token).Err(); err != nil {
-		return fmt.Errorf("%w: publishing a probe: %v", ErrBrokerUnavailable, err)
+		return fmt.Errorf("%w: publishing a probe: %v", hub.ErrBrokerUnavailable, err)
 	}
 	return nil
 }
@@ -387,14 +388,14 @@ func epochAndID(res []any) (string, uint64, error) {
 	default:
 		err = fmt.Errorf("id of type %T", v)
 	}
-	if err != nil || !validEpoch(epoch) {
+	if err != nil || !hub.ValidEpoch(epoch) {
 		return "", 0, fmt.Errorf("unexpected answer from redis: %v", res)
 	}
 	return epoch, id, nil
 }
 
 // eventFromStreamEntry decodes an XREVRANGE entry: [id, [field, value...]].
-func eventFromStreamEntry(entry any) (*Event, error) {
+func eventFromStreamEntry(entry any) (*hub.Event, error) {
 	parts, ok := entry.([]any)
 	if !ok || len(parts) != 2 {
 		return nil, fmt.Errorf("unexpected stream entry %v", entry)
@@ -406,7 +407,7 @@ func eventFromStreamEntry(entry any) (*Event, error) {
 		return nil, fmt.Errorf("unexpected stream entry id %q", streamID)
 	}
 	fields, _ := parts[1].([]any)
-	ev := &Event{ID: id}
+	ev := &hub.Event{ID: id}
 	for i := 0; i+1 < len(fields); i += 2 {
 		name, _ := fields[i].(string)
 		value, _ := fields[i+1].(string)
@@ -427,6 +428,6 @@ func eventFromStreamEntry(entry any) (*Event, error) {
 
 // Interface guard
 var (
-	_ Broker         = (*redisBroker)(nil)
-	_ BrokerProblems = (*redisBroker)(nil)
+	_ hub.Broker         = (*redisBroker)(nil)
+	_ hub.BrokerProblems = (*redisBroker)(nil)
 )

@@ -1,4 +1,4 @@
-package comet
+package hub
 
 import (
 	"context"
@@ -25,9 +25,9 @@ var (
 	// ErrBadIdempotencyKey: empty, longer than MaxIdempotencyKeyLength, or
 	// with bytes other than printable ASCII.
 	ErrBadIdempotencyKey = fmt.Errorf("idempotency key must be 1 to %d printable ASCII characters", MaxIdempotencyKeyLength)
-	// errFailedBefore stands for the error of a first publish that failed
+	// ErrFailedBefore stands for the error of a first publish that failed
 	// half way, when its answer is given again.
-	errFailedBefore = errors.New("the first publish with this idempotency key stopped on the way")
+	ErrFailedBefore = errors.New("the first publish with this idempotency key stopped on the way")
 )
 
 // MaxIdempotencyKeyLength bounds an idempotency key.
@@ -99,9 +99,9 @@ type brokerKeys struct{ h *Hub }
 func (k brokerKeys) claim(key string) (*outcome, error) {
 	h := k.h
 	window := time.Duration(h.config().IdempotencyWindow)
-	deadline := time.Now().Add(brokerTimeout)
+	deadline := time.Now().Add(BrokerTimeout)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), BrokerTimeout)
 		claimed, stored, err := h.broker.Claim(ctx, key, window)
 		cancel()
 		switch {
@@ -129,7 +129,7 @@ func (k brokerKeys) claim(key string) (*outcome, error) {
 func (k brokerKeys) settle(key string, o *outcome) {
 	h := k.h
 	window := time.Duration(h.config().IdempotencyWindow)
-	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), BrokerTimeout)
 	defer cancel()
 	if o == nil {
 		_ = h.broker.Settle(ctx, key, nil, window) // frees the key
@@ -164,7 +164,7 @@ func (h *Hub) replay(o *outcome, fp string) ([]Receipt, bool, error) {
 	}
 	h.metrics.replayed.Inc()
 	if o.Failed >= 0 {
-		return o.Receipts, true, &BatchError{Index: o.Failed, Err: fmt.Errorf("%w: %s", errFailedBefore, o.Error)}
+		return o.Receipts, true, &BatchError{Index: o.Failed, Err: fmt.Errorf("%w: %s", ErrFailedBefore, o.Error)}
 	}
 	return o.Receipts, true, nil
 }
@@ -225,7 +225,7 @@ type idempotencyRef struct {
 // claim returns the key's outcome if it has one, a channel to wait on if
 // its publish is under way, or neither once it claimed the key for the
 // caller, who must then settle it.
-func (m *idempotencyMemory) claim(key string, now time.Time, cfg *HubConfig) (*outcome, <-chan struct{}) {
+func (m *idempotencyMemory) claim(key string, now time.Time, cfg *Config) (*outcome, <-chan struct{}) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.expireLocked(now, cfg.IdempotencyKeys-1)
@@ -246,7 +246,7 @@ func (m *idempotencyMemory) claim(key string, now time.Time, cfg *HubConfig) (*o
 
 // settle records the outcome of the key's publish, or frees the key if
 // the outcome is nil, and wakes whoever waits for it.
-func (m *idempotencyMemory) settle(key string, o *outcome, now time.Time, cfg *HubConfig) {
+func (m *idempotencyMemory) settle(key string, o *outcome, now time.Time, cfg *Config) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	e := m.entries[key]

@@ -1,4 +1,4 @@
-package comet
+package redisbroker
 
 import (
 	"context"
@@ -22,12 +22,12 @@ func (redisLogger) Printf(_ context.Context, format string, v ...any) {
 	caddy.Log().Named("comet.redis").Warn(fmt.Sprintf(format, v...))
 }
 
-// DefaultRedisKeyPrefix starts every key and channel comet uses in Redis.
-const DefaultRedisKeyPrefix = "comet:"
+// DefaultKeyPrefix starts every key and channel comet uses in Redis.
+const DefaultKeyPrefix = "comet:"
 
-// RedisConfig connects a hub to Redis: a single server, a Redis Cluster, or
+// Config connects a hub to Redis: a single server, a Redis Cluster, or
 // a Sentinel-managed set, through go-redis' universal client.
-type RedisConfig struct {
+type Config struct {
 	// The server: redis://[[user]:password@]host[:port][/db], or rediss://
 	// for TLS. Placeholders such as {env.REDIS_URL} are replaced.
 	URL string `json:"url,omitempty"`
@@ -51,7 +51,7 @@ type RedisConfig struct {
 	KeyPrefix string `json:"key_prefix,omitempty"`
 }
 
-func (c RedisConfig) validate() error {
+func (c Config) Validate() error {
 	if c.URL == "" && len(c.Addresses) == 0 {
 		return errors.New("redis broker needs a URL or addresses")
 	}
@@ -60,7 +60,7 @@ func (c RedisConfig) validate() error {
 
 // universalOptions turns the config into go-redis options, replacing
 // placeholders in the URL and credentials.
-func (c RedisConfig) universalOptions() (*redis.UniversalOptions, error) {
+func (c Config) universalOptions() (*redis.UniversalOptions, error) {
 	repl := caddy.NewReplacer()
 	opts := &redis.UniversalOptions{Addrs: c.Addresses, MasterName: c.MasterName}
 	if c.URL != "" {

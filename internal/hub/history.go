@@ -1,4 +1,4 @@
-package comet
+package hub
 
 import (
 	"sync/atomic"
@@ -26,13 +26,14 @@ type Event struct {
 	memo *eventMemo
 }
 
-// A memo slot is where one value derived from an event is kept.
-type memoSlot int
+// A MemoSlot is where one value derived from an event is kept (see
+// Event.Derived).
+type MemoSlot int
 
-// memoSlots is how many derived values an event can carry.
-const memoSlots = 6
+// MemoSlots is how many derived values an event can carry.
+const MemoSlots = 6
 
-type eventMemo [memoSlots]atomic.Pointer[any]
+type eventMemo [MemoSlots]atomic.Pointer[any]
 
 // withMemo gives the event a memo if it has none.
 func (e *Event) withMemo() *Event {
@@ -42,10 +43,12 @@ func (e *Event) withMemo() *Event {
 	return e
 }
 
-// derived returns the value kept in the event's slot, making it with make
+// Derived returns the value kept in the event's slot, making it with make
 // on first use. Two callers may make it at the same time; one value is
 // kept. An event that no hub holds has no memo, and make runs every time.
-func (e *Event) derived(slot memoSlot, make func() any) any {
+// The comet module keeps each wire encoding of an event there, made once
+// for every subscriber; not part of its Go API.
+func (e *Event) Derived(slot MemoSlot, make func() any) any {
 	if e.memo == nil {
 		return make()
 	}
@@ -58,9 +61,9 @@ func (e *Event) derived(slot memoSlot, make func() any) any {
 	return *p.Load()
 }
 
-// lastDerived returns the value last kept in the slot by keepDerived, or
+// LastDerived returns the value last kept in the slot by KeepDerived, or
 // nil.
-func (e *Event) lastDerived(slot memoSlot) any {
+func (e *Event) LastDerived(slot MemoSlot) any {
 	if e.memo == nil {
 		return nil
 	}
@@ -70,8 +73,8 @@ func (e *Event) lastDerived(slot memoSlot) any {
 	return nil
 }
 
-// keepDerived keeps v in the slot, in place of what it held.
-func (e *Event) keepDerived(slot memoSlot, v any) {
+// KeepDerived keeps v in the slot, in place of what it held.
+func (e *Event) KeepDerived(slot MemoSlot, v any) {
 	if e.memo != nil {
 		e.memo[slot].Store(&v)
 	}

@@ -1,4 +1,4 @@
-package comet
+package hub
 
 import (
 	"runtime"
@@ -6,27 +6,30 @@ import (
 	"sync"
 )
 
-// A watcher is a subscriber with no goroutine of its own waiting in Next:
-// the hub calls its changed function instead of waking it, on the
-// goroutine that published (or deleted, or closed), after releasing every
-// hub lock. changed must not block; it reads what changed with poll, and
-// may return work to do once every watcher of the context has been called
-// (waking a goroutine, say), so that nothing competes with the fan-out for
-// the processors until it is done.
+// A WatcherFunc is a watcher's: a watcher is a subscriber with no
+// goroutine of its own waiting in Next; the hub calls its changed function
+// instead of waking it, on the goroutine that published (or deleted, or
+// closed), after releasing every hub lock. changed must not block; it reads
+// what changed with Poll, and may return work to do once every watcher of
+// the context has been called (waking a goroutine, say), so that nothing
+// competes with the fan-out for the processors until it is done.
 //
 // This is what lets an HTTP/1.1 stream or long poll be written by the
 // publisher's goroutines, without a goroutine per subscriber woken for
 // every event.
-type watcherFunc func() (later func())
+//
+// For the comet module's use; not part of its Go API.
+type WatcherFunc func() (later func())
 
 // fanOutBatch is about how many watchers one goroutine handles on its own
 // before a fan-out is worth splitting between processors.
 const fanOutBatch = 256
 
-// watch makes the subscriber a watcher: changed is called on every change
+// Watch makes the subscriber a watcher: changed is called on every change
 // of its context until the subscriber is closed. It must be called once,
-// before the subscriber's first poll, so that no change is missed.
-func (s *Subscriber) watch(changed watcherFunc) {
+// before the subscriber's first Poll, so that no change is missed. For the
+// comet module's use; not part of its Go API.
+func (s *Subscriber) Watch(changed WatcherFunc) {
 	c := s.c
 	c.mu.Lock()
 	s.changed = changed
@@ -47,10 +50,11 @@ func (c *hubContext) unwatchLocked(s *Subscriber) {
 	s.changed = nil
 }
 
-// poll returns what the subscriber at cursor after gets now, without
+// Poll returns what the subscriber at cursor after gets now, without
 // waiting: ready is false when it is up to date. It fails like Next when
-// the hub closes or the context is deleted.
-func (s *Subscriber) poll(after Cursor) (d Delivery, ready bool, err error) {
+// the hub closes or the context is deleted. For the comet module's use;
+// not part of its Go API.
+func (s *Subscriber) Poll(after Cursor) (d Delivery, ready bool, err error) {
 	if s.hub.isClosed() {
 		return Delivery{}, false, ErrHubClosed
 	}
@@ -79,7 +83,7 @@ func (c *hubContext) notifyWatchers() {
 		c.mu.RUnlock()
 		return
 	}
-	changed := make([]watcherFunc, len(c.watchers))
+	changed := make([]WatcherFunc, len(c.watchers))
 	for i, s := range c.watchers {
 		changed[i] = s.changed
 	}
@@ -100,7 +104,7 @@ func (h *Hub) notifyAllWatchers() {
 // Writing an event to thousands of sockets is bound by system calls, so it
 // is worth using every processor; more goroutines than processors would
 // only queue.
-func fanOut(fns []watcherFunc) {
+func fanOut(fns []WatcherFunc) {
 	workers := min(runtime.GOMAXPROCS(0), (len(fns)+fanOutBatch-1)/fanOutBatch)
 	if workers <= 1 {
 		runAll(fns)()
@@ -124,7 +128,7 @@ func fanOut(fns []watcherFunc) {
 
 // runAll calls every function and returns one that calls what they left
 // for later.
-func runAll(fns []watcherFunc) func() {
+func runAll(fns []WatcherFunc) func() {
 	var laters []func()
 	for _, fn := range fns {
 		if later := fn(); later != nil {

@@ -1,4 +1,4 @@
-package comet
+package hub
 
 import (
 	"context"
@@ -68,7 +68,7 @@ func (h *Hub) probeLoop(ctx context.Context, interval time.Duration) {
 // probe announces one probe through the broker.
 func (h *Hub) probe(ctx context.Context) {
 	token := h.health.node + ":" + strconv.FormatUint(h.health.seq.Add(1), 10)
-	ctx, cancel := context.WithTimeout(ctx, brokerTimeout)
+	ctx, cancel := context.WithTimeout(ctx, BrokerTimeout)
 	defer cancel()
 	if err := h.broker.Probe(ctx, token); err != nil {
 		problem := "announcing a probe: " + err.Error()

@@ -1,4 +1,4 @@
-package comet
+package redisbroker
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/hub"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
@@ -16,7 +17,7 @@ import (
 // channel (probes, deletions) and to the channel of each context it
 // mirrors, batching its (un)subscriptions; dispatch decodes what comes.
 
-func (b *redisBroker) Follow(ctx context.Context, f BrokerFollower) {
+func (b *redisBroker) Follow(ctx context.Context, f hub.BrokerFollower) {
 	ps := b.client.Subscribe(ctx, b.channel)
 	defer ps.Close()
 	var channels contextChannels = &classicChannels{ps: ps, broker: b}
@@ -180,7 +181,7 @@ func (c *classicChannels) unsubscribe(ctx context.Context, channels []string) {
 }
 
 // dispatch decodes an announcement made by publishScript or deleteScript.
-func dispatch(payload string, f BrokerFollower) error {
+func dispatch(payload string, f hub.BrokerFollower) error {
 	head, body, ok := strings.Cut(payload, "\n")
 	fields := strings.Fields(head)
 	if !ok || len(fields) == 0 {
@@ -214,7 +215,7 @@ func dispatch(payload string, f BrokerFollower) error {
 		if err != nil || keyLen+typeLen+ctLen > len(body) {
 			return fmt.Errorf("bad header %q", head)
 		}
-		ev := &Event{
+		ev := &hub.Event{
 			ID:          id,
 			Type:        body[keyLen : keyLen+typeLen],
 			ContentType: body[keyLen+typeLen : keyLen+typeLen+ctLen],

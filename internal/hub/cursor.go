@@ -1,4 +1,4 @@
-package comet
+package hub
 
 import (
 	"errors"
@@ -24,7 +24,7 @@ type Cursor struct {
 // ten characters, the slack allows for other brokers.
 const maxEpochLen = 32
 
-var errBadCursor = errors.New("malformed cursor: want <epoch>:<id> as given in the Comet-Cursor header or ETag")
+var ErrBadCursor = errors.New("malformed cursor: want <epoch>:<id> as given in the Comet-Cursor header or ETag")
 
 // String returns the cursor's text form.
 func (c Cursor) String() string {
@@ -36,12 +36,12 @@ func (c Cursor) String() string {
 // decimal id.
 func ParseCursor(s string) (Cursor, error) {
 	epoch, id, ok := strings.Cut(s, ":")
-	if !ok || !validEpoch(epoch) || id == "" || (len(id) > 1 && id[0] == '0') {
-		return Cursor{}, errBadCursor
+	if !ok || !ValidEpoch(epoch) || id == "" || (len(id) > 1 && id[0] == '0') {
+		return Cursor{}, ErrBadCursor
 	}
 	n, err := strconv.ParseUint(id, 10, 64)
 	if err != nil {
-		return Cursor{}, errBadCursor
+		return Cursor{}, ErrBadCursor
 	}
 	return Cursor{Epoch: epoch, ID: n}, nil
 }
@@ -74,7 +74,10 @@ func absentSince(cur Cursor) (time.Time, bool) {
 	return time.UnixMilli(ms), true
 }
 
-func validEpoch(s string) bool {
+// ValidEpoch reports whether s can be an epoch: short, and of the
+// characters NewEpoch uses, so that one read from a broker or a client
+// cannot carry anything else into a cursor.
+func ValidEpoch(s string) bool {
 	if s == "" || len(s) > maxEpochLen {
 		return false
 	}
@@ -85,19 +88,4 @@ func validEpoch(s string) bool {
 		}
 	}
 	return true
-}
-
-// parseETag extracts a cursor from an If-None-Match value. Clients send back
-// the ETag they were given, so only the first entity tag is looked at; weak
-// tags are accepted because intermediaries may weaken them.
-func parseETag(v string) (Cursor, error) {
-	v = strings.TrimSpace(v)
-	if first, _, found := strings.Cut(v, ","); found {
-		v = strings.TrimSpace(first)
-	}
-	v = strings.TrimPrefix(v, "W/")
-	if len(v) < 2 || v[0] != '"' || v[len(v)-1] != '"' {
-		return Cursor{}, errBadCursor
-	}
-	return ParseCursor(v[1 : len(v)-1])
 }

@@ -1,4 +1,4 @@
-package comet
+package hub
 
 import (
 	"bytes"
@@ -138,7 +138,7 @@ func (h *Hub) runSyncs() {
 // sync reloads a mirror from the broker, after a gap in the announcements
 // or a reconnection.
 func (h *Hub) sync(c *hubContext) (ok bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), BrokerTimeout)
 	defer cancel()
 	st, err := h.broker.Load(ctx, c.key, h.config().retention())
 	if err != nil {
@@ -175,7 +175,7 @@ func (h *Hub) diverge(c *hubContext) {
 	epoch := c.position().Epoch
 	h.logger.Warn("the broker lost events this node had; moving the context to a new epoch",
 		zap.String("hub", h.name), zap.String("context", c.key), zap.String("epoch", epoch))
-	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), BrokerTimeout)
 	defer cancel()
 	if err := h.broker.Diverged(ctx, c.key, epoch, h.config().retention()); err != nil {
 		h.logger.Warn("could not move a context to a new epoch", zap.String("hub", h.name), zap.String("context", c.key), zap.Error(err))
@@ -194,7 +194,7 @@ func (h *Hub) diverge(c *hubContext) {
 // yet: it loads the context from the broker, without holding the hub lock
 // over the network, and watches the context's announcements from then on.
 func (h *Hub) withSharedContext(key string, fn func(*hubContext) error) error {
-	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), BrokerTimeout)
 	st, err := h.broker.Load(ctx, key, h.config().retention())
 	cancel()
 	if err != nil {
@@ -240,7 +240,7 @@ const (
 // apply adds an event the broker assigned to this mirror. An event the
 // mirror already has is ignored; one whose id the mirror holds for another
 // event means that the broker diverged.
-func (c *hubContext) apply(epoch string, ev *Event, cfg *HubConfig) (woken int, outcome applyOutcome) {
+func (c *hubContext) apply(epoch string, ev *Event, cfg *Config) (woken int, outcome applyOutcome) {
 	c.mu.Lock()
 	if epoch != c.epoch || ev.ID > c.lastID+1 {
 		c.mu.Unlock()

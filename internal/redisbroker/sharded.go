@@ -1,4 +1,4 @@
-package comet
+package redisbroker
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/hub"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
@@ -31,7 +32,7 @@ import (
 type shardedChannels struct {
 	client   *redis.ClusterClient
 	broker   *redisBroker
-	follower BrokerFollower
+	follower hub.BrokerFollower
 	ctx      context.Context
 
 	mu      sync.Mutex
@@ -64,7 +65,7 @@ const (
 	shardRetryMax   = 2 * time.Second
 )
 
-func newShardedChannels(ctx context.Context, client *redis.ClusterClient, b *redisBroker, f BrokerFollower) *shardedChannels {
+func newShardedChannels(ctx context.Context, client *redis.ClusterClient, b *redisBroker, f hub.BrokerFollower) *shardedChannels {
 	return &shardedChannels{
 		client:   client,
 		broker:   b,
@@ -122,7 +123,7 @@ func (s *shardedChannels) unsubscribe(ctx context.Context, channels []string) {
 		if sh := s.placed[ch]; sh != nil {
 			delete(s.placed, ch)
 			delete(sh.channels, ch)
-			t := target{sh, slotOf(ch)}
+			t := target{sh, SlotOf(ch)}
 			groups[t] = append(groups[t], ch)
 		}
 	}
@@ -241,7 +242,7 @@ func (s *shardedChannels) loseSlot(sh *shard, slot int) {
 	var channels []string
 	s.mu.Lock()
 	for ch := range sh.channels {
-		if slotOf(ch) == slot {
+		if SlotOf(ch) == slot {
 			channels = append(channels, ch)
 		}
 	}
@@ -352,7 +353,7 @@ func (s *shardedChannels) logFailure(doing string, slot int, err error) {
 func bySlot(channels []string) map[int][]string {
 	groups := make(map[int][]string)
 	for _, ch := range channels {
-		slot := slotOf(ch)
+		slot := SlotOf(ch)
 		groups[slot] = append(groups[slot], ch)
 	}
 	return groups

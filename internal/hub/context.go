@@ -1,4 +1,4 @@
-package comet
+package hub
 
 import (
 	"math/rand/v2"
@@ -56,17 +56,17 @@ func (c *hubContext) woken() int {
 }
 
 func newHubContext(key string) *hubContext {
-	return &hubContext{key: key, epoch: newEpoch(), wake: make(chan struct{})}
+	return &hubContext{key: key, epoch: NewEpoch(), wake: make(chan struct{})}
 }
 
-// newEpoch returns a short random name for a new id sequence. It never
+// NewEpoch returns a short random name for a new id sequence. It never
 // starts with "0", which marks absent cursors.
-func newEpoch() string {
+func NewEpoch() string {
 	const tenBase36Digits = 3656158440062976 // 36^10
 	return strconv.FormatUint(1+rand.Uint64N(tenBase36Digits-1), 36)
 }
 
-func (c *hubContext) publish(ev *Event, cfg *HubConfig, now time.Time) Receipt {
+func (c *hubContext) publish(ev *Event, cfg *Config, now time.Time) Receipt {
 	c.mu.Lock()
 	ev.ID = c.lastID + 1
 	ev.Published = now
@@ -81,7 +81,7 @@ func (c *hubContext) publish(ev *Event, cfg *HubConfig, now time.Time) Receipt {
 
 // appendLocked adds the next event to the history and returns the wake
 // channel to close once the lock is released.
-func (c *hubContext) appendLocked(ev *Event, cfg *HubConfig) chan struct{} {
+func (c *hubContext) appendLocked(ev *Event, cfg *Config) chan struct{} {
 	c.lastID = ev.ID
 	c.history.push(ev, cfg.History)
 	c.history.expire(ev.Published.Add(-time.Duration(cfg.HistoryMaxAge)))

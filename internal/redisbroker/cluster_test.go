@@ -1,4 +1,4 @@
-package comet
+package redisbroker
 
 import (
 	"errors"
@@ -16,16 +16,16 @@ func TestSlotOf(t *testing.T) {
 		"{b}x":                    3300,
 		"foo":                     12182,
 		"{user1000}.following":    3443,
-		"{}x":                     slotOf("{}x"), // empty tag: the whole name
-		"comet:{h:/rooms/a}:e":    slotOf("h:/rooms/a"),
-		"no}tag{here":             slotOf("no}tag{here"),
+		"{}x":                     SlotOf("{}x"), // empty tag: the whole name
+		"comet:{h:/rooms/a}:e":    SlotOf("h:/rooms/a"),
+		"no}tag{here":             SlotOf("no}tag{here"),
 		"{user1000}.followers{x}": 3443,
 	} {
-		if got := slotOf(name); got != want {
-			t.Errorf("slotOf(%q) = %d, want %d", name, got, want)
+		if got := SlotOf(name); got != want {
+			t.Errorf("SlotOf(%q) = %d, want %d", name, got, want)
 		}
 	}
-	if slotOf("{}x") == slotOf("") {
+	if SlotOf("{}x") == SlotOf("") {
 		t.Error("an empty hash tag must hash the whole name")
 	}
 }

@@ -1,4 +1,4 @@
-package comet
+package hub
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 )
 
 func TestNextByCursor(t *testing.T) {
-	h := testHub(t, HubConfig{History: 5})
+	h := testHub(t, Config{History: 5})
 	last := publishN(t, h, "/c", 10) // history keeps 6..10
 	epoch := last.Epoch
 	sub, err := h.Subscribe("/c")
@@ -63,7 +63,7 @@ func TestNextByCursor(t *testing.T) {
 }
 
 func TestNextReportsGapWhenHistoryIsGone(t *testing.T) {
-	h := testHub(t, HubConfig{History: 5, HistoryMaxAge: 1})
+	h := testHub(t, Config{History: 5, HistoryMaxAge: 1})
 	fake := time.Unix(1000, 0)
 	h.now = func() time.Time { return fake }
 	last := publishN(t, h, "/c", 4)
@@ -84,7 +84,7 @@ func TestNextReportsGapWhenHistoryIsGone(t *testing.T) {
 }
 
 func TestPublishWakesEveryWaitingSubscriber(t *testing.T) {
-	h := testHub(t, HubConfig{})
+	h := testHub(t, Config{})
 	const n = 50
 	var wg sync.WaitGroup
 	got := make(chan string, n)
@@ -129,7 +129,7 @@ func TestPublishWakesEveryWaitingSubscriber(t *testing.T) {
 // with none, so no per-subscriber work or queue is hidden in it.
 func TestPublishCostDoesNotGrowWithSubscribers(t *testing.T) {
 	allocs := func(waiting int) float64 {
-		h := testHub(t, HubConfig{})
+		h := testHub(t, Config{})
 		defer followContext(t, h, "/c", waiting, nil)()
 		ev := Event{Data: []byte("x")}
 		// AllocsPerRun counts the whole process's mallocs, and a thousand
@@ -153,7 +153,7 @@ func TestPublishCostDoesNotGrowWithSubscribers(t *testing.T) {
 }
 
 func TestCollectIdle(t *testing.T) {
-	h := testHub(t, HubConfig{HistoryMaxAge: 10})
+	h := testHub(t, Config{HistoryMaxAge: 10})
 	fake := time.Unix(1000, 0)
 	h.now = func() time.Time { return fake }
 	publishN(t, h, "/old", 3)
@@ -175,7 +175,7 @@ func TestCollectIdle(t *testing.T) {
 }
 
 func TestHubLimits(t *testing.T) {
-	h := testHub(t, HubConfig{MaxContexts: 2, MaxSubscribers: 2})
+	h := testHub(t, Config{MaxContexts: 2, MaxSubscribers: 2})
 	a, err := h.Subscribe("/a")
 	if err != nil {
 		t.Fatal(err)
@@ -207,7 +207,7 @@ func TestHubLimits(t *testing.T) {
 }
 
 func TestKeyLengthIsBounded(t *testing.T) {
-	h := testHub(t, HubConfig{})
+	h := testHub(t, Config{})
 	long := strings.Repeat("k", MaxKeyLength+1)
 	if _, err := h.Publish(long, Event{}); !errors.Is(err, ErrKeyTooLong) {
 		t.Errorf("publish: err = %v, want ErrKeyTooLong", err)
@@ -224,7 +224,7 @@ func TestKeyLengthIsBounded(t *testing.T) {
 }
 
 func TestCloseAnswersWaitingSubscribers(t *testing.T) {
-	h := testHub(t, HubConfig{})
+	h := testHub(t, Config{})
 	sub, err := h.Subscribe("/c")
 	if err != nil {
 		t.Fatal(err)
@@ -252,7 +252,7 @@ func TestCloseAnswersWaitingSubscribers(t *testing.T) {
 func BenchmarkPublish(b *testing.B) {
 	for _, waiting := range []int{0, 1000, 10000} {
 		b.Run(fmt.Sprintf("waiting=%d", waiting), func(b *testing.B) {
-			h := testHub(b, HubConfig{MaxSubscribers: waiting + 1})
+			h := testHub(b, Config{MaxSubscribers: waiting + 1})
 			stop := followContext(b, h, "/c", waiting, nil)
 			ev := Event{Data: []byte("payload")}
 			b.ReportAllocs()
@@ -273,7 +273,7 @@ func BenchmarkPublish(b *testing.B) {
 func BenchmarkWakeUp(b *testing.B) {
 	for _, waiting := range []int{100, 1000, 10000} {
 		b.Run(fmt.Sprintf("waiting=%d", waiting), func(b *testing.B) {
-			h := testHub(b, HubConfig{MaxSubscribers: waiting + 1})
+			h := testHub(b, Config{MaxSubscribers: waiting + 1})
 			var delivered sync.WaitGroup
 			stop := followContext(b, h, "/c", waiting, delivered.Done)
 			ev := Event{Data: []byte("payload")}
@@ -311,11 +311,11 @@ func watchContext(t testing.TB, h *Hub, key string, n int, seen *watchCounts) []
 		}
 		var mu sync.Mutex
 		cur := sub.Start()
-		sub.watch(func() func() {
+		sub.Watch(func() func() {
 			mu.Lock()
 			defer mu.Unlock()
 			for {
-				d, ready, err := sub.poll(cur)
+				d, ready, err := sub.Poll(cur)
 				if errors.Is(err, ErrHubClosed) {
 					seen.closed.Add(1)
 				}
@@ -332,7 +332,7 @@ func watchContext(t testing.TB, h *Hub, key string, n int, seen *watchCounts) []
 }
 
 func TestWatchersAreToldOfEveryChange(t *testing.T) {
-	h := testHub(t, HubConfig{})
+	h := testHub(t, Config{})
 	var seen watchCounts
 	subs := watchContext(t, h, "/c", 600, &seen) // enough to fan out on every processor
 	for range 3 {
@@ -371,7 +371,7 @@ func TestWatchersAreToldOfEveryChange(t *testing.T) {
 func BenchmarkWatchers(b *testing.B) {
 	for _, watching := range []int{100, 1000, 10000} {
 		b.Run(fmt.Sprintf("watching=%d", watching), func(b *testing.B) {
-			h := testHub(b, HubConfig{MaxSubscribers: watching + 1})
+			h := testHub(b, Config{MaxSubscribers: watching + 1})
 			var seen watchCounts
 			subs := watchContext(b, h, "/c", watching, &seen)
 			ev := Event{Data: []byte("payload")}

@@ -1,4 +1,4 @@
-package comet
+package redisbroker
 
 import (
 	"context"
@@ -77,11 +77,11 @@ func nodeUnreachable(err error) bool {
 // clusterSlots is how many hash slots a Redis Cluster has.
 const clusterSlots = 16384
 
-// slotOf is the Redis Cluster hash slot of a key or shard channel: the
+// SlotOf is the Redis Cluster hash slot of a key or shard channel: the
 // CRC16 (XMODEM) of its hash tag, or of the whole name without one, as
 // the cluster specification defines it. go-redis computes the same in a
 // package of its own that cannot be imported.
-func slotOf(name string) int {
+func SlotOf(name string) int {
 	if start := strings.IndexByte(name, '{'); start >= 0 {
 		if end := strings.IndexByte(name[start+1:], '}'); end > 0 {
 			name = name[start+1 : start+1+end]

@@ -1,4 +1,4 @@
-package comet
+package hub
 
 import (
 	"context"
@@ -87,15 +87,17 @@ func check(s Submission) error {
 		return ErrBadIdempotencyKey
 	}
 	for i := range s.Publications {
-		if err := checkPublication(&s.Publications[i]); err != nil {
+		if err := CheckPublication(&s.Publications[i]); err != nil {
 			return &BatchError{Index: i, Err: err}
 		}
 	}
 	return nil
 }
 
-// checkPublication refuses what no context would take.
-func checkPublication(p *Publication) error {
+// CheckPublication refuses what no context would take, as Submit would,
+// so that a reader of many publications can name the bad one. For the
+// comet module's use.
+func CheckPublication(p *Publication) error {
 	if !validEventType(p.Event.Type) {
 		return ErrBadEventType
 	}
@@ -169,7 +171,7 @@ func (h *Hub) commitShared(batch []Publication, receipts []Receipt) ([]Receipt, 
 	for i := range batch {
 		batch[i].Event.Published = now
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), brokerTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), BrokerTimeout)
 	cursors, err := h.broker.PublishBatch(ctx, batch, h.config().retention())
 	cancel()
 	failed := -1
