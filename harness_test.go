@@ -119,12 +119,41 @@ func adaptCaddyfile(t testing.TB, text string) []byte {
 
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		port := freePorts.next()
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return ln.Addr().String()
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no free port below the ephemeral range")
+	return ""
+}
+
+// freePorts hands out ports from 20000 to 29999, below Linux's ephemeral
+// range (32768 and up), each once per process. A port the kernel picked
+// for port 0 would be one that another test package's server, running at
+// the same time, may be given next, and Caddy binds its listeners with
+// SO_REUSEPORT: both would then share its connections. (A Redis Cluster
+// node's bus port, its port + 10000, stays out of the range too.)
+var freePorts = portCounter{last: 20000 + os.Getpid()%10000}
+
+const lastFreePort = 29999
+
+type portCounter struct {
+	mu   sync.Mutex
+	last int
+}
+
+func (p *portCounter) next() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.last++; p.last > lastFreePort {
+		p.last = 20000
+	}
+	return p.last
 }
 
 // freeTCPAndUDPAddr is freeAddr for a server that also listens on UDP
