@@ -34,6 +34,8 @@ type redisServer struct {
 	addr string
 	dir  string
 	cmd  *exec.Cmd
+	// password, if set, is required of clients (requirepass).
+	password string
 }
 
 // startRedis starts a redis-server for the test. Without the binary the
@@ -54,13 +56,34 @@ func startRedis(t testing.TB) *redisServer {
 	return r
 }
 
-func (r *redisServer) url() string { return "redis://" + r.addr + "/0" }
+// startRedisWithPassword starts a redis-server that requires password.
+func startRedisWithPassword(t testing.TB, password string) *redisServer {
+	t.Helper()
+	r := &redisServer{t: t, addr: freeAddr(t), dir: t.TempDir(), password: password}
+	var err error
+	if r.bin, err = exec.LookPath("redis-server"); err != nil {
+		startRedis(t) // fails or skips as it says
+	}
+	r.start()
+	t.Cleanup(r.kill)
+	return r
+}
+
+func (r *redisServer) url() string {
+	if r.password != "" {
+		return "redis://:" + r.password + "@" + r.addr + "/0"
+	}
+	return "redis://" + r.addr + "/0"
+}
 
 func (r *redisServer) start() {
 	r.t.Helper()
 	host, port, _ := net.SplitHostPort(r.addr)
 	r.cmd = exec.Command(r.bin, "--bind", host, "--port", port, "--dir", r.dir,
 		"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no")
+	if r.password != "" {
+		r.cmd.Args = append(r.cmd.Args, "--requirepass", r.password)
+	}
 	if err := r.cmd.Start(); err != nil {
 		r.t.Fatal(err)
 	}
@@ -101,7 +124,7 @@ func (r *redisServer) answers() bool {
 	conn.SetDeadline(time.Now().Add(time.Second))
 	fmt.Fprint(conn, "PING\r\n")
 	line, err := bufio.NewReader(conn).ReadString('\n')
-	return err == nil && strings.HasPrefix(line, "+PONG")
+	return err == nil && (strings.HasPrefix(line, "+PONG") || strings.HasPrefix(line, "-NOAUTH"))
 }
 
 // redisHub makes a hub of the default name on the server, as another node
