@@ -48,6 +48,7 @@ node() { # node <i> <broker option>: writes node i's Caddyfile
 	comet {
 		history 1000
 		max_contexts 100000
+		max_client_subscribers 100000
 		$2
 	}
 }
