@@ -130,6 +130,7 @@ func (AdminAPI) handlePublish(w http.ResponseWriter, r *http.Request) error {
 		return apiError(http.StatusBadRequest, errors.New("missing context query parameter"))
 	}
 	in, err := readPublish(w, r, key, limits)
+	in.Publisher = adminPublisher
 	if err != nil {
 		countPublishError(hub.Name(), err)
 		return apiError(messageStatus(err), err)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/caddy-comet/comet/internal/hub"
@@ -97,8 +98,47 @@ func readBatch(w http.ResponseWriter, r *http.Request, key string, limits batchL
 	return batch, lines, nil
 }
 
+// batchFields are a batch line's field names, as they must be spelled.
+var batchFields = [...]string{"context", "type", "content_type", "data", "data_base64"}
+
+// checkFieldNames refuses a line whose field names are not exactly
+// batchFields', or that names one twice. Go's decoder matches names
+// without regard to case and keeps the last of duplicates: a filter in
+// front of comet that reads the first "context" would see another context
+// than the one published to.
+func checkFieldNames(text []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(text))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return errors.New("not an event object")
+	}
+	var seen [len(batchFields)]bool
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return fmt.Errorf("not an event object: %v", err)
+		}
+		name, _ := tok.(string)
+		i := slices.Index(batchFields[:], name)
+		switch {
+		case i < 0:
+			return fmt.Errorf("unknown field %.64q (fields are %s)", name, strings.Join(batchFields[:], ", "))
+		case seen[i]:
+			return fmt.Errorf("field %q given twice", name)
+		}
+		seen[i] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return fmt.Errorf("not an event object: %v", err)
+		}
+	}
+	return nil
+}
+
 // parseBatchLine decodes one line into a publication.
 func parseBatchLine(text []byte, key string, eventSize int64) (Publication, error) {
+	if err := checkFieldNames(text); err != nil {
+		return Publication{}, err
+	}
 	var line batchLine
 	dec := json.NewDecoder(bytes.NewReader(text))
 	dec.DisallowUnknownFields()

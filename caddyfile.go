@@ -175,6 +175,7 @@ func parseAuth(d *caddyfile.Dispenser) (*AuthConfig, error) {
 //		history         <count> [<max_age>]
 //		max_contexts    <n>
 //		max_subscribers <n>
+//		max_client_subscribers <n>
 //		idempotency_window <duration>
 //		idempotency_keys   <n>
 //		health_interval    <duration>
@@ -227,6 +228,8 @@ func (c *HubOptions) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			c.MaxContexts, err = parseCount(d)
 		case "max_subscribers":
 			c.MaxSubscribers, err = parseCount(d)
+		case "max_client_subscribers":
+			c.MaxClientSubscribers, err = parseCount(d)
 		case "idempotency_window":
 			c.IdempotencyWindow, err = parsePositiveDuration(d)
 		case "idempotency_keys":

@@ -45,6 +45,7 @@ func TestAdapt(t *testing.T) {
 		history 50 1m
 		max_contexts 10
 		max_subscribers 20
+		max_client_subscribers 7
 		idempotency_window 1h
 		idempotency_keys 5000
 		health_interval 250ms
@@ -71,7 +72,7 @@ func TestAdapt(t *testing.T) {
 			want: `{"apps":{
 				"comet":{"hubs":{
 					"chat":{"history":5},
-					"default":{"history":50,"history_max_age":60000000000,"max_contexts":10,"max_subscribers":20,"idempotency_window":3600000000000,"idempotency_keys":5000,"health_interval":250000000}}},
+					"default":{"history":50,"history_max_age":60000000000,"max_contexts":10,"max_subscribers":20,"max_client_subscribers":7,"idempotency_window":3600000000000,"idempotency_keys":5000,"health_interval":250000000}}},
 				"http":{"servers":{"srv0":{"listen":[":8080"],"routes":[
 					{"match":[{"path":["/chat/*"]}],"handle":[{"context":"room-{http.request.uri.query.room}","detach":false,"expiration":-1,
 					"handler":"comet","heartbeat":20000000000,"hub":"chat","max_batch_events":500,"max_batch_size":4194304,"max_message_size":1048576,"publish":false,
@@ -187,6 +188,7 @@ func TestValidateJSON(t *testing.T) {
 		{`{"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"comet","transports":["smoke"]}]}]}}}}}`,
 			`unknown transport "smoke"`},
 		{`{"apps":{"comet":{"hubs":{"default":{"max_subscribers":-1}}}}}`, "max_subscribers must not be negative"},
+		{`{"apps":{"comet":{"hubs":{"default":{"max_client_subscribers":-1}}}}}`, "max_client_subscribers must not be negative"},
 		{`{"apps":{"comet":{"hubs":{"default":{"idempotency_keys":-1}}}}}`, "idempotency_keys must not be negative"},
 		{`{"apps":{"comet":{"hubs":{"default":{"health_interval":-1}}}}}`, "health_interval must not be negative"},
 		{`{"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"comet","max_batch_events":-1}]}]}}}}}`,

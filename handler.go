@@ -101,6 +101,9 @@ type Handler struct {
 
 	hub   *Hub
 	allow string
+	// routePublisher names the route's publishers where the route has no
+	// tokens, to scope their idempotency keys (see publisherOf).
+	routePublisher string
 	// multiplexTemplate is Context with the multiplex parameter's
 	// placeholder replaceable per value.
 	multiplexTemplate string
@@ -124,6 +127,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // answers the hub's subscribers.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.routePublisher = routePublisher(h)
 	h.limitLog = h.logger.WithOptions(zap.WrapCore(func(core zapcore.Core) zapcore.Core {
 		return zapcore.NewSamplerWithOptions(core, time.Second, 5, 0)
 	}))
@@ -280,7 +284,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		return h.servePosition(w, repl, key)
 	case http.MethodPost:
 		if h.publishes() {
-			return h.servePublish(w, r, repl, key)
+			return h.servePublish(w, r, repl, key, tok)
 		}
 	case http.MethodDelete:
 		if h.publishes() {
@@ -445,10 +449,13 @@ func eventFromRequest(r *http.Request, data []byte) Event {
 // hubStatus maps a hub error to an HTTP status.
 func hubStatus(err error) int {
 	switch {
-	case errors.Is(err, ErrKeyTooLong), errors.Is(err, ErrBadEventType), errors.Is(err, ErrBadIdempotencyKey):
+	case errors.Is(err, ErrKeyTooLong), errors.Is(err, ErrBadKey), errors.Is(err, ErrBadEventType),
+		errors.Is(err, ErrReservedEventType), errors.Is(err, ErrBadContentType), errors.Is(err, ErrBadIdempotencyKey):
 		return http.StatusBadRequest
 	case errors.Is(err, ErrIdempotencyKeyReused):
 		return http.StatusUnprocessableEntity
+	case errors.Is(err, ErrShareExceeded):
+		return http.StatusTooManyRequests
 	case errors.Is(err, ErrIdempotencyPending):
 		return http.StatusConflict
 	case errors.Is(err, ErrTooManyContexts), errors.Is(err, ErrTooManySubscribers), errors.Is(err, ErrHubClosed),
@@ -460,13 +467,14 @@ func hubStatus(err error) int {
 }
 
 // refuse answers a request the hub turned down. A 503 (a limit reached, or
-// shutdown) is an operating condition rather than a handler failure: it is
-// answered here, with a sampled warning, instead of through Caddy's error
-// handling, which would log every one of them at error level.
+// shutdown) or a 429 (a client past its share) is an operating condition
+// rather than a handler failure: it is answered here, with Retry-After and
+// a sampled warning, instead of through Caddy's error handling, which
+// would log every one of them at error level.
 func (h *Handler) refuse(w http.ResponseWriter, key string, err error) error {
 	err = fmt.Errorf("context %.64q: %w", key, err)
 	status := hubStatus(err)
-	if status != http.StatusServiceUnavailable {
+	if status != http.StatusServiceUnavailable && status != http.StatusTooManyRequests {
 		return caddyhttp.Error(status, err)
 	}
 	h.limitLog.Warn("request refused", zap.String("hub", h.Hub), zap.String("context", key), zap.Error(err))

@@ -22,6 +22,7 @@ type (
 	IdentityCount = hub.IdentityCount
 	Health        = hub.Health
 	Retention     = hub.Retention
+	Share         = hub.Share
 )
 
 // NewHub makes a hub of its own, outside any Caddy config, for programs
@@ -44,16 +45,21 @@ var (
 	ErrHubClosed            = hub.ErrHubClosed
 	ErrContextDeleted       = hub.ErrContextDeleted
 	ErrKeyTooLong           = hub.ErrKeyTooLong
+	ErrBadKey               = hub.ErrBadKey
 	ErrBadEventType         = hub.ErrBadEventType
+	ErrReservedEventType    = hub.ErrReservedEventType
+	ErrBadContentType       = hub.ErrBadContentType
 	ErrBadIdempotencyKey    = hub.ErrBadIdempotencyKey
 	ErrIdempotencyKeyReused = hub.ErrIdempotencyKeyReused
 	ErrIdempotencyPending   = hub.ErrIdempotencyPending
 	ErrBrokerUnavailable    = hub.ErrBrokerUnavailable
+	ErrShareExceeded        = hub.ErrShareExceeded
 )
 
 // Bounds and defaults of a hub (see HubConfig).
 const (
 	MaxEventTypeLength       = hub.MaxEventTypeLength
+	ReservedEventTypePrefix  = hub.ReservedEventTypePrefix
 	MaxKeyLength             = hub.MaxKeyLength
 	MaxIdempotencyKeyLength  = hub.MaxIdempotencyKeyLength
 	MissedUnknown            = hub.MissedUnknown

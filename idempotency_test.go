@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/go-jose/go-jose/v4"
 )
 
 func TestIdempotencyKeyMakesARetryAnswerTheFirstReceipt(t *testing.T) {
@@ -29,12 +30,21 @@ func TestIdempotencyKeyMakesARetryAnswerTheFirstReceipt(t *testing.T) {
 	if again.Header.Get(HeaderCursor) != first.Header.Get(HeaderCursor) {
 		t.Errorf("retry's cursor %q, first's %q", again.Header.Get(HeaderCursor), first.Header.Get(HeaderCursor))
 	}
-	// Through the admin API too: the keys are the hub's.
-	if resp, b := post(s.admin+"/comet/publish?context=/c", "once", HeaderIdempotencyKey, "k1"); resp.StatusCode != http.StatusOK || b != body {
-		t.Errorf("the admin API answered the retry %s %q, want %q", resp.Status, b, body)
-	}
 	if id := lastID(t, hub, "/c"); id != 1 {
-		t.Fatalf("/c is at id %d after a publish and two retries, want 1", id)
+		t.Fatalf("/c is at id %d after a publish and a retry, want 1", id)
+	}
+	// The admin API is another publisher, with keys of its own (issue
+	// 31): the route's key is not its, and its own retry replays.
+	adminFirst, ab := post(s.admin+"/comet/publish?context=/c", "once", HeaderIdempotencyKey, "k1")
+	adminAgain, ab2 := post(s.admin+"/comet/publish?context=/c", "once", HeaderIdempotencyKey, "k1")
+	if adminFirst.StatusCode != http.StatusOK || adminFirst.Header.Get(HeaderReplayed) != "" || ab == body {
+		t.Errorf("the admin API's first use of the route's key: %s %q replayed %q, want a publish of its own", adminFirst.Status, ab, adminFirst.Header.Get(HeaderReplayed))
+	}
+	if adminAgain.Header.Get(HeaderReplayed) != "true" || ab2 != ab {
+		t.Errorf("the admin API's retry: %q replayed %q, want %q again", ab2, adminAgain.Header.Get(HeaderReplayed), ab)
+	}
+	if id := lastID(t, hub, "/c"); id != 2 {
+		t.Fatalf("/c is at id %d after two publishes and their retries, want 2", id)
 	}
 
 	// The same key for other events is a client's mistake, not a retry.
@@ -59,8 +69,8 @@ func TestIdempotencyKeyMakesARetryAnswerTheFirstReceipt(t *testing.T) {
 	if text1 != text2 || resp.Header.Get(HeaderReplayed) != "true" || len(a1.Receipts) != 2 {
 		t.Errorf("batch retry answered %q, first %q", text2, text1)
 	}
-	if id := lastID(t, hub, "/c"); id != 2 {
-		t.Errorf("/c is at id %d after a batch and its retry, want 2", id)
+	if id := lastID(t, hub, "/c"); id != 3 {
+		t.Errorf("/c is at id %d after a batch and its retry, want 3", id)
 	}
 }
 
@@ -146,3 +156,56 @@ const (
 	caddy10s   = caddy.Duration(10 * time.Second)
 	caddy300ms = caddy.Duration(300 * time.Millisecond)
 )
+
+// TestIdempotencyKeysAreThePublishers: a key is its publisher's, the
+// token's subject where the route has tokens, else the route. Another
+// publisher with the same key neither has its event refused (422) nor
+// replayed, and so learns nothing of the keys others used.
+func TestIdempotencyKeysAreThePublishers(t *testing.T) {
+	t.Setenv("COMET_TEST_KEY", testSecret)
+	s := startCaddy(t, "", `
+	route /a/* {
+		comet
+	}
+	route /b/* {
+		comet {
+			context /a/{path.1}
+		}
+	}
+	route /t/* {
+		comet {
+			auth publish {
+				hmac_secret {env.COMET_TEST_KEY}
+			}
+		}
+	}`)
+	post := func(path, data string, header ...string) *http.Response {
+		resp, body := s.do(http.MethodPost, path, data, append([]string{HeaderIdempotencyKey, "k"}, header...)...)
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("POST %s %q: %s %q, want 200", path, data, resp.Status, body)
+		}
+		return resp
+	}
+	// Two routes publishing to the same context.
+	post("/a/x", "from a")
+	if resp := post("/b/x", "from b"); resp.Header.Get(HeaderReplayed) != "" {
+		t.Error("route b's key k was taken for route a's")
+	}
+	if resp := post("/a/x", "from a"); resp.Header.Get(HeaderReplayed) != "true" {
+		t.Error("route a's retry was not replayed")
+	}
+	if id := lastID(t, s.hub(DefaultHubName), "/a/x"); id != 2 {
+		t.Errorf("/a/x is at id %d, want 2: one event from each route", id)
+	}
+	// Two token subjects on one route.
+	g := grants{Publish: []string{"/t/*"}}
+	alice := bearer(mint(t, []byte(testSecret), jose.HS256, "alice", time.Minute, g))
+	bob := bearer(mint(t, []byte(testSecret), jose.HS256, "bob", time.Minute, g))
+	post("/t/x", "from alice", alice...)
+	if resp := post("/t/x", "from alice", bob...); resp.Header.Get(HeaderReplayed) != "" {
+		t.Error("bob's key k, with alice's data, was replayed: he learnt that she used it")
+	}
+	if resp := post("/t/x", "from alice", alice...); resp.Header.Get(HeaderReplayed) != "true" {
+		t.Error("alice's retry was not replayed")
+	}
+}

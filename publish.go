@@ -1,9 +1,13 @@
 package comet
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"net/http"
 
+	"github.com/caddy-comet/comet/internal/jwtauth"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -90,9 +94,10 @@ func submit(hub *Hub, in publishInput) publishResult {
 
 // servePublish publishes the request body as an event, or the events of a
 // batch body, to the route's context.
-func (h *Handler) servePublish(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string) error {
+func (h *Handler) servePublish(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, tok *jwtauth.Token) error {
 	limits := batchLimits{size: h.MaxBatchSize, events: h.MaxBatchEvents, eventSize: h.MaxMessageSize}
 	in, err := readPublish(w, r, key, limits)
+	in.Publisher = h.publisherOf(tok)
 	if err != nil {
 		countPublishError(h.Hub, err)
 		if in.batch {
@@ -118,6 +123,30 @@ func (h *Handler) servePublish(w http.ResponseWriter, r *http.Request, repl *cad
 	markReplayed(w, res.replayed)
 	return writeReceipt(w, repl, res.receipt())
 }
+
+// publisherOf names who publishes with tok on this route, to scope their
+// idempotency keys (Submission.Publisher): the token's subject where the
+// route has tokens, else the route itself.
+func (h *Handler) publisherOf(tok *jwtauth.Token) string {
+	if tok != nil {
+		return "token " + tok.Subject
+	}
+	return h.routePublisher
+}
+
+// routePublisher names a route by its handler's configuration as loaded,
+// which is the same on every node of a cluster (so that a retry through
+// another node finds its key) and differs between routes configured
+// differently.
+func routePublisher(h *Handler) string {
+	cfg, _ := json.Marshal(h)
+	sum := sha256.Sum256(cfg)
+	return "route " + hex.EncodeToString(sum[:8])
+}
+
+// adminPublisher is the admin API's publishers, the backends trusted with
+// every hub: they share their keys.
+const adminPublisher = "admin"
 
 // idempotencyKey returns the request's Idempotency-Key, if it has one; two
 // of them are refused rather than one picked, and so is an empty one.

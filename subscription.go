@@ -41,6 +41,8 @@ type subscription struct {
 	several   bool
 	transport transport
 	tok       *jwtauth.Token // the token that allowed it; nil where none is required
+	client    string         // who holds it, for the client's share (clientOf)
+	share     hub.Share      // what it holds of that share, given back by close
 	life      lifetime       // when and why it ends on its own
 	m         *transportMetrics
 
@@ -80,7 +82,7 @@ func (h *Handler) subscription(w http.ResponseWriter, r *http.Request, key strin
 			return nil, err
 		}
 	}
-	sn := &subscription{transport: t, tok: tok, life: h.lifetime(time.Now(), tok), m: h.metrics[t]}
+	sn := &subscription{transport: t, tok: tok, client: clientOf(r, tok), life: h.lifetime(time.Now(), tok), m: h.metrics[t]}
 	var resume []Cursor
 	if keys == nil {
 		sn.one.key[0] = key
@@ -111,14 +113,20 @@ func (h *Handler) subscription(w http.ResponseWriter, r *http.Request, key strin
 // subscribeAll attaches a subscriber to each context, from resume's
 // cursors if the client sent them, else from the context's position now,
 // so that it gets the next event (the seed's behaviour). The subscribers'
-// identity is the subject of the token that allowed them, if any. On a
-// refusal it detaches what it attached.
+// identity is the subject of the token that allowed them, if any. It first
+// takes the client's share for all of them, so that a client past its
+// share is refused before anything is made. On a refusal it detaches what
+// it attached.
 func (h *Handler) subscribeAll(w http.ResponseWriter, sn *subscription, resume []Cursor) (refused bool, err error) {
 	identity := ""
 	if sn.tok != nil {
 		identity = sn.tok.Subject
 	}
 	n := len(sn.keys)
+	if sn.share, err = h.hub.TakeShare(sn.client, n); err != nil {
+		countDropped(h.Hub, droppedLimit)
+		return true, h.refuse(w, sn.keys[0], err)
+	}
 	if n == 1 {
 		sn.subs, sn.states = sn.one.sub[:0], sn.one.state[:0]
 	} else {
@@ -188,6 +196,8 @@ func (sn *subscription) close() {
 		sub.Close()
 		sn.m.subscribers.Dec()
 	}
+	sn.share.Release()
+	sn.share = hub.Share{}
 }
 
 // watchAll makes every subscriber a watcher (see watch.go) that marks its

@@ -240,6 +240,7 @@ func (ss *wsSession) publish(p *wsPublish) wsReply {
 	res := submit(h.hub, publishInput{Submission: Submission{
 		Publications:   []Publication{{Key: key, Event: ev}},
 		IdempotencyKey: p.IdempotencyKey,
+		Publisher:      h.publisherOf(ss.tok),
 	}})
 	if res.err != nil {
 		return refuse(hubStatus(res.err), res.err)

@@ -34,6 +34,10 @@ type hubContext struct {
 	waiting atomic.Int64
 	// syncQueued says a mirror waits to be brought up to date (syncSoon).
 	syncQueued atomic.Bool
+	// leftAt is when the last subscriber left (Unix nanoseconds), and
+	// idleQueued says the context waits in the hub's idle queue (idle.go).
+	leftAt     atomic.Int64
+	idleQueued atomic.Bool
 
 	mu      sync.RWMutex
 	lastID  uint64

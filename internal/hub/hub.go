@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"mime"
 	"slices"
 	"strings"
 	"sync"
@@ -22,8 +23,16 @@ var (
 	ErrHubClosed          = errors.New("hub is shutting down")
 	ErrContextDeleted     = errors.New("context was deleted")
 	ErrKeyTooLong         = fmt.Errorf("context key longer than %d bytes", MaxKeyLength)
-	ErrBadEventType       = fmt.Errorf("event type must be at most %d bytes with no CR, LF or NUL", MaxEventTypeLength)
+	ErrBadKey             = errors.New("context key must not be empty or hold NUL, CR or LF")
+	ErrBadEventType       = fmt.Errorf("event type must be at most %d bytes with no control characters", MaxEventTypeLength)
+	ErrReservedEventType  = fmt.Errorf("event types starting with %q are the server's own control events", ReservedEventTypePrefix)
+	ErrBadContentType     = errors.New("content type must be a media type (type/subtype and parameters) with no control characters")
 )
+
+// ReservedEventTypePrefix starts the types of the control events the
+// server writes itself (comet-missed, comet-reconnect, comet-deleted and
+// any later one): a publisher may not forge them.
+const ReservedEventTypePrefix = "comet-"
 
 // MaxEventTypeLength bounds an event's type, which every SSE frame repeats.
 const MaxEventTypeLength = 128
@@ -36,6 +45,11 @@ const MaxKeyLength = 1024
 // belongs to an earlier epoch of the context, so the number of events it
 // missed cannot be known.
 const MissedUnknown = -1
+
+// MinDefaultClientSubscribers is the least default share of one client:
+// on a small hub, a tenth of max_subscribers would refuse a single page
+// with a few tabs.
+const MinDefaultClientSubscribers = 1000
 
 // Defaults of Config.
 const (
@@ -63,6 +77,13 @@ type Config struct {
 	// The most subscribers attached to the hub at once, over all its
 	// contexts. One more is refused with 503. Default: 100000.
 	MaxSubscribers int `json:"max_subscribers,omitempty"`
+
+	// The most subscribers one client holds at once (see TakeShare): a
+	// client cannot take all of max_subscribers, nor fill max_contexts
+	// with the contexts its subscriptions create. Default: a tenth of
+	// max_subscribers, but at least MinDefaultClientSubscribers (and at
+	// most max_subscribers).
+	MaxClientSubscribers int `json:"max_client_subscribers,omitempty"`
 
 	// How long a publish's Idempotency-Key is remembered: a publish
 	// repeated with the same key within it gets the first one's receipts
@@ -102,6 +123,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxSubscribers == 0 {
 		c.MaxSubscribers = DefaultMaxSubscribers
 	}
+	if c.MaxClientSubscribers == 0 {
+		c.MaxClientSubscribers = min(max(c.MaxSubscribers/10, MinDefaultClientSubscribers), c.MaxSubscribers)
+	}
 	if c.IdempotencyWindow == 0 {
 		c.IdempotencyWindow = caddy.Duration(DefaultIdempotencyWindow)
 	}
@@ -124,6 +148,8 @@ func (c Config) Validate() error {
 		return errors.New("health_interval must not be negative")
 	case c.MaxSubscribers < 0:
 		return errors.New("max_subscribers must not be negative")
+	case c.MaxClientSubscribers < 0:
+		return errors.New("max_client_subscribers must not be negative")
 	case c.IdempotencyWindow < 0:
 		return errors.New("idempotency_window must not be negative")
 	case c.IdempotencyKeys < 0:
@@ -181,6 +207,10 @@ type Hub struct {
 
 	// health is what the probes of the broker found (see health.go).
 	health hubHealth
+	// shares are what each client holds of max_client_subscribers.
+	shares clientShares
+	// idle are the contexts whose last subscriber left (see idle.go).
+	idle idleQueue
 	// syncs are the mirrors waiting to be brought up to date.
 	syncs syncQueue
 	// announced counts the events the broker announced to this hub.
@@ -295,8 +325,8 @@ func (h *Hub) Position(key string) (ContextInfo, error) {
 	if h.isClosed() {
 		return ContextInfo{}, ErrHubClosed
 	}
-	if len(key) > MaxKeyLength {
-		return ContextInfo{}, ErrKeyTooLong
+	if err := checkKey(key); err != nil {
+		return ContextInfo{}, err
 	}
 	if info, ok := h.Inspect(key); ok {
 		return info, nil
@@ -443,8 +473,8 @@ func (h *Hub) Subscribe(key string) (*Subscriber, error) {
 // withContext runs fn on the context named key, creating it if needed,
 // while holding the lock that keeps the janitor from collecting it.
 func (h *Hub) withContext(key string, fn func(*hubContext) error) error {
-	if len(key) > MaxKeyLength {
-		return ErrKeyTooLong
+	if err := checkKey(key); err != nil {
+		return err
 	}
 	h.mu.RLock()
 	if c, ok := h.contexts[key]; ok {
@@ -474,14 +504,19 @@ func (h *Hub) withContext(key string, fn func(*hubContext) error) error {
 // janitor trims expired history and collects idle contexts until the hub
 // is closed.
 func (h *Hub) janitor() {
+	idle := time.NewTicker(idleTick)
+	defer idle.Stop()
+	sweep := time.NewTimer(sweepInterval(time.Duration(h.config().HistoryMaxAge)))
+	defer sweep.Stop()
 	for {
-		t := time.NewTimer(sweepInterval(time.Duration(h.config().HistoryMaxAge)))
 		select {
 		case <-h.closed:
-			t.Stop()
 			return
-		case <-t.C:
+		case <-sweep.C:
 			h.collectIdle()
+			sweep.Reset(sweepInterval(time.Duration(h.config().HistoryMaxAge)))
+		case <-idle.C:
+			h.collectLeft()
 		}
 	}
 }
@@ -519,8 +554,59 @@ func (h *Hub) unwatch(key string) {
 	}
 }
 
-// validEventType keeps a type from ending an SSE field early and injecting
-// another.
-func validEventType(t string) bool {
-	return len(t) <= MaxEventTypeLength && !strings.ContainsAny(t, "\r\n\x00")
+// checkKey is the one rule for context keys, whoever names them (a
+// route's path, the admin API's query, a batch line, the Go API): bounded,
+// and nothing that would end a header, a log field or a query early. An
+// empty key could not be named to the admin API, which lists every
+// context when none is given.
+func checkKey(key string) error {
+	switch {
+	case len(key) > MaxKeyLength:
+		return ErrKeyTooLong
+	case key == "" || strings.ContainsAny(key, "\x00\r\n"):
+		return ErrBadKey
+	}
+	return nil
+}
+
+// checkEventType keeps a type from ending an SSE field early and injecting
+// another, from making a long poll's Comet-Event-Type header one that
+// strict clients cannot parse (a client that cannot read the answer asks
+// again from the same cursor, and never gets past that event), and from
+// passing for one of the server's control events.
+func checkEventType(t string) error {
+	switch {
+	case len(t) > MaxEventTypeLength || hasControl(t):
+		return ErrBadEventType
+	case len(t) >= len(ReservedEventTypePrefix) && strings.EqualFold(t[:len(ReservedEventTypePrefix)], ReservedEventTypePrefix):
+		return ErrReservedEventType
+	}
+	return nil
+}
+
+// checkContentType: a long poll answers with it as its Content-Type, so
+// it must be one, with no byte a header may not hold.
+func checkContentType(ct string) error {
+	if ct == "" {
+		return nil
+	}
+	if hasControl(ct) {
+		return ErrBadContentType
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil || !strings.Contains(mt, "/") {
+		return ErrBadContentType
+	}
+	return nil
+}
+
+// hasControl reports whether s holds a control character (U+0000 to
+// U+001F, or U+007F).
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return true
+		}
+	}
+	return false
 }

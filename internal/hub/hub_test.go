@@ -392,3 +392,84 @@ func BenchmarkWatchers(b *testing.B) {
 		})
 	}
 }
+
+// TestContextsOfSubscribersAloneAreFreedSoon: a context without events is
+// freed within idleGrace + idleTick of its last subscriber leaving, not at
+// the janitor's sweep; one whose subscriber comes back within the grace,
+// as a long poll does, stays, and so does one with events.
+func TestContextsOfSubscribersAloneAreFreedSoon(t *testing.T) {
+	h := testHub(t, Config{})
+	now := time.Now()
+	h.now = func() time.Time { return now }
+	for _, key := range []string{"/gone", "/back", "/published"} {
+		sub, err := h.Subscribe(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sub.Close()
+	}
+	publishN(t, h, "/published", 1)
+	now = now.Add(idleGrace - time.Second)
+	back, err := h.Subscribe("/back")
+	if err != nil {
+		t.Fatal(err)
+	}
+	back.Close() // left again, a second before /gone's grace ends
+	if n := h.collectLeft(); n != 0 {
+		t.Fatalf("%d contexts freed within the grace, want none", n)
+	}
+	now = now.Add(time.Second + time.Millisecond)
+	if n := h.collectLeft(); n != 1 {
+		t.Fatalf("%d contexts freed after /gone's grace, want 1", n)
+	}
+	if _, ok := h.Inspect("/gone"); ok {
+		t.Error("/gone is still there")
+	}
+	now = now.Add(idleGrace)
+	if n := h.collectLeft(); n != 1 {
+		t.Fatalf("%d contexts freed after /back's grace, want 1", n)
+	}
+	if _, ok := h.Inspect("/published"); !ok {
+		t.Error("/published, which has an event, was freed")
+	}
+	h.idle.mu.Lock()
+	queued := len(h.idle.contexts)
+	h.idle.mu.Unlock()
+	if queued != 0 {
+		t.Errorf("%d contexts still queued, want none", queued)
+	}
+}
+
+// TestClientShares: a client's share is refused whole past the limit and
+// given back by Release; the empty client, and every client when the
+// share is all of max_subscribers, have none.
+func TestClientShares(t *testing.T) {
+	h := testHub(t, Config{MaxSubscribers: 100, MaxClientSubscribers: 10})
+	a, err := h.TakeShare("a", 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.TakeShare("a", 3); !errors.Is(err, ErrShareExceeded) {
+		t.Fatalf("3 more for a client holding 8 of 10: %v, want ErrShareExceeded", err)
+	}
+	if _, err := h.TakeShare("b", 10); err != nil {
+		t.Fatalf("another client's share: %v", err)
+	}
+	a.Release()
+	if _, err := h.TakeShare("a", 10); err != nil {
+		t.Fatalf("a's whole share after it gave 8 back: %v", err)
+	}
+	if _, err := h.TakeShare("", 1000); err != nil {
+		t.Fatalf("the empty client: %v", err)
+	}
+	h.Configure(Config{MaxSubscribers: 100, MaxClientSubscribers: 100})
+	if _, err := h.TakeShare("a", 100); err != nil {
+		t.Fatalf("a share that is all of max_subscribers: %v", err)
+	}
+	h.shares.mu.Lock()
+	clients := len(h.shares.held)
+	h.shares.mu.Unlock()
+	if clients != 2 {
+		t.Errorf("%d clients counted, want a and b", clients)
+	}
+}

@@ -208,6 +208,10 @@ type idempotencyMemory struct {
 	mu      sync.Mutex
 	entries map[string]*idempotencyEntry
 	order   []idempotencyRef // oldest first
+	// freed counts the refs in order whose key was freed (or claimed
+	// again since): order is compacted when they outnumber the live keys,
+	// so that refused publishes behind a live key cost nothing for long.
+	freed   int
 	evicted func()
 }
 
@@ -255,11 +259,34 @@ func (m *idempotencyMemory) settle(key string, o *outcome, now time.Time, cfg *C
 	}
 	if o == nil {
 		delete(m.entries, key)
+		m.dropFreedLocked(e)
 	} else {
 		e.outcome = o
 		e.expires = now.Add(time.Duration(cfg.IdempotencyWindow))
 	}
 	close(e.done)
+}
+
+// dropFreedLocked forgets the ref of a key just freed: at once when it is
+// the newest (a refused publish, with no other claim since), else when the
+// freed refs outnumber the live keys, by compacting the queue.
+func (m *idempotencyMemory) dropFreedLocked(e *idempotencyEntry) {
+	if n := len(m.order); n > 0 && m.order[n-1].entry == e {
+		m.order[n-1] = idempotencyRef{}
+		m.order = m.order[:n-1]
+		return
+	}
+	if m.freed++; m.freed <= len(m.entries)+64 {
+		return
+	}
+	live := m.order[:0]
+	for _, ref := range m.order {
+		if m.entries[ref.key] == ref.entry {
+			live = append(live, ref)
+		}
+	}
+	clear(m.order[len(live):])
+	m.order, m.freed = live, 0
 }
 
 // expireLocked forgets expired keys, and the oldest settled ones while more
@@ -269,6 +296,7 @@ func (m *idempotencyMemory) expireLocked(now time.Time, limit int) {
 	for ; n < len(m.order); n++ {
 		ref := m.order[n]
 		if m.entries[ref.key] != ref.entry {
+			m.freed = max(m.freed-1, 0)
 			continue // freed or claimed again: a newer ref stands for it
 		}
 		over := len(m.entries) > limit

@@ -2,6 +2,9 @@ package hub
 
 import (
 	"errors"
+	"fmt"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,3 +89,67 @@ func TestIdempotencyAfterAFailure(t *testing.T) {
 
 // A window of the tests above.
 const caddy10s = caddy.Duration(10 * time.Second)
+
+// TestRefusedKeyedPublishesCostNothing: a keyed publish refused before it
+// published anything frees all its key took, even behind a key that is
+// still held, so that a publisher sending refused publishes with fresh keys
+// grows the hub no more than one sending them without keys.
+func TestRefusedKeyedPublishesCostNothing(t *testing.T) {
+	const refused = 200_000
+	h := testHub(t, Config{MaxContexts: 1, IdempotencyKeys: 1000})
+	if _, _, err := h.PublishOnce("held", []Publication{{Key: "/held", Event: Event{Data: []byte("x")}}}); err != nil {
+		t.Fatal(err)
+	}
+	pad := strings.Repeat("k", 230)
+	growth := func(keyed bool) int64 {
+		before := heapInUse()
+		for i := range refused {
+			s := Submission{Publications: []Publication{{Key: "/full", Event: Event{Data: []byte("x")}}}}
+			if keyed {
+				s.IdempotencyKey = fmt.Sprint(pad, i)
+			}
+			if _, _, err := h.Submit(s); !errors.Is(err, ErrTooManyContexts) {
+				t.Fatalf("publish %d past max_contexts: %v", i, err)
+			}
+		}
+		return heapInUse() - before
+	}
+	without, with := growth(false), growth(true)
+	t.Logf("heap growth after %d refused publishes: %d bytes without keys, %d with", refused, without, with)
+	if with-without > 1<<20 {
+		t.Errorf("refused keyed publishes grew the heap by %d bytes more than unkeyed ones, want under 1 MiB (%d bytes each)",
+			with-without, (with-without)/refused)
+	}
+	h.idempotency.mu.Lock()
+	held, queued := len(h.idempotency.entries), len(h.idempotency.order)
+	h.idempotency.mu.Unlock()
+	if held != 1 || queued > 1+64 {
+		t.Errorf("%d keys held and %d queued after the refusals, want the one live key", held, queued)
+	}
+}
+
+// heapInUse is the live heap after a collection.
+func heapInUse() int64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
+}
+
+// TestKeysArePublishers: the same key from two publishers is two keys.
+func TestKeysArePublishers(t *testing.T) {
+	h := testHub(t, Config{})
+	pub := func(publisher, data string) ([]Receipt, bool, error) {
+		return h.Submit(Submission{Publications: []Publication{{Key: "/c", Event: Event{Data: []byte(data)}}}, IdempotencyKey: "k", Publisher: publisher})
+	}
+	first, _, _ := pub("alice", "a")
+	if _, replayed, err := pub("bob", "b"); err != nil || replayed {
+		t.Errorf("bob's key k, which alice used for other events: replayed %v, %v; want a publish of its own", replayed, err)
+	}
+	if rs, replayed, err := pub("carol", "a"); err != nil || replayed || rs[0].Cursor == first[0].Cursor {
+		t.Errorf("carol's key k for alice's events: %v, replayed %v, %v; want a publish of its own", rs, replayed, err)
+	}
+	if rs, replayed, err := pub("alice", "a"); err != nil || !replayed || rs[0].Cursor != first[0].Cursor {
+		t.Errorf("alice's retry: %v, replayed %v, %v; want her first receipt", rs, replayed, err)
+	}
+}

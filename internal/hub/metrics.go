@@ -24,7 +24,7 @@ var collectors = struct {
 	}, []string{"hub"}),
 	refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "comet", Name: "limit_refusals_total",
-		Help: "Requests of any kind (subscribe, publish, over HTTP, the admin API or Go) refused because a limit was reached: max_contexts or max_subscribers.",
+		Help: "Requests of any kind (subscribe, publish, over HTTP, the admin API or Go) refused because a limit was reached: max_contexts, max_subscribers or max_client_subscribers.",
 	}, []string{"hub", "limit"}),
 	forgotten: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "comet", Name: "idempotency_keys_forgotten_total",
@@ -79,9 +79,10 @@ type limit int
 const (
 	limitContexts limit = iota
 	limitSubscribers
+	limitClientSubscribers
 	limitCount
 )
 
-var limitNames = [limitCount]string{"max_contexts", "max_subscribers"}
+var limitNames = [limitCount]string{"max_contexts", "max_subscribers", "max_client_subscribers"}
 
 func (m *hubMetrics) refused(l limit) { m.refusals[l].Inc() }

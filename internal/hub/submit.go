@@ -2,6 +2,8 @@ package hub
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 )
@@ -32,6 +34,12 @@ type Submission struct {
 	// within the hub's idempotency window get the first one's receipts
 	// without publishing anything (see PublishOnce).
 	IdempotencyKey string
+	// Publisher scopes IdempotencyKey: the keys of different publishers
+	// never meet, so that one can neither claim another's key (and have
+	// its event refused as a key reused) nor learn which keys others used.
+	// The comet module names a route's publisher by its token's subject,
+	// or else by the route; the Go API's default is the empty publisher.
+	Publisher string
 }
 
 // BatchError says which publication of a batch failed. Receipts for the
@@ -77,7 +85,18 @@ func (h *Hub) submit(s Submission, room []Receipt) (receipts []Receipt, replayed
 		receipts, err = h.commit(s.Publications, room)
 		return receipts, false, err
 	}
-	return h.commitOnce(s.IdempotencyKey, s.Publications)
+	return h.commitOnce(scopedKey(s.Publisher, s.IdempotencyKey), s.Publications)
+}
+
+// scopedKey is where publisher's idempotency key is kept: behind a hash of
+// the publisher, which keeps token subjects out of the broker's key names
+// and the hash tag of a Redis Cluster key whole.
+func scopedKey(publisher, key string) string {
+	if publisher == "" {
+		return key
+	}
+	sum := sha256.Sum256([]byte(publisher))
+	return hex.EncodeToString(sum[:8]) + ":" + key
 }
 
 // check refuses a submission that no hub would publish, before anything of
@@ -98,13 +117,13 @@ func check(s Submission) error {
 // so that a reader of many publications can name the bad one. For the
 // comet module's use.
 func CheckPublication(p *Publication) error {
-	if !validEventType(p.Event.Type) {
-		return ErrBadEventType
+	if err := checkKey(p.Key); err != nil {
+		return err
 	}
-	if len(p.Key) > MaxKeyLength {
-		return ErrKeyTooLong
+	if err := checkEventType(p.Event.Type); err != nil {
+		return err
 	}
-	return nil
+	return checkContentType(p.Event.ContentType)
 }
 
 // commitOnce commits the batch unless the idempotency key already stands

@@ -129,6 +129,8 @@ func (s *Subscriber) Close() {
 	if s.identity != "" {
 		s.c.identities.add(s.identity, -1)
 	}
-	s.c.subscribers.Add(-1)
+	if s.c.subscribers.Add(-1) == 0 {
+		s.hub.left(s.c)
+	}
 	s.hub.subscribers.Add(-1)
 }
