@@ -33,7 +33,7 @@ var metrics = struct {
 	}, []string{"hub", "transport"}),
 	dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "comet", Name: "subscribers_dropped_total",
-		Help: "Subscribers refused or cut off: limit (max_subscribers or max_contexts), slow (a write blocked past write_timeout), behind (fell behind the history).",
+		Help: "Subscribers refused or cut off: limit (max_subscribers, max_contexts or max_client_subscribers), slow (a write blocked past write_timeout), behind (fell behind the history).",
 	}, []string{"hub", "reason"}),
 	publishErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "comet", Name: "publish_errors_total",
