@@ -60,6 +60,9 @@ func authorize(req *http.Request) {
 type config struct {
 	url         string
 	protocol    string
+	// server names the server in the report: the protocol unless given
+	// (the floor speaks comet's).
+	server string
 	subscribers int
 	transport   string
 	events      int
@@ -96,6 +99,7 @@ func main() {
 	flag.IntVar(&c.subscribers, "subscribers", 1000, fmt.Sprintf("subscribers to park (at most %d)", maxSubscribers))
 	flag.StringVar(&c.transport, "transport", "longpoll", "longpoll, sse or websocket")
 	flag.StringVar(&c.protocol, "protocol", "comet", "comet or nchan")
+	flag.StringVar(&c.server, "server", "", "the server's name in the report (default: the protocol; bench/floor speaks comet's)")
 	flag.StringVar(&c.publishURL, "publish-url", "", "publish to this URL instead of -url: the same context on another node of a cluster, say")
 	flag.IntVar(&c.events, "events", 20, "events to publish")
 	flag.BoolVar(&c.publish, "publish", true, "publish the events; false: only subscribe, and wait for -events events another run publishes (to another node of a cluster, say)")
@@ -478,7 +482,11 @@ func (r *result) print(w io.Writer, c config) {
 		}
 		return d[min(len(d)-1, int(float64(len(d))*p))]
 	}
-	fmt.Fprintf(w, "server               %s\n", c.protocol)
+	server := c.server
+	if server == "" {
+		server = c.protocol
+	}
+	fmt.Fprintf(w, "server               %s\n", server)
 	fmt.Fprintf(w, "transport            %s\n", c.transport)
 	if proto, ok := protocolSeen.Load().(string); ok {
 		fmt.Fprintf(w, "protocol             %s over %s\n", proto, strings.SplitN(c.url, ":", 2)[0])
