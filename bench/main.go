@@ -58,11 +58,11 @@ func authorize(req *http.Request) {
 }
 
 type config struct {
-	url         string
-	protocol    string
+	url      string
+	protocol string
 	// server names the server in the report: the protocol unless given
 	// (the floor speaks comet's).
-	server string
+	server      string
 	subscribers int
 	transport   string
 	events      int
