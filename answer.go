@@ -1,7 +1,6 @@
 package comet
 
 import (
-	"encoding/json"
 	"io"
 	"net/http"
 	"strconv"
@@ -30,12 +29,15 @@ const (
 const retryAfterSeconds = "5"
 
 // setCursorHeaders writes the cursor headers every answer but 410 carries.
+// The keys are written in their canonical form, as Header.Set would: every
+// answer (each long-poll delivery, each publish) carries them, and
+// canonicalizing the same four names each time showed in profiles.
 func setCursorHeaders(hdr http.Header, cur Cursor) {
 	text := cur.String()
-	hdr.Set("Cache-Control", "no-store")
-	hdr.Set("ETag", `"`+text+`"`)
-	hdr.Set(HeaderCursor, text)
-	hdr.Set(HeaderEventID, strconv.FormatUint(cur.ID, 10))
+	hdr["Cache-Control"] = []string{"no-store"}
+	hdr["Etag"] = []string{`"` + text + `"`}
+	hdr["Comet-Cursor"] = []string{text}
+	hdr["Comet-Event-Id"] = []string{strconv.FormatUint(cur.ID, 10)}
 }
 
 // setCursorPlaceholders sets the placeholders of the cursor an answer
@@ -157,5 +159,21 @@ func writeReceipt(w http.ResponseWriter, repl *caddy.Replacer, rcpt Receipt) err
 		repl.Set("comet.subscribers", rcpt.Woken)
 	}
 	hdr.Set("Content-Type", "application/json")
-	return json.NewEncoder(w).Encode(receipt{ID: rcpt.Cursor.ID, Cursor: rcpt.Cursor.String(), Woken: rcpt.Woken})
+	_, err := w.Write(appendReceipt(make([]byte, 0, 96), rcpt))
+	return err
+}
+
+// appendReceipt appends the JSON of a receipt, as encoding/json would
+// write the receipt type, without its reflection: a cursor is only
+// lower-case letters, digits and a colon, which need no escaping.
+func appendReceipt(b []byte, rcpt Receipt) []byte {
+	b = append(b, `{"id":`...)
+	b = strconv.AppendUint(b, rcpt.Cursor.ID, 10)
+	b = append(b, `,"cursor":"`...)
+	b = append(b, rcpt.Cursor.Epoch...)
+	b = append(b, ':')
+	b = strconv.AppendUint(b, rcpt.Cursor.ID, 10)
+	b = append(b, `","woken":`...)
+	b = strconv.AppendInt(b, int64(rcpt.Woken), 10)
+	return append(b, "}\n"...)
 }
