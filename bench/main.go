@@ -482,11 +482,7 @@ func (r *result) print(w io.Writer, c config) {
 		}
 		return d[min(len(d)-1, int(float64(len(d))*p))]
 	}
-	server := c.server
-	if server == "" {
-		server = c.protocol
-	}
-	fmt.Fprintf(w, "server               %s\n", server)
+	fmt.Fprintf(w, "server               %s\n", c.serverName())
 	fmt.Fprintf(w, "transport            %s\n", c.transport)
 	if proto, ok := protocolSeen.Load().(string); ok {
 		fmt.Fprintf(w, "protocol             %s over %s\n", proto, strings.SplitN(c.url, ":", 2)[0])
@@ -521,6 +517,14 @@ func (r *result) print(w io.Writer, c config) {
 
 // roundLatency keeps a tenth of a millisecond below 10 ms, where a whole
 // millisecond would hide what a hop (Redis, say) adds.
+// serverName is how the report names the server.
+func (c config) serverName() string {
+	if c.server != "" {
+		return c.server
+	}
+	return c.protocol
+}
+
 func roundLatency(d time.Duration) time.Duration {
 	if d < 10*time.Millisecond {
 		return d.Round(100 * time.Microsecond)

@@ -172,7 +172,7 @@ func (r *sustainedResult) print(w io.Writer, c config) {
 		}
 		return r.latencies[min(len(r.latencies)-1, int(float64(len(r.latencies))*p))].Round(100 * time.Microsecond)
 	}
-	fmt.Fprintf(w, "server               %s\n", c.protocol)
+	fmt.Fprintf(w, "server               %s\n", c.serverName())
 	fmt.Fprintf(w, "transport            %s\n", c.transport)
 	fmt.Fprintf(w, "subscribers          %d over %d contexts\n", c.subscribers, c.contexts)
 	fmt.Fprintf(w, "rate asked           %.0f events/s for %v, %d publishers: %d events\n", c.rate, c.duration, c.publishers, r.events)
@@ -193,7 +193,7 @@ func (r *sustainedResult) print(w io.Writer, c config) {
 	if r.delivered > 0 {
 		perDelivery = float64(r.serverCPU.Microseconds()) / float64(r.delivered)
 	}
-	fmt.Fprintf(w, "summary %s %s %d %.0f %.1f %d %.0f %.1f\n", c.protocol, c.transport, c.contexts, c.rate,
+	fmt.Fprintf(w, "summary %s %s %d %.0f %.1f %d %.0f %.1f\n", c.serverName(), c.transport, c.contexts, c.rate,
 		float64(pct(0.99))/float64(time.Millisecond), r.expected-r.delivered+int(r.publishErrs), float64(r.delivered)/r.elapsed.Seconds(), perDelivery)
 }
 
