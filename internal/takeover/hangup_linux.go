@@ -100,6 +100,56 @@ func (lw Watch) Rearm() bool {
 	return true
 }
 
+// Await re-arms the watch to call fn, once, when the client sends
+// something (its next request) or closes its end of the socket: at once
+// if it did already. A watch still armed for that only has its function
+// replaced, without a system call. It reports false if the socket cannot
+// be watched any more; the watch is then stopped.
+func (lw *Watch) Await(fn func()) bool {
+	const events = syscall.EPOLLIN | syscall.EPOLLRDHUP
+	if lw.events == events && lw.Replace(fn) {
+		return true
+	}
+	return lw.rearmFor(events, fn)
+}
+
+// Guard re-arms the watch to call fn, once, when the client closes its
+// end of the socket (a half-close too), but not when it sends something.
+// It reports false if the socket cannot be watched any more; the watch is
+// then stopped.
+func (lw *Watch) Guard(fn func()) bool {
+	return lw.rearmFor(syscall.EPOLLRDHUP, fn)
+}
+
+func (lw *Watch) rearmFor(events uint32, fn func()) bool {
+	if lw.raw == nil {
+		return false
+	}
+	lw.events, lw.fn = events, fn
+	if !lw.Rearm() {
+		lw.Stop()
+		return false
+	}
+	return true
+}
+
+// Replace makes fn what an armed watch calls, without a system call, and
+// reports true; or reports false, arming nothing, if the watch fired
+// already (or was never armed) and its function was called.
+func (lw *Watch) Replace(fn func()) bool {
+	if lw.raw == nil {
+		return false
+	}
+	// fn is set first: once swapped in, the watch may fire, and whoever
+	// it wakes may use the watch.
+	lw.fn = fn
+	if _, armed := theWatcher.watched.Swap(lw.id, fn); !armed {
+		theWatcher.watched.Delete(lw.id)
+		return false
+	}
+	return true
+}
+
 // ctl adds the watch's socket to the watcher's epoll instance, or modifies
 // its registration, armed for one report.
 func (lw Watch) ctl(op int) bool {

@@ -24,6 +24,15 @@ func WatchReadable(syscall.RawConn, func()) (Watch, bool) { return Watch{}, fals
 // Rearm does nothing: there is no watch.
 func (Watch) Rearm() bool { return false }
 
+// Await does nothing: there is no watch.
+func (*Watch) Await(func()) bool { return false }
+
+// Guard does nothing: there is no watch.
+func (*Watch) Guard(func()) bool { return false }
+
+// Replace does nothing: there is no watch.
+func (*Watch) Replace(func()) bool { return false }
+
 // Stop does nothing.
 func (Watch) Stop() {}
 

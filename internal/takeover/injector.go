@@ -22,6 +22,14 @@ type Injector struct {
 	// server stops serving it.
 	ready, dead chan struct{}
 	readyOnce   sync.Once
+
+	srv *http.Server
+	// idle holds the connections waiting for their client's next request
+	// to be served in place: like net/http's own idle connections, they
+	// are closed when the server shuts down. shut says it has.
+	idleMu sync.Mutex
+	idle   map[any]func()
+	shut   bool
 }
 
 var injectors sync.Map // *http.Server → *Injector
@@ -51,6 +59,8 @@ func loadInjector(srv *http.Server, onError func(error)) *Injector {
 		closed: make(chan struct{}),
 		ready:  make(chan struct{}),
 		dead:   make(chan struct{}),
+		srv:    srv,
+		idle:   make(map[any]func()),
 	}
 	if actual, loaded := injectors.LoadOrStore(srv, inj); loaded {
 		return actual.(*Injector)
@@ -100,10 +110,47 @@ func (inj *Injector) Accept() (net.Conn, error) {
 	}
 }
 
-// Close is the server's, when it shuts down.
+// Close is the server's, when it shuts down: it also closes the idle
+// connections (see Idle).
 func (inj *Injector) Close() error {
-	inj.closeOnce.Do(func() { close(inj.closed) })
+	inj.closeOnce.Do(func() {
+		close(inj.closed)
+		inj.idleMu.Lock()
+		idle := inj.idle
+		inj.idle, inj.shut = nil, true
+		inj.idleMu.Unlock()
+		for _, closeIdle := range idle {
+			closeIdle()
+		}
+	})
 	return nil
+}
+
+// Server is the server the injector hands connections back to.
+func (inj *Injector) Server() *http.Server { return inj.srv }
+
+// Idle counts key among the server's idle connections, waiting for their
+// client's next request, until Claim: when the server shuts down,
+// closeIdle is called, on the shutting down goroutine. It reports false,
+// counting nothing, if the server shut down already.
+func (inj *Injector) Idle(key any, closeIdle func()) bool {
+	inj.idleMu.Lock()
+	defer inj.idleMu.Unlock()
+	if inj.shut {
+		return false
+	}
+	inj.idle[key] = closeIdle
+	return true
+}
+
+// Claim takes key out of the idle connections and reports whether it was
+// there: once the server shut down, or another claimed it, it is not.
+func (inj *Injector) Claim(key any) bool {
+	inj.idleMu.Lock()
+	defer inj.idleMu.Unlock()
+	_, ok := inj.idle[key]
+	delete(inj.idle, key)
+	return ok
 }
 
 // Addr names the injector in the server's logs.

@@ -16,3 +16,8 @@ const Supported = false
 func Write(syscall.RawConn, []byte, bool) (int, error) {
 	return 0, errors.ErrUnsupported
 }
+
+// ReadNow is not supported on this platform.
+func ReadNow(syscall.RawConn, []byte) (int, error) {
+	return 0, errors.ErrUnsupported
+}

@@ -41,3 +41,30 @@ func Write(raw syscall.RawConn, p []byte, wait bool) (written int, err error) {
 	}
 	return written, err
 }
+
+// ReadNow reads what the client sent into b without waiting: n is 0 with
+// no error when nothing is there yet, and io.EOF when the client closed
+// its end.
+func ReadNow(raw syscall.RawConn, b []byte) (n int, err error) {
+	var rerr error
+	err = raw.Read(func(fd uintptr) bool {
+		for {
+			n, rerr = syscall.Read(int(fd), b)
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		return true // never wait
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case rerr == syscall.EAGAIN || rerr == syscall.EWOULDBLOCK:
+		return 0, nil
+	case rerr != nil:
+		return 0, rerr
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
