@@ -132,7 +132,7 @@ func (s *detachedStream) takeOver(w http.ResponseWriter, r *http.Request, hijack
 	if s.ws != nil {
 		leaving, ok = takeover.WatchReadable(s.raw, s.readable)
 	} else {
-		leaving, ok = takeover.WatchHangUp(s.raw, s.left)
+		leaving, ok = watchHangUp(r, s.raw, s.left, false)
 	}
 	if !ok {
 		return notTakenOver

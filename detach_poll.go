@@ -118,6 +118,8 @@ type detachedPoll struct {
 	expiry      *time.Timer    // nil: never
 	leaving     takeover.Watch // reports the client leaving
 	over        bool           // the connection was handed back or closed: hands off
+	released    bool           // the subscriber was detached from the hub (releaseSubscriber)
+	inPlace     *inPlaceConn   // the connection the poll was served in place on; nil: net/http's
 }
 
 // detachPoll takes the connection of a parked long poll of one context
@@ -135,10 +137,11 @@ func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, how holding
 		detachedSocket: detachedSocket{sock: how.sock, raw: raw, overTLS: overTLS}, inj: how.inj, sub: sub, h: h,
 		m: sn.m, after: sn.states[0].after,
 	}
-	leaving, ok := takeover.WatchHangUp(raw, p.left)
+	leaving, ok := watchHangUp(r, raw, p.left, true)
 	if !ok {
 		return false
 	}
+	p.inPlace = inPlaceOf(r)
 	p.header = w.Header().Clone()
 	_, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
@@ -185,16 +188,36 @@ func (p *detachedPoll) changed() (later func()) {
 		}
 		ready := answered && p.requestDone
 		p.mu.Unlock()
-		if ready {
+		switch {
+		case ready:
 			return p.settleSoon
+		case answered:
+			// The answer waits for the request to be over; the
+			// subscriber is done with now, so that no later event counts
+			// it among those it woke.
+			return p.releaseSubscriber
 		}
 	}
 	return nil
 }
 
+// releaseSubscriber detaches the answered poll's subscriber from the hub,
+// once.
+func (p *detachedPoll) releaseSubscriber() {
+	p.mu.Lock()
+	released := p.released
+	p.released = true
+	p.mu.Unlock()
+	if !released {
+		p.sub.Close()
+		p.m.subscribers.Dec()
+	}
+}
+
 // settleSoon ends an answered poll on the publisher's goroutine, unless
 // its answer still needs room in the socket: then a goroutine waits.
 func (p *detachedPoll) settleSoon() {
+	p.releaseSubscriber()
 	p.mu.Lock()
 	wait := !p.over && p.broken == nil && p.written < len(p.answer)
 	p.mu.Unlock()
@@ -311,14 +334,14 @@ func (p *detachedPoll) hungUpLocked() bool {
 	return p.overTLS || !takeover.HasUnread(p.raw)
 }
 
-// endLocked marks the poll over and stops its timer and leave watch. The
-// caller holds p.mu.
+// endLocked marks the poll over and stops its timer; its leave watch is
+// stopped with the connection, or kept for its next request (handBack).
+// The caller holds p.mu.
 func (p *detachedPoll) endLocked() {
 	p.over = true
 	if p.expiry != nil {
 		p.expiry.Stop()
 	}
-	p.leaving.Stop()
 }
 
 // chooseAnswerLocked renders the answer if the poll has one now (with
@@ -405,12 +428,21 @@ func (p *detachedPoll) writeLocked(wait bool) {
 	}
 }
 
-// handBack gives the connection back to the server, with what the server
-// had read of the client's next request in front of it.
+// handBack serves the client's next requests in place (see inplace.go),
+// or gives the connection back to the server, with what the server had
+// read of the client's next request in front of it.
 func (p *detachedPoll) handBack() {
-	p.sub.Close()
-	p.m.subscribers.Dec()
+	p.releaseSubscriber()
 	_ = p.sock.SetDeadline(time.Time{})
+	if c := p.inPlace; c != nil || servesInPlace(p.sock, p.inj) {
+		if c == nil {
+			c = newInPlaceConn(p.sock, p.raw, p.inj)
+		}
+		c.keep(p.leaving, p.early)
+		c.await()
+		return
+	}
+	p.leaving.Stop()
 	var conn net.Conn = p.sock
 	if len(p.early) > 0 {
 		conn = &takeover.PrefixedConn{Conn: p.sock, Prefix: p.early}
@@ -422,8 +454,8 @@ func (p *detachedPoll) handBack() {
 
 // closeSocket ends the poll without handing the connection back.
 func (p *detachedPoll) closeSocket() {
-	p.sub.Close()
-	p.m.subscribers.Dec()
+	p.releaseSubscriber()
+	p.leaving.Stop()
 	takeover.DiscardUnread(p.raw) // nothing read the socket: see DiscardUnread
 	_ = p.sock.Close()
 }
@@ -432,6 +464,9 @@ func (p *detachedPoll) closeSocket() {
 // the request's connection, if a detached long poll handed it back with
 // one. Once the connection is hijacked, nothing else reads it.
 func unreadPrefix(r *http.Request) []byte {
+	if c := inPlaceOf(r); c != nil {
+		return c.takeRest()
+	}
 	if pc, ok := r.Context().Value(socketKey{}).(*takeover.PrefixedConn); ok {
 		return pc.Prefix
 	}

@@ -33,6 +33,17 @@ func rememberSocket(ctx context.Context, c net.Conn) context.Context {
 	return context.WithValue(ctx, socketKey{}, c)
 }
 
+// watchHangUp arranges for left to be called when the client of a
+// subscriber taken over closes its end (with sending, maybe also when it
+// sends something): with the watch of the connection the request is
+// served in place on, taken over, or with a new one.
+func watchHangUp(r *http.Request, raw syscall.RawConn, left func(), sending bool) (takeover.Watch, bool) {
+	if c := inPlaceOf(r); c != nil {
+		return c.takeWatch(left, sending)
+	}
+	return takeover.WatchHangUp(raw, left)
+}
+
 // detachableSocket returns the connection under a stream the handler may
 // take over once its headers are out, or nil: the request must be HTTP/1.x,
 // plaintext or over TLS, on a TCP or Unix socket, and its response must
@@ -94,6 +105,7 @@ func (h *Handler) plainSocket(r *http.Request) net.Conn {
 const (
 	caddyhttpPkg = "github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	netHTTPResp  = "net/http.response"
+	inPlaceResp  = "github.com/caddy-comet/comet/internal/takeover.Writer"
 	encodeWriter = caddyhttpPkg + "/encode.responseWriter"
 )
 
@@ -132,7 +144,7 @@ func passesBodyThrough(w http.ResponseWriter, headersOut bool) bool {
 func onlyWrappers(w http.ResponseWriter, allowed func(name string, w http.ResponseWriter) bool) bool {
 	for {
 		name := writerTypeName(w)
-		if name == netHTTPResp {
+		if name == netHTTPResp || name == inPlaceResp {
 			return true
 		}
 		u, ok := w.(interface{ Unwrap() http.ResponseWriter })

@@ -18,6 +18,7 @@ var metrics = struct {
 	expiries      *prometheus.CounterVec
 	dropped       *prometheus.CounterVec
 	publishErrors *prometheus.CounterVec
+	inPlace       *prometheus.CounterVec
 }{
 	subscribers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "comet", Name: "subscribers",
@@ -39,13 +40,23 @@ var metrics = struct {
 		Namespace: "caddy", Subsystem: "comet", Name: "publish_errors_total",
 		Help: "Publishes refused: too_large, invalid, limit, closed, broker (unreachable), idempotency (a key used for other events, or still under way).",
 	}, []string{"hub", "reason"}),
+	inPlace: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "comet", Name: "requests_in_place_total",
+		Help: "Requests that came on the connection of an answered detached long poll: served in place, or handed back to net/http (a body, HTTP/1.0, Expect, Upgrade, Connection: close, anything but GET or HEAD).",
+	}, []string{"outcome"}),
 }
+
+// inPlaceServed and inPlaceHandedBack are the series of requests_in_place_total.
+var (
+	inPlaceServed     = metrics.inPlace.WithLabelValues("served")
+	inPlaceHandedBack = metrics.inPlace.WithLabelValues("handed_back")
+)
 
 // registerMetrics adds comet's collectors to a config's registry.
 func registerMetrics(reg prometheus.Registerer) error {
 	for _, c := range append(hub.Collectors(),
 		metrics.subscribers, metrics.deliveries, metrics.expiries, metrics.dropped,
-		metrics.publishErrors,
+		metrics.publishErrors, metrics.inPlace,
 	) {
 		if err := reg.Register(c); err != nil {
 			if already, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok && already.ExistingCollector == c {
