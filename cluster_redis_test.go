@@ -70,7 +70,7 @@ func startRedisCluster(t *testing.T, replicas int, extra ...string) *redisCluste
 		}
 		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 		r := &redisServer{t: t, addr: addr}
-		waitFor(t, "a cluster node to answer", r.answers)
+		waitWithin(t, 20*time.Second, "a cluster node to answer", r.answers)
 		c.addrs = append(c.addrs, addr)
 		c.procs[addr] = cmd
 	}
