@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"reflect"
+	"sync"
 	"syscall"
 	"time"
 
@@ -155,12 +156,23 @@ func onlyWrappers(w http.ResponseWriter, allowed func(name string, w http.Respon
 	}
 }
 
+// writerTypeNames caches the names writerTypeName makes: it runs for
+// every wrapper of every subscribing request, and the wrappers' types are
+// few.
+var writerTypeNames sync.Map // reflect.Type → string
+
 func writerTypeName(w http.ResponseWriter) string {
 	t := reflect.TypeOf(w)
-	if t.Kind() == reflect.Pointer {
-		t = t.Elem()
+	if name, ok := writerTypeNames.Load(t); ok {
+		return name.(string)
 	}
-	return t.PkgPath() + "." + t.Name()
+	e := t
+	if e.Kind() == reflect.Pointer {
+		e = e.Elem()
+	}
+	name := e.PkgPath() + "." + e.Name()
+	writerTypeNames.Store(t, name)
+	return name
 }
 
 // detachedSocket is a detached stream's connection, which publishers

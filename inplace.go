@@ -35,9 +35,10 @@ import (
 // before. takeover.Writer frames answers byte for byte as net/http's
 // writer. TLS connections are handed back as before.
 
-// inPlaceWorkers run the requests served in place, process-wide: a few
-// per core, since a request served in place rarely waits.
-var inPlaceWorkers = takeover.NewWorkers(max(8, 4*runtime.GOMAXPROCS(0)))
+// inPlaceWorkers run the requests served in place, process-wide: one per
+// core, since a request served in place rarely waits (see
+// takeover.Workers for what happens when one does).
+var inPlaceWorkers = takeover.NewWorkers(runtime.GOMAXPROCS(0))
 
 // inPlaceKey is the request context key of the connection a request is
 // served in place on.

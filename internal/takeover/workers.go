@@ -11,13 +11,14 @@ import (
 // Caddy, tens of KiB, copied at every doubling). A worker keeps its stack
 // from one request to the next.
 //
-// A few workers (Size) take the jobs in turn from a queue, as an event
-// loop would: an event's fan-out makes thousands of clients send their
-// next request at once, and a goroutine for each would be thousands of
-// stacks grown for one request. A job may block, though (a handler that
+// A few workers (one per core) take the jobs in turn from a queue, as an
+// event loop would: an event's fan-out makes thousands of clients send
+// their next request at once, and a goroutine for each would be thousands
+// of stacks grown for one request. A job may block, though (a handler that
 // waits for an upstream, a subscriber held on the ordinary path): when the
-// queue has not moved for Stall, or is full, one more worker is started,
-// so no job waits behind blocked ones for longer than that. A worker ends
+// queue has not moved for Stall, every job in it gets a worker of its
+// own, and when it is full the next job does, so no job waits behind
+// blocked ones for much longer than Stall. A worker ends
 // after Linger without work: a quiet server keeps none.
 type Workers struct {
 	jobs    chan func()
@@ -106,11 +107,16 @@ func (ws *Workers) check(takenBefore uint64) {
 		return
 	}
 	if taken == takenBefore {
-		select {
-		case fn := <-ws.jobs:
-			ws.taken.Add(1)
-			ws.start(fn)
-		default:
+		// Every worker is blocked: every job waiting gets a worker of its
+		// own, as net/http gives every request a goroutine.
+		for queued := len(ws.jobs); queued > 0; queued-- {
+			select {
+			case fn := <-ws.jobs:
+				taken = ws.taken.Add(1)
+				ws.start(fn)
+			default:
+				queued = 0
+			}
 		}
 	}
 	time.AfterFunc(Stall, func() { ws.check(taken) })

@@ -276,6 +276,20 @@ func TestWorkersDoNotWaitBehindABlockedJob(t *testing.T) {
 	if ws.Running() != 3 {
 		t.Errorf("%d workers, want 3: the two blocked and one started for the queue", ws.Running())
 	}
+	// Many jobs behind blocked workers each get one, within a few stalls.
+	const queued = 50
+	done := make(chan struct{}, queued)
+	for range queued {
+		ws.Go(func() { done <- struct{}{}; <-release })
+	}
+	deadline := time.After(20 * Stall)
+	for range queued {
+		select {
+		case <-done:
+		case <-deadline:
+			t.Fatalf("jobs queued behind blocked workers waited over %v", 20*Stall)
+		}
+	}
 }
 
 // TestWorkersReuseTheirGoroutines runs many short jobs one after another
