@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -83,6 +84,22 @@ func (r *hostileRun) parked(n int) {
 }
 
 func (r *hostileRun) publish(data string) { r.s.publish(r.path, data) }
+
+// warmUp has the run's connection carry a long poll of another context
+// and its answer first: on a route that detaches (detached), its next
+// requests are then served in place.
+func (r *hostileRun) warmUp(detached bool) {
+	r.t.Helper()
+	warm := &hostileRun{t: r.t, s: r.s, hub: r.hub, addr: r.addr, path: r.path + "-warm", conn: r.conn, br: r.br, detached: detached}
+	warm.write(warm.request(http.MethodGet, ""))
+	warm.parked(1)
+	warm.publish("warm")
+	warm.read()
+	if len(warm.answers) != 2 || !strings.Contains(warm.answers[0], `body="warm"`) {
+		r.t.Fatalf("%s: warm-up poll answered %q", r.path, warm.answers)
+	}
+	r.answers = append(r.answers, warm.answers[0])
+}
 
 // dial opens a connection to the server, over TLS if the run is.
 func (r *hostileRun) dial() net.Conn {
@@ -311,7 +328,24 @@ var hostileShapes = []struct {
 // not, and requires the same answers, in the same order, from both.
 func TestHostileInputGetsTheSameAnswersOnEveryPath(t *testing.T) {
 	s := startCaddy(t, "", hostileSite)
-	playHostileShapes(t, s, strings.TrimPrefix(s.base, "http://"), nil)
+	playHostileShapes(t, s, strings.TrimPrefix(s.base, "http://"), nil, false)
+}
+
+// TestHostileInputServedInPlaceGetsTheSameAnswers plays every shape on a
+// connection that first carried a long poll and its answer: on the detach
+// on route, the shape's requests are then read and served in place (see
+// inplace.go), and must still get net/http's answers.
+func TestHostileInputServedInPlaceGetsTheSameAnswers(t *testing.T) {
+	s := startCaddy(t, "", hostileSite)
+	served, handedBack := testutil.ToFloat64(inPlaceServed), testutil.ToFloat64(inPlaceHandedBack)
+	playHostileShapes(t, s, strings.TrimPrefix(s.base, "http://"), nil, true)
+	// Every shape's first request came in place: a GET without a body
+	// was served there, one with a body or cut short handed back.
+	served, handedBack = testutil.ToFloat64(inPlaceServed)-served, testutil.ToFloat64(inPlaceHandedBack)-handedBack
+	t.Logf("%v requests served in place, %v handed back", served, handedBack)
+	if served < float64(len(hostileShapes)-4) || handedBack < 3 {
+		t.Errorf("%v requests served in place and %v handed back: the shapes did not reach the in-place path", served, handedBack)
+	}
 }
 
 // TestHostileInputOverTLSGetsTheSameAnswersOnEveryPath plays the shapes
@@ -320,12 +354,13 @@ func TestHostileInputGetsTheSameAnswersOnEveryPath(t *testing.T) {
 // end with the connection closed.
 func TestHostileInputOverTLSGetsTheSameAnswersOnEveryPath(t *testing.T) {
 	s, cfg := startTLSCaddy(t, "", hostileSite)
-	playHostileShapes(t, s, strings.TrimPrefix(s.base, "https://"), cfg)
+	playHostileShapes(t, s, strings.TrimPrefix(s.base, "https://"), cfg, false)
 }
 
 // playHostileShapes plays every shape on both routes of a server running
-// hostileSite, over TLS if cfg is set, and compares the answers.
-func playHostileShapes(t *testing.T, s *testServer, addr string, cfg *tls.Config) {
+// hostileSite, over TLS if cfg is set, and compares the answers. With
+// warm, each connection first carries a long poll on the route, answered.
+func playHostileShapes(t *testing.T, s *testServer, addr string, cfg *tls.Config, warm bool) {
 	hub := s.hub(DefaultHubName)
 	for i, shape := range hostileShapes {
 		t.Run(shape.name, func(t *testing.T) {
@@ -339,6 +374,9 @@ func playHostileShapes(t *testing.T, s *testServer, addr string, cfg *tls.Config
 				r.conn = r.dial()
 				defer r.conn.Close()
 				r.br = bufio.NewReader(r.conn)
+				if warm {
+					r.warmUp(route == "/on")
+				}
 				shape.play(r)
 				got[route] = r.answers
 				t.Logf("%s: %q", route, r.answers)
