@@ -237,6 +237,12 @@ func (c *inPlaceConn) serveNext() {
 			c.handBack(read)
 			return
 		}
+		if !c.inj.Open() {
+			// As net/http, a request read as its server began shutting
+			// down is not served: no config a reload replaced answers.
+			c.close()
+			return
+		}
 		inPlaceServed.Inc()
 		c.mu.Lock()
 		c.rest = read[taken:]
@@ -355,6 +361,17 @@ func (c *inPlaceConn) takeWatch(fn func(), sending bool) (takeover.Watch, bool) 
 	}
 	c.watchTaken = true
 	return c.watch, true
+}
+
+// blockingInPlace says that the request, if served in place, now waits
+// on its worker (a subscriber held on the ordinary path), so that the
+// workers go on without it; the caller calls what it returns when the
+// wait is over.
+func blockingInPlace(r *http.Request) (done func()) {
+	if inPlaceOf(r) == nil {
+		return func() {}
+	}
+	return inPlaceWorkers.Block()
 }
 
 // takeRest gives what was read of the client's next requests to a

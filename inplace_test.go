@@ -3,6 +3,7 @@ package comet
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -91,6 +92,35 @@ func TestLongPollsComeBackInPlace(t *testing.T) {
 		c.conn.Close()
 	}
 	waitFor(t, "every poll to be freed", func() bool { return hub.SubscriberCount() == 0 })
+}
+
+// TestReloadEndsServingInPlace reloads while a connection waits, in
+// place, for its client's next request: the old server closes it, as it
+// closes its own idle connections, so that no request is served by the
+// replaced config; the client's next poll, on a new connection, is the
+// new config's.
+func TestReloadEndsServingInPlace(t *testing.T) {
+	s := startCaddy(t, "", `header X-Config old
+	comet /lp`)
+	hub := s.hub(DefaultHubName)
+	addr := strings.TrimPrefix(s.base, "http://")
+	c := dialPoll(t, addr)
+	c.send("/lp", s.position("/lp"))
+	waitFor(t, "the poll to park", func() bool { return hub.SubscriberCount() == 1 })
+	s.publish("/lp", "e1")
+	if resp, _ := c.answer(); resp.Header.Get("X-Config") != "old" {
+		t.Fatalf("answer before the reload: %v", resp.Header)
+	}
+	s.reload("", `header X-Config new
+	comet /lp`)
+	c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.br.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("the replaced server's connection: read %d bytes, %v; want it closed", n, err)
+	}
+	resp, _ := s.do(http.MethodHead, "/lp", "")
+	if resp.Header.Get("X-Config") != "new" {
+		t.Errorf("after the reload: %v", resp.Header)
+	}
 }
 
 // TestInPlaceAnswersAsNetHTTP is the differential test of serving in

@@ -21,6 +21,7 @@ func (h *Handler) servePoll(w http.ResponseWriter, r *http.Request, repl *caddy.
 	}
 	defer sn.close()
 	sn.holdHere()
+	defer blockingInPlace(r)()
 	ctx, cancel := sn.life.bound(r.Context())
 	defer cancel()
 	for {

@@ -251,6 +251,7 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *cadd
 // for any of them to change, until one of the protocol's ends.
 func (h *Handler) holdStream(r *http.Request, sn *subscription, out *streamWriter) {
 	sn.holdHere()
+	defer blockingInPlace(r)()
 	ctx, cancel := sn.life.bound(r.Context())
 	defer cancel()
 	var heartbeat *time.Timer

@@ -15,10 +15,10 @@ import (
 // event loop would: an event's fan-out makes thousands of clients send
 // their next request at once, and a goroutine for each would be thousands
 // of stacks grown for one request. A job may block, though (a handler that
-// waits for an upstream, a subscriber held on the ordinary path): when the
-// queue has not moved for Stall, every job in it gets a worker of its
-// own, and when it is full the next job does, so no job waits behind
-// blocked ones for much longer than Stall. A worker ends
+// waits for an upstream, a subscriber held on the ordinary path). A job
+// that knows it will wait says so (Block), and a job waiting gets a
+// worker at once; otherwise, when the queue has not moved for Stall, one
+// more worker starts, and when the queue is full the next job gets one. A worker ends
 // after Linger without work: a quiet server keeps none.
 type Workers struct {
 	jobs    chan func()
@@ -59,7 +59,23 @@ func (ws *Workers) Go(fn func()) {
 	}
 }
 
-// Running is how many workers there are.
+// Block says that the calling worker is about to wait, for long maybe
+// (a subscriber held by its request): it no longer counts among the
+// workers, and a job waiting gets a new one at once. The worker calls the
+// function returned when the wait is over; it is then one over the
+// pool's size, and ends after Linger without work.
+func (ws *Workers) Block() (unblocked func()) {
+	ws.running.Add(-1)
+	select {
+	case fn := <-ws.jobs:
+		ws.taken.Add(1)
+		ws.start(fn)
+	default:
+	}
+	return func() { ws.running.Add(1) }
+}
+
+// Running is how many workers there are, but those blocked.
 func (ws *Workers) Running() int { return int(ws.running.Load()) }
 
 func (ws *Workers) start(fn func()) {
@@ -107,16 +123,13 @@ func (ws *Workers) check(takenBefore uint64) {
 		return
 	}
 	if taken == takenBefore {
-		// Every worker is blocked: every job waiting gets a worker of its
-		// own, as net/http gives every request a goroutine.
-		for queued := len(ws.jobs); queued > 0; queued-- {
-			select {
-			case fn := <-ws.jobs:
-				taken = ws.taken.Add(1)
-				ws.start(fn)
-			default:
-				queued = 0
-			}
+		// One more worker: every worker is blocked, or the cores are
+		// busy elsewhere, which a worker per job would only make worse.
+		select {
+		case fn := <-ws.jobs:
+			taken = ws.taken.Add(1)
+			ws.start(fn)
+		default:
 		}
 	}
 	time.AfterFunc(Stall, func() { ws.check(taken) })
