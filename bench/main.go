@@ -96,7 +96,7 @@ type config struct {
 func main() {
 	var c config
 	flag.StringVar(&c.url, "url", "http://127.0.0.1:8080/bench", "comet context to subscribe and publish to (loopback only)")
-	flag.IntVar(&c.subscribers, "subscribers", 1000, fmt.Sprintf("subscribers to park (at most %d)", maxSubscribers))
+	flag.IntVar(&c.subscribers, "subscribers", 1000, fmt.Sprintf("subscribers to park (at most %d); 0 with -rate measures the publishes alone", maxSubscribers))
 	flag.StringVar(&c.transport, "transport", "longpoll", "longpoll, sse or websocket")
 	flag.StringVar(&c.protocol, "protocol", "comet", "comet or nchan")
 	flag.StringVar(&c.server, "server", "", "the server's name in the report (default: the protocol; bench/floor speaks comet's)")
@@ -176,8 +176,8 @@ func (c config) check() error {
 		return c.checkSoak()
 	}
 	switch {
-	case c.subscribers < 1 || c.subscribers > maxSubscribers:
-		return fmt.Errorf("subscribers must be from 1 to %d", maxSubscribers)
+	case c.subscribers < 0 || c.subscribers > maxSubscribers || (c.subscribers == 0 && c.rate == 0):
+		return fmt.Errorf("subscribers must be from 1 to %d (0 only with -rate: publishes alone)", maxSubscribers)
 	case c.transport != "longpoll" && c.transport != "sse" && c.transport != "websocket":
 		return errors.New("transport must be longpoll, sse or websocket")
 	case c.transport == "websocket" && (c.h2 || c.h3):

@@ -8,7 +8,9 @@ package main
 // deliveries per second, losses, latency p50/p99 from the scheduled
 // publish to the receipt, and the server's CPU time per delivery over the
 // publishing and the draining after it. With -batch N, comet gets the
-// events N at a time, through the admin API's batch publishing.
+// events N at a time, through the admin API's batch publishing. With
+// -subscribers 0 it measures the publishes alone: the server's CPU time
+// per publish, over the publishing.
 
 import (
 	"bytes"
@@ -178,6 +180,17 @@ func (r *sustainedResult) print(w io.Writer, c config) {
 	fmt.Fprintf(w, "rate asked           %.0f events/s for %v, %d publishers: %d events\n", c.rate, c.duration, c.publishers, r.events)
 	if c.batch > 1 {
 		fmt.Fprintf(w, "batches              %d events each, through %s/comet/publish\n", c.batch, c.admin)
+	}
+	if c.subscribers == 0 {
+		published := int64(r.events) - r.publishErrs
+		perPublish := 0.0
+		if published > 0 {
+			perPublish = float64(r.serverCPU.Microseconds()) / float64(published)
+		}
+		fmt.Fprintf(w, "publishes            %d, %d refused or failed\n", published, r.publishErrs)
+		fmt.Fprintf(w, "server CPU           %v, %.1f µs per publish\n", r.serverCPU, perPublish)
+		fmt.Fprintf(w, "summary-publish %s %d %.0f %d %.1f\n", c.serverName(), c.contexts, c.rate, r.publishErrs, perPublish)
+		return
 	}
 	fmt.Fprintf(w, "deliveries           %d of %d, lost %d, %.0f/s\n", r.delivered, r.expected, r.expected-r.delivered,
 		float64(r.delivered)/r.elapsed.Seconds())
