@@ -88,6 +88,22 @@ func TestLongPollsComeBackInPlace(t *testing.T) {
 		t.Fatalf("poll after the POST: %s %q", resp.Status, body)
 	}
 
+	// An SSE stream asked for on a connection served in place is taken
+	// over from it as from net/http: its body ends with the connection,
+	// not chunked, and it gets the events.
+	c = conns[1]
+	fmt.Fprintf(c.conn, "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n", path, addr)
+	c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil || resp.StatusCode != http.StatusOK || len(resp.TransferEncoding) > 0 || !resp.Close {
+		t.Fatalf("SSE on a connection served in place: %v %v, Transfer-Encoding %v, close %v", resp, err, resp.TransferEncoding, resp.Close)
+	}
+	waitFor(t, "the stream to be taken over", func() bool { return watcherCount(hub, path) == 1 })
+	s.publish(path, "streamed")
+	if ev := nextWithin(t, newSSEParser(resp.Body), 5*time.Second); ev.Data != "streamed" {
+		t.Errorf("the stream got %+v", ev)
+	}
+
 	for _, c := range conns {
 		c.conn.Close()
 	}
