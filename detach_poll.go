@@ -188,27 +188,25 @@ func (p *detachedPoll) changed() (later func()) {
 		}
 		ready := answered && p.requestDone
 		p.mu.Unlock()
-		switch {
-		case ready:
+		if ready {
 			return p.settleSoon
-		case answered:
-			// The answer waits for the request to be over; the
-			// subscriber is done with now, so that no later event counts
-			// it among those it woke.
-			return p.releaseSubscriber
 		}
 	}
 	return nil
 }
 
-// releaseSubscriber detaches the answered poll's subscriber from the hub,
-// once.
+// releaseSubscriber detaches the poll's subscriber from the hub, once.
 func (p *detachedPoll) releaseSubscriber() {
 	p.mu.Lock()
-	released := p.released
-	p.released = true
+	p.releaseSubscriberLocked()
 	p.mu.Unlock()
-	if !released {
+}
+
+// releaseSubscriberLocked is releaseSubscriber, for a caller that holds
+// p.mu.
+func (p *detachedPoll) releaseSubscriberLocked() {
+	if !p.released {
+		p.released = true
 		p.sub.Close()
 		p.m.subscribers.Dec()
 	}
@@ -217,7 +215,6 @@ func (p *detachedPoll) releaseSubscriber() {
 // settleSoon ends an answered poll on the publisher's goroutine, unless
 // its answer still needs room in the socket: then a goroutine waits.
 func (p *detachedPoll) settleSoon() {
-	p.releaseSubscriber()
 	p.mu.Lock()
 	wait := !p.over && p.broken == nil && p.written < len(p.answer)
 	p.mu.Unlock()
@@ -360,6 +357,10 @@ func (p *detachedPoll) chooseAnswerLocked(expired bool) bool {
 		return false
 	}
 	p.m.countPoll(a)
+	// The subscriber is done with before a byte of the answer is written,
+	// as on the ordinary path: no later event counts it among those it
+	// woke, whenever the connection is handed on.
+	p.releaseSubscriberLocked()
 	p.keep = a.keepsConnection() && p.inj.Open() && p.canHandBack()
 	if a.event != nil {
 		p.answer = p.sharedAnswer(a)
