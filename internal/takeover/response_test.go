@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"regexp"
 	"testing"
@@ -62,23 +61,11 @@ func TestResponseRendersAsNetHTTPWrites(t *testing.T) {
 // by write, without its Date.
 func netHTTPWrites(t *testing.T, write func(http.ResponseWriter), keepAlive bool) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { write(w) })}
-	go srv.Serve(ln)
-	defer srv.Close()
-	conn, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	req := "GET / HTTP/1.1\r\nHost: x\r\n"
 	if !keepAlive {
 		req += "Connection: close\r\n"
 	}
-	io.WriteString(conn, req+"\r\n")
+	conn := sendToNetHTTP(t, req+"\r\n", write)
 	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	var raw rawRecorder
 	resp, err := http.ReadResponse(bufio.NewReader(io.TeeReader(conn, &raw)), nil)

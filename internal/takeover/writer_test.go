@@ -119,6 +119,13 @@ func requestLine(method string) string {
 // write, and returns the client's connection.
 func netHTTPAnswer(t *testing.T, method string, write func(http.ResponseWriter)) net.Conn {
 	t.Helper()
+	return sendToNetHTTP(t, requestLine(method), write)
+}
+
+// sendToNetHTTP sends raw to a net/http server whose handler is write,
+// and returns the client's connection.
+func sendToNetHTTP(t *testing.T, raw string, write func(http.ResponseWriter)) net.Conn {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +138,7 @@ func netHTTPAnswer(t *testing.T, method string, write func(http.ResponseWriter))
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	io.WriteString(conn, requestLine(method))
+	io.WriteString(conn, raw)
 	return conn
 }
 
