@@ -367,14 +367,19 @@ func (w *Writer) writeHeader(p []byte) {
 	if header == nil {
 		header = w.handlerHeader
 	}
-	exclude := map[string]bool{}
-	del := func(k string) { exclude[k] = true }
+	var exclude map[string]bool // made only when needed, as net/http's
+	del := func(k string) {
+		if exclude == nil {
+			exclude = make(map[string]bool)
+		}
+		exclude[k] = true
+	}
 	var extra []string // name, value pairs net/http adds, in its order
 
 	trailers := false
 	for k := range w.header {
 		if strings.HasPrefix(k, http.TrailerPrefix) {
-			exclude[k] = true
+			del(k)
 			trailers = true
 		}
 	}
