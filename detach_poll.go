@@ -188,8 +188,16 @@ func (p *detachedPoll) changed() (later func()) {
 		}
 		ready := answered && p.requestDone
 		p.mu.Unlock()
-		if ready {
+		switch {
+		case ready:
 			return p.settleSoon
+		case answered:
+			// The subscriber is done with: let go of it once every
+			// watcher was called, before the publish returns, so that no
+			// later event counts it among those it woke. (Closing it now
+			// would take the context's lock in the middle of the
+			// fan-out.)
+			return p.releaseSubscriber
 		}
 	}
 	return nil
@@ -215,6 +223,7 @@ func (p *detachedPoll) releaseSubscriberLocked() {
 // settleSoon ends an answered poll on the publisher's goroutine, unless
 // its answer still needs room in the socket: then a goroutine waits.
 func (p *detachedPoll) settleSoon() {
+	p.releaseSubscriber()
 	p.mu.Lock()
 	wait := !p.over && p.broken == nil && p.written < len(p.answer)
 	p.mu.Unlock()
@@ -278,6 +287,9 @@ func (p *detachedPoll) settleLocked() (end func()) {
 	if !p.chooseAnswerLocked(false) {
 		return nil
 	}
+	// Answered here rather than by a publisher, the subscriber is done
+	// with before a byte of the answer goes out, as on the ordinary path.
+	p.releaseSubscriberLocked()
 	if t := time.Duration(p.h.WriteTimeout); t > 0 && p.written < len(p.answer) {
 		_ = p.sock.SetWriteDeadline(time.Now().Add(t))
 	}
@@ -357,10 +369,6 @@ func (p *detachedPoll) chooseAnswerLocked(expired bool) bool {
 		return false
 	}
 	p.m.countPoll(a)
-	// The subscriber is done with before a byte of the answer is written,
-	// as on the ordinary path: no later event counts it among those it
-	// woke, whenever the connection is handed on.
-	p.releaseSubscriberLocked()
 	p.keep = a.keepsConnection() && p.inj.Open() && p.canHandBack()
 	if a.event != nil {
 		p.answer = p.sharedAnswer(a)
