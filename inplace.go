@@ -278,7 +278,7 @@ func (c *inPlaceConn) serve(req *http.Request) (more bool) {
 		c.close()
 		return false
 	}
-	w := takeover.NewWriter(c.sock, req, serverLogf(srv), func() { c.hijacked(srv) }, c.inj.Open)
+	w := takeover.NewWriter(c.sock, req, serverLogf(srv), func() []byte { return c.hijacked(srv) }, c.inj.Open)
 	ok := c.runHandler(srv, w, req)
 	cancel()
 	if w.Hijacked() {
@@ -334,16 +334,23 @@ func (c *inPlaceConn) hungUp(cancel context.CancelFunc) {
 	}
 }
 
-// hijacked runs when a handler takes the connection: unless a detached
-// subscriber took the watch with it (takeWatch), nothing watches it.
-func (c *inPlaceConn) hijacked(srv *http.Server) {
+// hijacked runs when a handler takes the connection, and returns what
+// was read of the client's next requests, for the handler's reader. A
+// detached subscriber took the watch with the connection (takeWatch) and
+// takes those bytes itself (unreadPrefix); any other handler gets them,
+// and the connection unwatched.
+func (c *inPlaceConn) hijacked(srv *http.Server) (read []byte) {
 	c.mu.Lock()
 	taken := c.watchTaken
+	if !taken {
+		read, c.rest = c.rest, nil
+	}
 	c.mu.Unlock()
 	if !taken {
 		c.watch.Stop()
 	}
 	c.setState(srv, http.StateHijacked)
+	return read
 }
 
 // takeWatch hands the connection's watch to a subscriber detaching the

@@ -32,11 +32,12 @@ type Writer struct {
 	conn net.Conn
 	req  *http.Request
 	// logf is the server's error log; onHijack does the server's
-	// bookkeeping when a handler takes the connection; keepAlives says
-	// whether the server keeps connections for more requests (not when
-	// it shuts down).
+	// bookkeeping when a handler takes the connection, and returns what
+	// it had read of the client's next requests; keepAlives says whether
+	// the server keeps connections for more requests (not when it shuts
+	// down).
 	logf       func(format string, args ...any)
-	onHijack   func()
+	onHijack   func() (read []byte)
 	keepAlives func() bool
 
 	handlerHeader http.Header
@@ -71,9 +72,10 @@ var (
 )
 
 // NewWriter starts the answer to req, read from conn. logf is the
-// server's error log, onHijack runs when a handler hijacks the connection,
-// and keepAlives says whether the server still keeps connections alive.
-func NewWriter(conn net.Conn, req *http.Request, logf func(string, ...any), onHijack func(), keepAlives func() bool) *Writer {
+// server's error log, onHijack runs when a handler hijacks the connection
+// and returns what the server had read of the client's next requests, and
+// keepAlives says whether the server still keeps connections alive.
+func NewWriter(conn net.Conn, req *http.Request, logf func(string, ...any), onHijack func() []byte, keepAlives func() bool) *Writer {
 	w := &Writer{conn: conn, req: req, logf: logf, onHijack: onHijack, keepAlives: keepAlives, handlerHeader: make(http.Header), contentLength: -1}
 	w.w = chunkBufs.Get().(*bufio.Writer)
 	w.w.Reset(chunkWriter{w})
@@ -213,8 +215,8 @@ func (w *Writer) FlushError() error {
 }
 
 // Hijack hands the connection to the handler, with what was written so
-// far sent first. Bytes of the client's next requests already read are
-// given by the server that made the writer (see Served.Rest).
+// far sent first. As with net/http, the reader it returns gives first
+// what the server had read of the client's next requests.
 func (w *Writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if w.handlerDone {
 		panic("net/http: Hijack called after ServeHTTP finished")
@@ -228,8 +230,11 @@ func (w *Writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	_ = w.bufw.Flush()
 	w.hijacked = true
 	w.release()
-	w.onHijack()
-	rw := bufio.NewReadWriter(bufio.NewReaderSize(w.conn, 16), bufio.NewWriterSize(w.conn, 16))
+	var src io.Reader = w.conn
+	if read := w.onHijack(); len(read) > 0 {
+		src = &PrefixedConn{Conn: w.conn, Prefix: read}
+	}
+	rw := bufio.NewReadWriter(bufio.NewReaderSize(src, 16), bufio.NewWriterSize(w.conn, 16))
 	return w.conn, rw, nil
 }
 

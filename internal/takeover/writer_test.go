@@ -152,7 +152,7 @@ func writerAnswer(t *testing.T, method string, write func(http.ResponseWriter)) 
 	if req == nil || n != len(b) {
 		t.Fatalf("ReadRequest took %d of %d bytes: %v", n, len(b), req)
 	}
-	w := NewWriter(server, req, t.Logf, func() {}, func() bool { return true })
+	w := NewWriter(server, req, t.Logf, func() []byte { return nil }, func() bool { return true })
 	write(w)
 	w.Finish()
 	return client
@@ -191,7 +191,7 @@ func TestWriterKeepsTheConnectionAsNetHTTP(t *testing.T) {
 	for i, tc := range cases {
 		server, _ := tcpPair(t)
 		req, _ := ReadRequest([]byte(requestLine("GET")))
-		w := NewWriter(server, req, t.Logf, func() {}, func() bool { return true })
+		w := NewWriter(server, req, t.Logf, func() []byte { return nil }, func() bool { return true })
 		tc.write(w)
 		if keep := w.Finish(); keep != tc.keep {
 			t.Errorf("case %d: keep-alive %v, want %v", i, keep, tc.keep)
@@ -200,7 +200,7 @@ func TestWriterKeepsTheConnectionAsNetHTTP(t *testing.T) {
 	// A server shutting down says so in the answer, as net/http does.
 	server, client := tcpPair(t)
 	req, _ := ReadRequest([]byte(requestLine("GET")))
-	w := NewWriter(server, req, t.Logf, func() {}, func() bool { return false })
+	w := NewWriter(server, req, t.Logf, func() []byte { return nil }, func() bool { return false })
 	io.WriteString(w, "last")
 	if w.Finish() {
 		t.Error("kept a connection of a server shutting down")
@@ -309,5 +309,24 @@ func TestWorkersReuseTheirGoroutines(t *testing.T) {
 		if ws.Running() > 4 {
 			t.Fatalf("job %d: %d workers", i, ws.Running())
 		}
+	}
+}
+
+// TestHijackGivesWhatWasReadFirst hijacks a request served in place
+// whose server had read part of the client's next request: the
+// handler's reader gives those bytes first, then the connection's, as
+// net/http's buffered reader does.
+func TestHijackGivesWhatWasReadFirst(t *testing.T) {
+	server, client := tcpPair(t)
+	req, _ := ReadRequest([]byte(requestLine("GET")))
+	w := NewWriter(server, req, t.Logf, func() []byte { return []byte("GET /next") }, func() bool { return true })
+	conn, rw, err := w.Hijack()
+	if err != nil || conn != server {
+		t.Fatalf("Hijack: %v, %v", conn, err)
+	}
+	io.WriteString(client, " HTTP/1.1\r\n")
+	line, err := rw.ReadString('\n')
+	if err != nil || line != "GET /next HTTP/1.1\r\n" {
+		t.Errorf("the hijacker read %q, %v", line, err)
 	}
 }
