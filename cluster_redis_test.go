@@ -37,6 +37,30 @@ type redisCluster struct {
 	procs map[string]*exec.Cmd // by address
 }
 
+// freeClusterAddr is freeAddr for a Redis Cluster node, which binds its
+// bus port, its port + 10000, too: that one must be free and below the
+// ephemeral range as well, where the tests' own client connections take
+// their ports (a node that cannot bind it exits at once).
+func freeClusterAddr(t *testing.T) string {
+	t.Helper()
+	for range 1000 {
+		addr := freeAddr(t)
+		_, p, _ := net.SplitHostPort(addr)
+		port, _ := strconv.Atoi(p)
+		if port+10000 >= 32768 {
+			continue
+		}
+		bus, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port+10000))
+		if err != nil {
+			continue
+		}
+		bus.Close()
+		return addr
+	}
+	t.Fatal("no free port for a cluster node and its bus")
+	return ""
+}
+
 // startRedisCluster starts the nodes (redis-server --cluster-enabled) and
 // joins them (redis-cli --cluster create). Each node gets the extra
 // arguments too.
@@ -52,7 +76,7 @@ func startRedisCluster(t *testing.T, replicas int, extra ...string) *redisCluste
 	}
 	c := &redisCluster{procs: make(map[string]*exec.Cmd)}
 	for i := range 3 * (1 + replicas) {
-		addr := freeAddr(t)
+		addr := freeClusterAddr(t)
 		host, port, _ := net.SplitHostPort(addr)
 		dir := filepath.Join(t.TempDir(), fmt.Sprint(i))
 		if err := os.MkdirAll(dir, 0o700); err != nil {

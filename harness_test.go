@@ -137,7 +137,7 @@ func freeAddr(t testing.TB) string {
 // for port 0 would be one that another test package's server, running at
 // the same time, may be given next, and Caddy binds its listeners with
 // SO_REUSEPORT: both would then share its connections. (A Redis Cluster
-// node's bus port, its port + 10000, stays out of the range too.)
+// node binds its port + 10000 too: see freeClusterAddr.)
 var freePorts = portCounter{last: 20000 + os.Getpid()%10000}
 
 const lastFreePort = 29999
