@@ -38,28 +38,35 @@ type redisCluster struct {
 }
 
 // freeClusterAddr is freeAddr for a Redis Cluster node, which binds its
-// bus port, its port + 10000, too: that one must be free and below the
-// ephemeral range as well, where the tests' own client connections take
-// their ports (a node that cannot bind it exits at once).
+// bus port, its port + 10000, too. Both come from their own range, 5000 to
+// 9999 and 15000 to 19999: below the ephemeral range, where the tests' own
+// client connections take their ports (a node that cannot bind its bus
+// exits at once), and apart from freePorts, whose ports are handed out
+// from 20000 on and would leave no room for a bus below 32768 once the
+// counter is past 22767.
 func freeClusterAddr(t *testing.T) string {
 	t.Helper()
-	for range 1000 {
-		addr := freeAddr(t)
-		_, p, _ := net.SplitHostPort(addr)
-		port, _ := strconv.Atoi(p)
-		if port+10000 >= 32768 {
+	for range lastClusterPort - firstClusterPort {
+		port := clusterPorts.next()
+		node, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
 			continue
 		}
 		bus, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port+10000))
+		node.Close()
 		if err != nil {
 			continue
 		}
 		bus.Close()
-		return addr
+		return node.Addr().String()
 	}
 	t.Fatal("no free port for a cluster node and its bus")
 	return ""
 }
+
+const firstClusterPort, lastClusterPort = 5000, 9999
+
+var clusterPorts = portCounter{first: firstClusterPort, last: firstClusterPort + os.Getpid()%(lastClusterPort-firstClusterPort), max: lastClusterPort}
 
 // startRedisCluster starts the nodes (redis-server --cluster-enabled) and
 // joins them (redis-cli --cluster create). Each node gets the extra

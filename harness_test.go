@@ -138,20 +138,19 @@ func freeAddr(t testing.TB) string {
 // the same time, may be given next, and Caddy binds its listeners with
 // SO_REUSEPORT: both would then share its connections. (A Redis Cluster
 // node binds its port + 10000 too: see freeClusterAddr.)
-var freePorts = portCounter{last: 20000 + os.Getpid()%10000}
+var freePorts = portCounter{first: 20000, last: 20000 + os.Getpid()%10000, max: 29999}
 
-const lastFreePort = 29999
-
+// portCounter hands out the ports from first to max in turn, from last on.
 type portCounter struct {
-	mu   sync.Mutex
-	last int
+	mu               sync.Mutex
+	first, last, max int
 }
 
 func (p *portCounter) next() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.last++; p.last > lastFreePort {
-		p.last = 20000
+	if p.last++; p.last > p.max {
+		p.last = p.first
 	}
 	return p.last
 }
