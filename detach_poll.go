@@ -36,8 +36,8 @@ import (
 // long polls on the ordinary path.
 //
 // Over TLS (HTTP/1.1), the connection is taken over as the *tls.Conn it
-// is, and handed back as such, so the server serves the next request as
-// one over TLS. crypto/tls writes its records itself and waits for room,
+// is, and its next requests are served in place over TLS as well (see
+// inplace.go). crypto/tls writes its records itself and waits for room,
 // so a publisher writes an answer only when the socket surely takes it at
 // once (see takesRecordAtOnce); otherwise a goroutine does, with
 // write_timeout.
@@ -120,6 +120,7 @@ type detachedPoll struct {
 	over        bool           // the connection was handed back or closed: hands off
 	released    bool           // the subscriber was detached from the hub (releaseSubscriber)
 	inPlace     *inPlaceConn   // the connection the poll was served in place on; nil: net/http's
+	nextInPlace bool           // whether the client's next requests will be served in place
 }
 
 // detachPoll takes the connection of a parked long poll of one context
@@ -142,6 +143,7 @@ func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, how holding
 		return false
 	}
 	p.inPlace = inPlaceOf(r)
+	p.nextInPlace = p.inPlace != nil || servesInPlace(how.sock, how.inj)
 	p.header = w.Header().Clone()
 	_, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
@@ -378,14 +380,16 @@ func (p *detachedPoll) chooseAnswerLocked(expired bool) bool {
 	return true
 }
 
-// canHandBack reports whether the connection can go back to the server
-// as it is. A TLS connection goes back as the *tls.Conn it is, so that
-// the server knows its requests came over TLS, and cannot carry bytes the
-// server had read of the client's next request in front of it: then the
-// answer says Connection: close and the client sends that request again
-// on a new connection (RFC 9112, section 9.3.2). Browsers do not pipeline.
+// canHandBack reports whether the connection can serve the client's next
+// requests. Served in place, it can, with whatever was read of them. A
+// TLS connection handed back to a server that is not Caddy's goes back as
+// the *tls.Conn it is, so that the server knows its requests came over
+// TLS, and cannot carry bytes the server had read of the client's next
+// request in front of it: then the answer says Connection: close and the
+// client sends that request again on a new connection (RFC 9112, section
+// 9.3.2). Browsers do not pipeline.
 func (p *detachedPoll) canHandBack() bool {
-	return !p.overTLS || len(p.early) == 0
+	return p.nextInPlace || !p.overTLS || len(p.early) == 0
 }
 
 // render writes the answer out as net/http would.
@@ -443,7 +447,7 @@ func (p *detachedPoll) writeLocked(wait bool) {
 func (p *detachedPoll) handBack() {
 	p.releaseSubscriber()
 	_ = p.sock.SetDeadline(time.Time{})
-	if c := p.inPlace; c != nil || servesInPlace(p.sock, p.inj) {
+	if c := p.inPlace; c != nil || p.nextInPlace {
 		if c == nil {
 			c = newInPlaceConn(p.sock, p.raw, p.inj)
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/caddy-comet/comet/internal/takeover"
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
@@ -31,7 +32,29 @@ func rememberSocket(ctx context.Context, c net.Conn) context.Context {
 	if ctx.Value(socketKey{}) != nil {
 		return ctx // another comet handler on this server registered it too
 	}
+	if pc, ok := c.(*takeover.PrefixedConn); ok {
+		if tc, ok := pc.Conn.(*tls.Conn); ok {
+			ctx = context.WithValue(ctx, caddyTLSStateKey, tlsStateOf(tc))
+		}
+	}
 	return context.WithValue(ctx, socketKey{}, c)
+}
+
+// caddyTLSStateKey is the request context key under which Caddy's server
+// looks for the TLS state of a connection that is not a *tls.Conn, as a
+// listener wrapper's (caddyhttp.Server.ServeHTTP sets r.TLS from it). A
+// TLS connection served in place and handed back with bytes already
+// decrypted (inplace.go) is one: net/http takes the PrefixedConn in front
+// of it for plaintext. TestTLSPollsAreHandedBackAsTLS fails if Caddy
+// stops reading the key.
+const caddyTLSStateKey caddy.CtxKey = "tls_connection_state_func"
+
+// tlsStateOf returns what Caddy wants under caddyTLSStateKey.
+func tlsStateOf(tc *tls.Conn) func() *tls.ConnectionState {
+	return sync.OnceValue(func() *tls.ConnectionState {
+		state := tc.ConnectionState()
+		return &state
+	})
 }
 
 // watchHangUp arranges for left to be called when the client of a
@@ -67,7 +90,15 @@ func (h *Handler) tlsSocket(r *http.Request) net.Conn {
 	if !h.detaches() || r.ProtoMajor != 1 || r.TLS == nil {
 		return nil
 	}
-	conn, _ := r.Context().Value(socketKey{}).(*tls.Conn)
+	var conn *tls.Conn
+	switch c := r.Context().Value(socketKey{}).(type) {
+	case *tls.Conn:
+		conn = c
+	case *takeover.PrefixedConn:
+		// Handed back from serving in place: what is left of its
+		// prefix is in unreadPrefix.
+		conn, _ = c.Conn.(*tls.Conn)
+	}
 	if conn == nil {
 		return nil
 	}

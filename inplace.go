@@ -2,6 +2,8 @@ package comet
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"log"
 	"net"
 	"net/http"
@@ -33,7 +35,18 @@ import (
 // Upgrade or Connection: close. Anything else is handed back to net/http
 // before a byte of it is answered, with the bytes read in front, as
 // before. takeover.Writer frames answers byte for byte as net/http's
-// writer. TLS connections are handed back as before.
+// writer.
+//
+// Over TLS (HTTP/1.1), the *tls.Conn is read when the socket is readable,
+// with a deadline a moment away: a whole record is there at once, and a
+// record still arriving (or a client sending a byte at a time) sends the
+// connection back to net/http, which goes on reading it where this left
+// off. What crypto/tls read ahead of the socket wakes no epoll, so the
+// connection looks there first (bufferedTLS) before it waits. A request
+// handed back with bytes already decrypted goes back on the *tls.Conn
+// behind a PrefixedConn, which net/http takes for plaintext: Caddy then
+// learns of its TLS from the request context (see rememberSocket), as it
+// does for a listener wrapper's connection.
 
 // inPlaceWorkers run the requests served in place, process-wide: one per
 // core, since a request served in place rarely waits (see
@@ -44,11 +57,13 @@ var inPlaceWorkers = takeover.NewWorkers(runtime.GOMAXPROCS(0))
 // served in place on.
 type inPlaceKey struct{}
 
-// inPlaceConn is a plaintext HTTP/1.1 connection, taken over from
-// net/http, whose requests are served in place.
+// inPlaceConn is an HTTP/1.1 connection, plaintext or over TLS, taken
+// over from net/http, whose requests are served in place.
 type inPlaceConn struct {
 	sock  net.Conn
 	raw   syscall.RawConn
+	tls   *tls.Conn // sock over TLS; nil: plaintext
+	state *tls.ConnectionState
 	inj   *takeover.Injector // its server's: idle connections, shutdown
 	watch takeover.Watch     // its registration with the hang-up watcher
 	idle  *time.Timer        // closes it after the server's idle timeout; nil: none
@@ -69,10 +84,14 @@ func inPlaceOf(r *http.Request) *inPlaceConn {
 }
 
 // servesInPlace reports whether the connection of an answered detached
-// poll can serve its next requests in place: plaintext, on a server whose
-// handler is not net/http's default.
+// poll can serve its next requests in place: a TCP or Unix socket,
+// plaintext or under crypto/tls, on a server whose handler is not
+// net/http's default.
 func servesInPlace(sock net.Conn, inj *takeover.Injector) bool {
 	srv := inj.Server()
+	if tc, ok := sock.(*tls.Conn); ok {
+		sock = tc.NetConn()
+	}
 	switch sock.(type) {
 	case *net.TCPConn, *net.UnixConn:
 	default:
@@ -84,7 +103,13 @@ func servesInPlace(sock net.Conn, inj *takeover.Injector) bool {
 // newInPlaceConn keeps a detached poll's connection for its next
 // requests.
 func newInPlaceConn(sock net.Conn, raw syscall.RawConn, inj *takeover.Injector) *inPlaceConn {
-	return &inPlaceConn{sock: sock, raw: raw, inj: inj}
+	c := &inPlaceConn{sock: sock, raw: raw, inj: inj}
+	if tc, ok := sock.(*tls.Conn); ok {
+		// As net/http, once per connection: every request gets the same.
+		state := tc.ConnectionState()
+		c.tls, c.state = tc, &state
+	}
+	return c
 }
 
 // keep takes the connection back from the detached poll it was handed
@@ -102,6 +127,9 @@ func (c *inPlaceConn) keep(watch takeover.Watch, rest []byte) {
 // it (claim) sees it set up.
 func (c *inPlaceConn) await() {
 	c.mu.Lock()
+	if len(c.rest) == 0 && c.tls != nil {
+		c.rest = c.bufferedTLS()
+	}
 	if len(c.rest) > 0 {
 		c.mu.Unlock()
 		inPlaceWorkers.Go(c.serveNext)
@@ -201,9 +229,6 @@ func (c *inPlaceConn) handBack(read []byte) {
 	}
 }
 
-// readBufs hold what a worker reads of a client's next request.
-var readBufs = sync.Pool{New: func() any { return new([4 << 10]byte) }}
-
 // serveNext runs on a worker: it reads the client's next requests and
 // serves each in place, until one is detached, is net/http's, or the
 // connection is over or idle.
@@ -218,15 +243,17 @@ func (c *inPlaceConn) serveNext() {
 		c.rest = nil
 		c.mu.Unlock()
 		if len(read) == 0 {
-			buf := readBufs.Get().(*[4 << 10]byte)
-			n, err := takeover.ReadNow(c.raw, buf[:])
-			read = append([]byte(nil), buf[:n]...)
-			readBufs.Put(buf)
+			var err error
+			read, err = c.readNow()
 			switch {
+			case errors.Is(err, errRecordArriving):
+				inPlaceHandedBack.Inc()
+				c.handBack(nil)
+				return
 			case err != nil:
 				c.close() // the client left, or the connection broke
 				return
-			case n == 0:
+			case len(read) == 0:
 				c.await() // woken for nothing
 				return
 			}
@@ -259,6 +286,60 @@ func (c *inPlaceConn) serveNext() {
 	}
 }
 
+// readBufs hold what a worker reads of a client's next request. A TLS
+// record holds up to 16 KiB; what does not fit stays in crypto/tls for
+// the next read.
+var readBufs = sync.Pool{New: func() any { return new([4 << 10]byte) }}
+
+// tlsRecordWait is how long a worker waits for the rest of a TLS record
+// the socket had only part of: a client's request is one record, and
+// arrives whole. A record that takes longer sends the connection back to
+// net/http, which waits for it on a goroutine of its own.
+const tlsRecordWait = time.Millisecond
+
+// errRecordArriving says that a TLS record has begun to arrive, and not
+// all of it is there yet.
+var errRecordArriving = errors.New("a TLS record is still arriving")
+
+// readNow reads what the client sent, without waiting (see tlsRecordWait
+// over TLS): nothing if it sent nothing.
+func (c *inPlaceConn) readNow() ([]byte, error) {
+	buf := readBufs.Get().(*[4 << 10]byte)
+	defer readBufs.Put(buf)
+	if c.tls == nil {
+		n, err := takeover.ReadNow(c.raw, buf[:])
+		return append([]byte(nil), buf[:n]...), err
+	}
+	_ = c.tls.SetReadDeadline(time.Now().Add(tlsRecordWait))
+	n, err := c.tls.Read(buf[:])
+	if n == 0 && isTimeout(err) {
+		return nil, errRecordArriving
+	}
+	return append([]byte(nil), buf[:n]...), err
+}
+
+// bufferedTLS returns what crypto/tls read of the client's next request
+// along with an earlier one, if anything: no epoll reports it, since the
+// socket has nothing left to read. With a deadline already past, a read
+// returns only what is buffered, and a record it has only part of stays
+// for the next (a timeout is not a broken connection to crypto/tls).
+func (c *inPlaceConn) bufferedTLS() []byte {
+	buf := readBufs.Get().(*[4 << 10]byte)
+	defer readBufs.Put(buf)
+	_ = c.tls.SetReadDeadline(aLongTimeAgo)
+	n, _ := c.tls.Read(buf[:])
+	_ = c.tls.SetReadDeadline(time.Time{})
+	if n == 0 {
+		return nil
+	}
+	return append([]byte(nil), buf[:n]...)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
 // serve runs the server's handler for req as net/http's connection loop
 // would, and reports whether the connection is still this one's to serve
 // the next request on.
@@ -268,13 +349,10 @@ func (c *inPlaceConn) serve(req *http.Request) (more bool) {
 	defer cancel()
 	req = req.WithContext(ctx)
 	req.RemoteAddr = c.sock.RemoteAddr().String()
+	req.TLS = c.state
 	c.setState(srv, http.StateActive)
 	c.setDeadlines(srv)
-	// net/http's background read cancels a request whose client leaves.
-	// The watch reports the client's next request too: a long poll
-	// detached meanwhile keeps it armed (takeWatch), so that it is ready
-	// for the request after its answer.
-	if !c.watch.Await(func() { c.hungUp(cancel) }) {
+	if !c.guard(cancel) {
 		c.close()
 		return false
 	}
@@ -322,6 +400,20 @@ func (c *inPlaceConn) setDeadlines(srv *http.Server) {
 	if d := srv.WriteTimeout; d > 0 {
 		_ = c.sock.SetWriteDeadline(time.Now().Add(d))
 	}
+}
+
+// guard arms the watch to cancel the request if its client leaves, as
+// net/http's background read does. On a plaintext connection it reports
+// the client's next request too: a long poll detached meanwhile keeps it
+// armed (takeWatch), so that it is ready for the request after its
+// answer. Over TLS, where a client's close_notify cannot be told from a
+// request without decrypting it, only the end of the connection is
+// watched, and waiting for the next request re-arms it (await).
+func (c *inPlaceConn) guard(cancel context.CancelFunc) bool {
+	if c.tls != nil {
+		return c.watch.Guard(cancel)
+	}
+	return c.watch.Await(func() { c.hungUp(cancel) })
 }
 
 // hungUp runs on the hang-up watcher's goroutine when the client closes

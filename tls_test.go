@@ -6,11 +6,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 )
@@ -433,15 +436,17 @@ func stallingClient(cfg *tls.Config, proto int) *http.Client {
 }
 
 // TestTLSPollsAreHandedBackAsTLS parks long polls over HTTP/1.1 on TLS on
-// a bare connection: each is taken over, answered, and its connection
-// handed back to the server as the TLS connection it is, so the next
-// request on it is served as one over HTTPS, whether it was sent after
-// the answer or while the poll was parked. A request the server had read
-// ahead of a poll cannot go back with the connection: the answer says
-// Connection: close. A client that closes its connection frees its poll.
+// a bare connection: each is taken over and answered, and the next
+// request on its connection is served as one over HTTPS, in place
+// (inplace.go), whether it was sent after the answer, while the poll was
+// parked, or in the same TLS record as the poll. A request that is not
+// served in place (a POST) goes back to net/http behind the bytes already
+// decrypted, and is still served as one over HTTPS (Caddy's TLS state
+// key); the poll after it is taken over from net/http again. A client
+// that closes its connection frees its poll.
 func TestTLSPollsAreHandedBackAsTLS(t *testing.T) {
 	s, cfg := startTLSCaddy(t, "", `comet /lp
-	respond /scheme {http.request.scheme}`)
+	respond /scheme "{http.request.scheme} {http.request.tls.version}"`)
 	hub := s.hub(DefaultHubName)
 	addr := strings.TrimPrefix(s.base, "https://")
 	conn, err := tls.Dial("tcp", addr, cfg)
@@ -453,7 +458,7 @@ func TestTLSPollsAreHandedBackAsTLS(t *testing.T) {
 	get := func(path string) string {
 		return fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nLast-Event-ID: %s\r\n\r\n", path, addr, s.position("/lp"))
 	}
-	answer := func(want string, close bool) {
+	answer := func(want string) {
 		t.Helper()
 		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 		resp, err := http.ReadResponse(br, nil)
@@ -461,31 +466,52 @@ func TestTLSPollsAreHandedBackAsTLS(t *testing.T) {
 			t.Fatal(err)
 		}
 		body, _ := io.ReadAll(resp.Body)
-		if string(body) != want || resp.Close != close {
-			t.Fatalf("got %s %q, Connection: close %v; want %q, %v", resp.Status, body, resp.Close, want, close)
+		if string(body) != want || resp.Close {
+			t.Fatalf("got %s %q, Connection: close %v; want %q on a kept connection", resp.Status, body, resp.Close, want)
 		}
 	}
 	park := func() {
 		t.Helper()
 		waitFor(t, "the poll to be taken over", func() bool { return watcherCount(hub, "/lp") == 1 })
 	}
+	const https = "https tls1.3"
+	served, handedBack := testutil.ToFloat64(inPlaceServed), testutil.ToFloat64(inPlaceHandedBack)
 
-	// Parked, answered, and the next request served over TLS.
+	// Parked, answered, and the next requests served in place over TLS.
 	io.WriteString(conn, get("/lp"))
 	park()
 	s.publish("/lp", "one")
-	answer("one", false)
+	answer("one")
 	io.WriteString(conn, get("/scheme"))
-	answer("https", false)
+	answer(https)
+	io.WriteString(conn, get("/lp"))
+	park()
+	s.publish("/lp", "two")
+	answer("two")
 
 	// A request sent while the poll is parked waits for its answer.
 	io.WriteString(conn, get("/lp"))
 	park()
 	io.WriteString(conn, get("/scheme"))
 	time.Sleep(100 * time.Millisecond)
-	s.publish("/lp", "two")
-	answer("two", false)
-	answer("https", false)
+	s.publish("/lp", "three")
+	answer("three")
+	answer(https)
+	if got := testutil.ToFloat64(inPlaceServed) - served; got != 4 {
+		t.Errorf("%v requests served in place, want 4: all but the first", got)
+	}
+
+	// A POST goes back to net/http, over TLS still, and the poll after
+	// it is taken over again.
+	fmt.Fprintf(conn, "POST /scheme HTTP/1.1\r\nHost: %s\r\nContent-Length: 2\r\n\r\nhi", addr)
+	answer(https)
+	if got := testutil.ToFloat64(inPlaceHandedBack) - handedBack; got != 1 {
+		t.Errorf("%v requests handed back, want the POST", got)
+	}
+	io.WriteString(conn, get("/lp"))
+	park()
+	s.publish("/lp", "four")
+	answer("four")
 
 	// A client that leaves frees its poll.
 	io.WriteString(conn, get("/lp"))
@@ -493,19 +519,74 @@ func TestTLSPollsAreHandedBackAsTLS(t *testing.T) {
 	conn.Close()
 	waitFor(t, "the poll to be freed", func() bool { return hub.SubscriberCount() == 0 })
 
-	// Read ahead of the poll, in one TLS record: the answer closes the
-	// connection, and the request read ahead goes unanswered.
-	conn, err = tls.Dial("tcp", addr, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Sent along with the poll, in the same TLS record (the server read
+	// it with the poll) or in the next one, in the same write (crypto/tls
+	// read it from the socket, and no epoll reports it): served once the
+	// poll is answered.
+	batched := dialBatched(t, addr)
+	clientCfg := cfg.Clone()
+	clientCfg.ServerName, _, _ = net.SplitHostPort(addr)
+	conn = tls.Client(batched, clientCfg)
 	defer conn.Close()
 	br = bufio.NewReader(conn)
 	io.WriteString(conn, get("/lp")+get("/scheme"))
 	park()
-	s.publish("/lp", "three")
-	answer("three", true)
-	if _, err := br.ReadByte(); err != io.EOF {
-		t.Errorf("after an answer that said Connection: close, read %v, want EOF", err)
+	s.publish("/lp", "five")
+	answer("five")
+	answer(https)
+	batched.hold()
+	io.WriteString(conn, get("/lp"))
+	io.WriteString(conn, get("/scheme"))
+	batched.release()
+	park()
+	s.publish("/lp", "six")
+	answer("six")
+	answer(https)
+	batched.hold()
+	io.WriteString(conn, get("/lp"))
+	io.WriteString(conn, get("/lp"))
+	batched.release()
+	park()
+	s.publish("/lp", "seven")
+	answer("seven")
+	answer("seven") // its cursor was the first's
+}
+
+// batchedConn is a client's connection whose writes can be held and sent
+// at once, in one write: TLS records the client's crypto/tls writes one
+// by one arrive together.
+type batchedConn struct {
+	net.Conn
+	mu   sync.Mutex
+	held []byte
+	on   bool
+}
+
+func dialBatched(t *testing.T, addr string) *batchedConn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return &batchedConn{Conn: c}
+}
+
+func (c *batchedConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.on {
+		c.held = append(c.held, b...)
+		return len(b), nil
+	}
+	return c.Conn.Write(b)
+}
+
+func (c *batchedConn) hold() { c.mu.Lock(); c.on = true; c.mu.Unlock() }
+
+func (c *batchedConn) release() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.on = false
+	_, _ = c.Conn.Write(c.held)
+	c.held = nil
 }
