@@ -4,8 +4,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-
-	"github.com/caddyserver/caddy/v2"
 )
 
 // Headers of the comet protocol.
@@ -40,26 +38,18 @@ func setCursorHeaders(hdr http.Header, cur Cursor) {
 	hdr["Comet-Event-Id"] = []string{strconv.FormatUint(cur.ID, 10)}
 }
 
-// setCursorPlaceholders sets the placeholders of the cursor an answer
-// carries, before anything is written, so that a deferred header directive
-// can use them.
-func setCursorPlaceholders(repl *caddy.Replacer, cur Cursor) {
-	repl.Set("comet.cursor", cur.String())
-	repl.Set("comet.event.id", cur.ID)
-}
-
-// setPollPlaceholders sets the placeholders of a long poll's answer.
-func setPollPlaceholders(repl *caddy.Replacer, a pollAnswer) {
+// setPollPlaceholders sets the placeholders of a long poll's answer,
+// before anything is written, so that a deferred header directive can use
+// them.
+func setPollPlaceholders(vars *requestVars, a pollAnswer) {
 	if a.status == http.StatusGone {
 		return
 	}
-	setCursorPlaceholders(repl, a.cursor)
+	vars.setCursor(a.cursor)
 	if a.status != http.StatusServiceUnavailable {
-		repl.Set("comet.subscribers", a.subscribers)
+		vars.setSubscribers(a.subscribers)
 	}
-	if a.missed != 0 {
-		repl.Set("comet.missed", missedText(a.missed))
-	}
+	vars.missed = a.missed
 }
 
 // writePollAnswer writes a long poll's answer; whatever holds the poll's
@@ -151,12 +141,12 @@ type receipt struct {
 
 // writeReceipt answers a publish with the new event's id and the number of
 // subscribers it woke.
-func writeReceipt(w http.ResponseWriter, repl *caddy.Replacer, rcpt Receipt) error {
+func writeReceipt(w http.ResponseWriter, vars *requestVars, rcpt Receipt) error {
 	hdr := w.Header()
 	setCursorHeaders(hdr, rcpt.Cursor)
-	if repl != nil {
-		setCursorPlaceholders(repl, rcpt.Cursor)
-		repl.Set("comet.subscribers", rcpt.Woken)
+	if vars != nil {
+		vars.setCursor(rcpt.Cursor)
+		vars.setSubscribers(rcpt.Woken)
 	}
 	hdr.Set("Content-Type", "application/json")
 	_, err := w.Write(appendReceipt(make([]byte, 0, 96), rcpt))

@@ -10,10 +10,9 @@ import (
 
 func BenchmarkWriteReceipt(b *testing.B) {
 	b.ReportAllocs()
-	repl := caddy.NewReplacer()
 	for b.Loop() {
 		w := httptest.NewRecorder()
-		writeReceipt(w, repl, Receipt{Cursor: Cursor{Epoch: "k3x9a0b1c2", ID: 12345}, Woken: 3})
+		writeReceipt(w, newRequestVars(caddy.NewReplacer()), Receipt{Cursor: Cursor{Epoch: "k3x9a0b1c2", ID: 12345}, Woken: 3})
 	}
 }
 

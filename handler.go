@@ -246,7 +246,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if key == "" {
 		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("context template %q gave an empty key", h.Context))
 	}
-	repl.Set("comet.context", key)
+	vars := newRequestVars(repl)
+	vars.context = key
 
 	// An HTTP/2 WebSocket (RFC 8441) is a CONNECT that subscribes.
 	method := r.Method
@@ -264,7 +265,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 				return err
 			}
 			if tok != nil {
-				repl.Set("comet.subscriber", tok.Subject)
+				vars.subscriber = tok.Subject
 			}
 		}
 	}
@@ -276,15 +277,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		if sn == nil {
 			return err
 		}
-		return h.serveSubscription(w, r, repl, sn)
+		return h.serveSubscription(w, r, vars, sn)
 	case http.MethodHead:
 		if keys != nil {
 			return h.serveMultiplexedPosition(w, r, keys)
 		}
-		return h.servePosition(w, repl, key)
+		return h.servePosition(w, vars, key)
 	case http.MethodPost:
 		if h.publishes() {
-			return h.servePublish(w, r, repl, key, tok)
+			return h.servePublish(w, r, vars, key, tok)
 		}
 	case http.MethodDelete:
 		if h.publishes() {
@@ -329,14 +330,14 @@ func (l lifetime) bound(ctx context.Context) (context.Context, context.CancelFun
 // a page can show the current state before its first long poll returns. It
 // does not create the context: HEAD needs no permission, and must not be a
 // way to fill max_contexts.
-func (h *Handler) servePosition(w http.ResponseWriter, repl *caddy.Replacer, key string) error {
+func (h *Handler) servePosition(w http.ResponseWriter, vars *requestVars, key string) error {
 	info, err := h.hub.Position(key)
 	if err != nil {
 		return h.refuse(w, key, err)
 	}
 	setCursorHeaders(w.Header(), info.Cursor)
-	setCursorPlaceholders(repl, info.Cursor)
-	repl.Set("comet.subscribers", info.Subscribers)
+	vars.setCursor(info.Cursor)
+	vars.setSubscribers(info.Subscribers)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }

@@ -2,8 +2,6 @@ package comet
 
 import (
 	"net/http"
-
-	"github.com/caddyserver/caddy/v2"
 )
 
 // Long polls: a GET suspended until there is an event after the client's
@@ -12,7 +10,7 @@ import (
 
 // servePoll serves a long poll: detached (detach_poll.go) if how took its
 // connection and it must wait, else held by this goroutine.
-func (h *Handler) servePoll(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, sn *subscription, how holding) error {
+func (h *Handler) servePoll(w http.ResponseWriter, r *http.Request, vars *requestVars, sn *subscription, how holding) error {
 	if how.sock != nil {
 		// Only a poll that must wait is worth taking over.
 		if _, ready, err := sn.subs[0].Poll(sn.states[0].after); err == nil && !ready && h.detachPoll(w, r, how, sn) {
@@ -20,13 +18,13 @@ func (h *Handler) servePoll(w http.ResponseWriter, r *http.Request, repl *caddy.
 		}
 	}
 	defer sn.close()
-	sn.holdHere()
+	sn.holdHere(false)
 	defer blockingInPlace(r)()
 	ctx, cancel := sn.life.bound(r.Context())
 	defer cancel()
 	for {
 		if i, d, ready, err := sn.pick(); i >= 0 {
-			return h.answerPollOf(w, repl, sn, i, d, ready, err)
+			return h.answerPollOf(w, vars, sn, i, d, ready, err)
 		}
 		if sn.wait(ctx, nil) == nil {
 			continue
@@ -34,7 +32,7 @@ func (h *Handler) servePoll(w http.ResponseWriter, r *http.Request, repl *caddy.
 		if r.Context().Err() != nil {
 			return abandon(w)
 		}
-		return h.answerPollOf(w, repl, sn, 0, Delivery{}, false, errExpired)
+		return h.answerPollOf(w, vars, sn, 0, Delivery{}, false, errExpired)
 	}
 }
 
@@ -69,7 +67,7 @@ func (sn *subscription) pick() (int, Delivery, bool, error) {
 // answerPollOf writes the answer about context i. A poll of several
 // carries the cursor of them all, the context's own in place, and the
 // others' as they came, so that the next poll gets what they have.
-func (h *Handler) answerPollOf(w http.ResponseWriter, repl *caddy.Replacer, sn *subscription, i int, d Delivery, ready bool, err error) error {
+func (h *Handler) answerPollOf(w http.ResponseWriter, vars *requestVars, sn *subscription, i int, d Delivery, ready bool, err error) error {
 	a, _ := answerPoll(sn.subs[i], sn.states[i].after, d, ready, err)
 	if sn.several {
 		if a.status != http.StatusGone {
@@ -80,7 +78,7 @@ func (h *Handler) answerPollOf(w http.ResponseWriter, repl *caddy.Replacer, sn *
 		}
 	}
 	sn.m.countPoll(a)
-	setPollPlaceholders(repl, a)
+	setPollPlaceholders(vars, a)
 	return writePollAnswer(w, a)
 }
 

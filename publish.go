@@ -8,7 +8,6 @@ import (
 	"net/http"
 
 	"github.com/caddy-comet/comet/internal/jwtauth"
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
@@ -94,7 +93,7 @@ func submit(hub *Hub, in publishInput) publishResult {
 
 // servePublish publishes the request body as an event, or the events of a
 // batch body, to the route's context.
-func (h *Handler) servePublish(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, key string, tok *jwtauth.Token) error {
+func (h *Handler) servePublish(w http.ResponseWriter, r *http.Request, vars *requestVars, key string, tok *jwtauth.Token) error {
 	limits := batchLimits{size: h.MaxBatchSize, events: h.MaxBatchEvents, eventSize: h.MaxMessageSize}
 	in, err := readPublish(w, r, key, limits)
 	in.Publisher = h.publisherOf(tok)
@@ -121,7 +120,7 @@ func (h *Handler) servePublish(w http.ResponseWriter, r *http.Request, repl *cad
 		return h.refuse(w, key, res.err)
 	}
 	markReplayed(w, res.replayed)
-	return writeReceipt(w, repl, res.receipt())
+	return writeReceipt(w, vars, res.receipt())
 }
 
 // publisherOf names who publishes with tok on this route, to scope their

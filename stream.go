@@ -10,7 +10,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/caddy-comet/comet/internal/hub"
-	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
 
@@ -214,7 +213,7 @@ func appendJSONLine(b []byte, v any) []byte {
 // contexts after the client's cursor for it: first what history holds,
 // then each new event as it is published. Its connection is taken over
 // (detach.go) once the headers and the opening are out, if how took it.
-func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, sn *subscription, how holding) error {
+func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, vars *requestVars, sn *subscription, how holding) error {
 	f := formatNDJSON
 	if sn.transport == transportSSE {
 		f = formatSSE
@@ -225,7 +224,7 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *cadd
 	hdr.Set("X-Accel-Buffering", "no") // a buffering proxy in front would hold events back
 	hdr.Set("Incremental", "?1")       // RFC 10036: forward as it comes; Caddy's encode honours it
 	hdr.Set(HeaderCursor, sn.composite(-1, Cursor{}))
-	sn.setPlaceholders(repl)
+	sn.setPlaceholders(vars)
 	if how.sock != nil {
 		// The body will end when the connection closes (see detach.go).
 		hdr.Set("Transfer-Encoding", "identity")
@@ -250,7 +249,7 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, repl *cadd
 // holdStream writes what each context has after its cursor, then waits
 // for any of them to change, until one of the protocol's ends.
 func (h *Handler) holdStream(r *http.Request, sn *subscription, out *streamWriter) {
-	sn.holdHere()
+	sn.holdHere(false)
 	defer blockingInPlace(r)()
 	ctx, cancel := sn.life.bound(r.Context())
 	defer cancel()

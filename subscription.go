@@ -13,7 +13,6 @@ import (
 	"github.com/caddy-comet/comet/internal/hub"
 	"github.com/caddy-comet/comet/internal/jwtauth"
 	"github.com/caddy-comet/comet/internal/takeover"
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
@@ -220,9 +219,13 @@ func (sn *subscription) watchAll(notify hub.WatcherFunc) {
 // goroutine, which then waits for its contexts with wait. A subscription
 // of several has its changes signal wake; one of one waits on its
 // context's own broadcast, as a goroutine in Next does, which costs a
-// publish nothing per subscriber. Either way, signal wakes the goroutine.
-func (sn *subscription) holdHere() {
-	sn.wake = make(chan struct{}, 1)
+// publish nothing per subscriber. With signaled (or several), signal
+// wakes the goroutine too; without, the wait has no channel for it, one
+// less thing each of thousands of parked requests holds.
+func (sn *subscription) holdHere(signaled bool) {
+	if signaled || sn.several {
+		sn.wake = make(chan struct{}, 1)
+	}
 	if sn.several {
 		sn.watchAll(sn.signal)
 	}
@@ -317,14 +320,13 @@ func (sn *subscription) open(f wireFormat) []byte {
 
 // setPlaceholders sets what the subscription's answer can be logged with:
 // for one context, its cursor and subscribers.
-func (sn *subscription) setPlaceholders(repl *caddy.Replacer) {
+func (sn *subscription) setPlaceholders(vars *requestVars) {
 	if sn.several {
 		return
 	}
 	after := sn.states[0].after
-	repl.Set("comet.cursor", after.String())
-	repl.Set("comet.event.id", after.ID)
-	repl.Set("comet.subscribers", sn.subs[0].ContextSubscribers())
+	vars.setCursor(after)
+	vars.setSubscribers(sn.subs[0].ContextSubscribers())
 }
 
 // holding is how a subscription's connection is held: taken over from
@@ -364,13 +366,13 @@ func (h *Handler) holdingFor(w http.ResponseWriter, r *http.Request, sn *subscri
 // serveSubscription serves a subscription until one of the protocol's
 // ends, held as holdingFor decides; it closes the subscription, or hands
 // it to the detached stream or poll that will.
-func (h *Handler) serveSubscription(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, sn *subscription) error {
+func (h *Handler) serveSubscription(w http.ResponseWriter, r *http.Request, vars *requestVars, sn *subscription) error {
 	how := h.holdingFor(w, r, sn)
 	switch sn.transport {
 	case transportLongPoll:
-		return h.servePoll(w, r, repl, sn, how)
+		return h.servePoll(w, r, vars, sn, how)
 	case transportWebSocket:
-		return h.serveWebSocket(w, r, repl, sn, how)
+		return h.serveWebSocket(w, r, vars, sn, how)
 	}
-	return h.serveStream(w, r, repl, sn, how)
+	return h.serveStream(w, r, vars, sn, how)
 }

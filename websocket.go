@@ -15,7 +15,6 @@ import (
 	"github.com/caddy-comet/comet/internal/jwtauth"
 	"github.com/caddy-comet/comet/internal/takeover"
 	"github.com/caddy-comet/comet/internal/wsframe"
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/gobwas/ws"
 )
@@ -39,8 +38,8 @@ const wsReadTimeout = 10 * time.Second
 // serveWebSocket answers the handshake of a subscription's socket and
 // serves it: detached (detach.go) if how took its connection, else held
 // by this goroutine and a reader (websocket_held.go).
-func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, repl *caddy.Replacer, sn *subscription, how holding) error {
-	sn.setPlaceholders(repl)
+func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request, vars *requestVars, sn *subscription, how holding) error {
+	sn.setPlaceholders(vars)
 	w.Header().Set(HeaderCursor, sn.composite(-1, Cursor{}))
 	w.Header().Del("Vary") // the answer is the upgrade, not a representation
 	ss := &wsSession{h: h, key: sn.keys[0], keys: sn.keys, tok: sn.tok}

@@ -24,7 +24,7 @@ func (h *Handler) holdWebSocket(conn heldConn, ss *wsSession, sn *subscription) 
 	if out.write(wsframe.AppendText(nil, sn.open(formatNDJSON))) != nil {
 		return
 	}
-	sn.holdHere()
+	sn.holdHere(true)
 	ctx, cancel := sn.life.bound(context.Background())
 	defer cancel()
 	// The reader wakes the writer when the heartbeat is due, and when the
