@@ -220,6 +220,7 @@ func (c *inPlaceConn) close() {
 // client's next request in front, for net/http to read, serve or refuse.
 func (c *inPlaceConn) handBack(read []byte) {
 	c.watch.Stop()
+	_ = c.sock.SetReadDeadline(time.Time{}) // readNow's, over TLS
 	var conn net.Conn = c.sock
 	if len(read) > 0 {
 		conn = &takeover.PrefixedConn{Conn: c.sock, Prefix: read}

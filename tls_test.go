@@ -52,6 +52,14 @@ func TestStreamsOverTLSAreTakenOverOnHTTP1(t *testing.T) {
 			if resp.ProtoMajor != tc.proto {
 				t.Fatalf("answered over %s", resp.Proto)
 			}
+			// nginx, the one proxy that reads it, forwards to upstreams
+			// over HTTP/1.x only.
+			if accel, want := resp.Header.Get("X-Accel-Buffering"), map[int]string{1: "no"}[tc.proto]; accel != want {
+				t.Errorf("X-Accel-Buffering %q, want %q", accel, want)
+			}
+			if resp.Header.Get("Incremental") != "?1" {
+				t.Errorf("Incremental %q, want ?1", resp.Header.Get("Incremental"))
+			}
 			waitFor(t, "the stream to attach", func() bool { return hub.SubscriberCount() == 1 })
 			if tc.detached {
 				waitFor(t, "the stream to be taken over", func() bool { return watcherCount(hub, "/s") == 1 })
@@ -550,6 +558,18 @@ func TestTLSPollsAreHandedBackAsTLS(t *testing.T) {
 	s.publish("/lp", "seven")
 	answer("seven")
 	answer("seven") // its cursor was the first's
+
+	// A record that arrives in two parts, a while apart: the connection
+	// goes back to net/http, which reads the rest, and answers over TLS.
+	handedBack = testutil.ToFloat64(inPlaceHandedBack)
+	batched.hold()
+	io.WriteString(conn, get("/scheme"))
+	batched.releaseFirst(10)
+	waitFor(t, "the connection to go back to net/http", func() bool {
+		return testutil.ToFloat64(inPlaceHandedBack) == handedBack+1
+	})
+	batched.release()
+	answer(https)
 }
 
 // batchedConn is a client's connection whose writes can be held and sent
@@ -582,6 +602,14 @@ func (c *batchedConn) Write(b []byte) (int, error) {
 }
 
 func (c *batchedConn) hold() { c.mu.Lock(); c.on = true; c.mu.Unlock() }
+
+// releaseFirst sends the first n bytes held, and holds the rest.
+func (c *batchedConn) releaseFirst(n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, _ = c.Conn.Write(c.held[:n])
+	c.held = c.held[n:]
+}
 
 func (c *batchedConn) release() {
 	c.mu.Lock()
