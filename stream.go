@@ -229,7 +229,7 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, vars *requ
 		// the table's maps: 1 KiB per HTTP/2 stream, measured.
 		hdr.Set("X-Accel-Buffering", "no")
 	}
-	hdr.Set("Incremental", "?1")       // RFC 10036: forward as it comes; Caddy's encode honours it
+	hdr.Set("Incremental", "?1") // RFC 10036: forward as it comes; Caddy's encode honours it
 	hdr.Set(HeaderCursor, sn.composite(-1, Cursor{}))
 	sn.setPlaceholders(vars)
 	if how.sock != nil {
