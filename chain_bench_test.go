@@ -1,14 +1,20 @@
 package comet
 
 import (
+	"bufio"
 	"context"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // BenchmarkCaddyChainPerRequest measures what Caddy's server costs one
@@ -80,4 +86,49 @@ func (w *discardWriter) WriteHeader(code int) {
 func (w *discardWriter) Write(p []byte) (int, error) {
 	w.WriteHeader(http.StatusOK)
 	return len(p), nil
+}
+
+// BenchmarkInPlaceRequest measures a request served in place, end to end
+// on loopback, client and server in this process (so allocations count
+// both): a connection that carried a long poll and its answer sends GETs
+// to a trivial handler, one at a time.
+func BenchmarkInPlaceRequest(b *testing.B) {
+	s := startCaddy(b, "", `respond /floor "x"
+	comet /lp`)
+	hub := s.hub(DefaultHubName)
+	addr := strings.TrimPrefix(s.base, "http://")
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	br := bufio.NewReader(conn)
+	fmt.Fprintf(conn, "GET /lp HTTP/1.1\r\nHost: %s\r\nLast-Event-ID: %s\r\n\r\n", addr, s.position("/lp"))
+	for hub.SubscriberCount() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	s.publish("/lp", "e1")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	served := testutil.ToFloat64(inPlaceServed)
+	req := []byte(fmt.Sprintf("GET /floor HTTP/1.1\r\nHost: %s\r\n\r\n", addr))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := conn.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	b.StopTimer()
+	if n := testutil.ToFloat64(inPlaceServed) - served; n < float64(b.N) {
+		b.Fatalf("%v of %d requests served in place", n, b.N)
+	}
 }

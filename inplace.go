@@ -68,9 +68,19 @@ type inPlaceConn struct {
 	watch takeover.Watch     // its registration with the hang-up watcher
 	idle  *time.Timer        // closes it after the server's idle timeout; nil: none
 
+	// Made once for the connection, as net/http makes them once for
+	// its own, rather than for every request.
+	base       context.Context // what every request's context starts from
+	remoteAddr string
+	logf       func(string, ...any)
+	onHijack   func() []byte
+	onHangUp   func()
+
 	mu sync.Mutex
 	// rest is what was read of the client's next requests.
 	rest []byte
+	// cancel cancels the request being served, if its client leaves.
+	cancel context.CancelFunc
 	// watchTaken says a detached subscriber took the watch over with the
 	// connection (see takeWatch).
 	watchTaken bool
@@ -103,12 +113,16 @@ func servesInPlace(sock net.Conn, inj *takeover.Injector) bool {
 // newInPlaceConn keeps a detached poll's connection for its next
 // requests.
 func newInPlaceConn(sock net.Conn, raw syscall.RawConn, inj *takeover.Injector) *inPlaceConn {
-	c := &inPlaceConn{sock: sock, raw: raw, inj: inj}
+	srv := inj.Server()
+	c := &inPlaceConn{sock: sock, raw: raw, inj: inj, remoteAddr: sock.RemoteAddr().String(), logf: serverLogf(srv)}
 	if tc, ok := sock.(*tls.Conn); ok {
 		// As net/http, once per connection: every request gets the same.
 		state := tc.ConnectionState()
 		c.tls, c.state = tc, &state
 	}
+	c.base = c.connContext(srv)
+	c.onHijack = func() []byte { return c.hijacked(srv) }
+	c.onHangUp = c.hungUp
 	return c
 }
 
@@ -346,10 +360,10 @@ func isTimeout(err error) bool {
 // the next request on.
 func (c *inPlaceConn) serve(req *http.Request) (more bool) {
 	srv := c.inj.Server()
-	ctx, cancel := context.WithCancel(c.requestContext(srv))
+	ctx, cancel := context.WithCancel(c.base)
 	defer cancel()
 	req = req.WithContext(ctx)
-	req.RemoteAddr = c.sock.RemoteAddr().String()
+	req.RemoteAddr = c.remoteAddr
 	req.TLS = c.state
 	c.setState(srv, http.StateActive)
 	c.setDeadlines(srv)
@@ -357,7 +371,7 @@ func (c *inPlaceConn) serve(req *http.Request) (more bool) {
 		c.close()
 		return false
 	}
-	w := takeover.NewWriter(c.sock, req, serverLogf(srv), func() []byte { return c.hijacked(srv) }, c.inj.Open)
+	w := takeover.NewWriter(c.sock, req, c.logf, c.onHijack, c.inj.Open)
 	ok := c.runHandler(srv, w, req)
 	cancel()
 	if w.Hijacked() {
@@ -377,10 +391,10 @@ func (c *inPlaceConn) serve(req *http.Request) (more bool) {
 	return true
 }
 
-// requestContext builds what net/http gives a request of a connection it
+// connContext builds what net/http gives the requests of a connection it
 // accepted: the server, the server's ConnContext hooks (Caddy's, and the
 // module's own rememberSocket), the local address, and this connection.
-func (c *inPlaceConn) requestContext(srv *http.Server) context.Context {
+func (c *inPlaceConn) connContext(srv *http.Server) context.Context {
 	ctx := context.WithValue(context.Background(), http.ServerContextKey, srv)
 	if srv.ConnContext != nil {
 		ctx = srv.ConnContext(ctx, c.sock)
@@ -414,15 +428,21 @@ func (c *inPlaceConn) guard(cancel context.CancelFunc) bool {
 	if c.tls != nil {
 		return c.watch.Guard(cancel)
 	}
-	return c.watch.Await(func() { c.hungUp(cancel) })
+	c.mu.Lock()
+	c.cancel = cancel
+	c.mu.Unlock()
+	return c.watch.Await(c.onHangUp)
 }
 
 // hungUp runs on the hang-up watcher's goroutine when the client closes
 // its end while its request is served: as net/http's background read, it
 // cancels the request, unless the client sent more first (a pipelined
 // request, which net/http's reader would have taken instead of the end).
-func (c *inPlaceConn) hungUp(cancel context.CancelFunc) {
-	if !takeover.HasUnread(c.raw) {
+func (c *inPlaceConn) hungUp() {
+	c.mu.Lock()
+	cancel := c.cancel
+	c.mu.Unlock()
+	if cancel != nil && !takeover.HasUnread(c.raw) {
 		cancel()
 	}
 }
