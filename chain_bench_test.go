@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -130,5 +131,53 @@ func BenchmarkInPlaceRequest(b *testing.B) {
 	b.StopTimer()
 	if n := testutil.ToFloat64(inPlaceServed) - served; n < float64(b.N) {
 		b.Fatalf("%v of %d requests served in place", n, b.N)
+	}
+}
+
+// BenchmarkInPlaceLongPoll measures one long poll's delivery on a
+// connection served in place, end to end, client, server and publisher
+// in this process (so allocations count all three): the poll is read in
+// place, parks (detached), a publish answers it, and the client reads the
+// answer and polls again with its cursor.
+func BenchmarkInPlaceLongPoll(b *testing.B) {
+	s := startCaddy(b, "", `comet /lp {
+		expiration off
+		heartbeat off
+	}`)
+	hub := s.hub(DefaultHubName)
+	addr := strings.TrimPrefix(s.base, "http://")
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	br := bufio.NewReader(conn)
+	cursor := s.position("/lp")
+	data := []byte("event")
+	deliver := func() {
+		fmt.Fprintf(conn, "GET /lp HTTP/1.1\r\nHost: %s\r\nLast-Event-ID: %s\r\n\r\n", addr, cursor)
+		for watcherCount(hub, "/lp") != 1 {
+			runtime.Gosched()
+		}
+		if _, err := hub.Publish("/lp", Event{Data: data}); err != nil {
+			b.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		cursor = resp.Header.Get(HeaderCursor)
+	}
+	deliver() // the first is net/http's
+	served := testutil.ToFloat64(inPlaceServed)
+	b.ReportAllocs()
+	for b.Loop() {
+		deliver()
+	}
+	b.StopTimer()
+	if n := testutil.ToFloat64(inPlaceServed) - served; n < float64(b.N) {
+		b.Fatalf("%v of %d polls served in place", n, b.N)
 	}
 }

@@ -75,6 +75,9 @@ type inPlaceConn struct {
 	logf       func(string, ...any)
 	onHijack   func() []byte
 	onHangUp   func()
+	onReadable func()
+	onIdleEnd  func() // the server shutting down claimed it idle
+	next       func() // serveNext, for a worker
 
 	mu sync.Mutex
 	// rest is what was read of the client's next requests.
@@ -122,7 +125,7 @@ func newInPlaceConn(sock net.Conn, raw syscall.RawConn, inj *takeover.Injector) 
 	}
 	c.base = c.connContext(srv)
 	c.onHijack = func() []byte { return c.hijacked(srv) }
-	c.onHangUp = c.hungUp
+	c.onHangUp, c.onReadable, c.onIdleEnd, c.next = c.hungUp, c.readable, c.closeIdle, c.serveNext
 	return c
 }
 
@@ -146,10 +149,10 @@ func (c *inPlaceConn) await() {
 	}
 	if len(c.rest) > 0 {
 		c.mu.Unlock()
-		inPlaceWorkers.Go(c.serveNext)
+		inPlaceWorkers.Go(c.next)
 		return
 	}
-	if !c.inj.Idle(c, c.closeIdle) {
+	if !c.inj.Idle(c, c.onIdleEnd) {
 		c.mu.Unlock()
 		c.close() // the server shut down
 		return
@@ -157,7 +160,7 @@ func (c *inPlaceConn) await() {
 	c.startIdleTimer()
 	// The watch is usually still armed for the client's next request by
 	// serve; a system call is needed only if it was used up meanwhile.
-	armed := c.watch.Await(c.readable)
+	armed := c.watch.Await(c.onReadable)
 	c.mu.Unlock()
 	if !armed && c.claim() {
 		c.close()
@@ -200,7 +203,7 @@ func (c *inPlaceConn) startIdleTimer() {
 // next request, or left.
 func (c *inPlaceConn) readable() {
 	if c.claim() {
-		inPlaceWorkers.Go(c.serveNext)
+		inPlaceWorkers.Go(c.next)
 	}
 }
 

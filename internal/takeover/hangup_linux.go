@@ -17,7 +17,61 @@ import (
 type hangUpWatcher struct {
 	epfd    int
 	nextID  atomic.Uint64
-	watched sync.Map // id → func(), what to call when the client hangs up
+	watched watchMap // id → what to call when the client hangs up
+}
+
+// watchMap is the watches' functions by id, in shards each under its own
+// lock. A sync.Map would allocate an entry for every store, and a watch is
+// stored anew for every request served in place; a Go map reuses its
+// slots.
+type watchMap struct {
+	shards [64]struct {
+		mu sync.Mutex
+		m  map[uint64]func()
+	}
+}
+
+func (wm *watchMap) shard(id uint64) (*sync.Mutex, map[uint64]func()) {
+	s := &wm.shards[id%uint64(len(wm.shards))]
+	return &s.mu, s.m
+}
+
+func (wm *watchMap) store(id uint64, fn func()) {
+	mu, m := wm.shard(id)
+	mu.Lock()
+	m[id] = fn
+	mu.Unlock()
+}
+
+// replace makes fn the watch's function if it has one, and reports
+// whether it had.
+func (wm *watchMap) replace(id uint64, fn func()) bool {
+	mu, m := wm.shard(id)
+	mu.Lock()
+	defer mu.Unlock()
+	if _, ok := m[id]; !ok {
+		return false
+	}
+	m[id] = fn
+	return true
+}
+
+func (wm *watchMap) delete(id uint64) {
+	mu, m := wm.shard(id)
+	mu.Lock()
+	delete(m, id)
+	mu.Unlock()
+}
+
+func (wm *watchMap) take(id uint64) (func(), bool) {
+	mu, m := wm.shard(id)
+	mu.Lock()
+	defer mu.Unlock()
+	fn, ok := m[id]
+	if ok {
+		delete(m, id)
+	}
+	return fn, ok
 }
 
 var (
@@ -46,6 +100,9 @@ func HangUpsWatched() error {
 			return
 		}
 		theWatcher = &hangUpWatcher{epfd: epfd}
+		for i := range theWatcher.watched.shards {
+			theWatcher.watched.shards[i].m = make(map[uint64]func())
+		}
 		go theWatcher.run()
 	})
 	return watcherErr
@@ -74,10 +131,10 @@ func watch(raw syscall.RawConn, events uint32, fn func()) (Watch, bool) {
 	}
 	w := theWatcher
 	id := w.nextID.Add(1)
-	w.watched.Store(id, fn)
+	w.watched.store(id, fn)
 	lw := Watch{raw: raw, id: id, events: events, fn: fn}
 	if !lw.ctl(syscall.EPOLL_CTL_ADD) {
-		w.watched.Delete(id)
+		w.watched.delete(id)
 		return Watch{}, false
 	}
 	return lw, true
@@ -92,9 +149,9 @@ func (lw Watch) Rearm() bool {
 	if lw.raw == nil {
 		return false
 	}
-	theWatcher.watched.Store(lw.id, lw.fn)
+	theWatcher.watched.store(lw.id, lw.fn)
 	if !lw.ctl(syscall.EPOLL_CTL_MOD) {
-		theWatcher.watched.Delete(lw.id)
+		theWatcher.watched.delete(lw.id)
 		return false
 	}
 	return true
@@ -143,22 +200,40 @@ func (lw *Watch) Replace(fn func()) bool {
 	// fn is set first: once swapped in, the watch may fire, and whoever
 	// it wakes may use the watch.
 	lw.fn = fn
-	if _, armed := theWatcher.watched.Swap(lw.id, fn); !armed {
-		theWatcher.watched.Delete(lw.id)
-		return false
-	}
-	return true
+	return theWatcher.watched.replace(lw.id, fn)
 }
 
 // ctl adds the watch's socket to the watcher's epoll instance, or modifies
 // its registration, armed for one report.
 func (lw Watch) ctl(op int) bool {
-	ev := syscall.EpollEvent{Events: lw.events | syscall.EPOLLONESHOT, Fd: int32(lw.id), Pad: int32(lw.id >> 32)}
-	var cerr error
-	err := lw.raw.Control(func(fd uintptr) {
-		cerr = syscall.EpollCtl(theWatcher.epfd, op, int(fd), &ev)
-	})
-	return err == nil && cerr == nil
+	c := ctlOps.Get().(*ctlOp)
+	c.op = op
+	c.ev = syscall.EpollEvent{Events: lw.events | syscall.EPOLLONESHOT, Fd: int32(lw.id), Pad: int32(lw.id >> 32)}
+	err := lw.raw.Control(c.fn)
+	ok := err == nil && c.err == nil
+	c.err = nil
+	ctlOps.Put(c)
+	return ok
+}
+
+// ctlOp is one epoll_ctl: what the function given to the RawConn works
+// on, made once and pooled, as ioOp, so that re-arming a watch for every
+// request allocates nothing.
+type ctlOp struct {
+	op  int
+	ev  syscall.EpollEvent
+	err error
+	fn  func(fd uintptr)
+}
+
+var ctlOps = sync.Pool{New: func() any {
+	c := new(ctlOp)
+	c.fn = c.ctl
+	return c
+}}
+
+func (c *ctlOp) ctl(fd uintptr) {
+	c.err = syscall.EpollCtl(theWatcher.epfd, c.op, int(fd), &c.ev)
 }
 
 // Stop ends the watch, before the socket is closed or given to another
@@ -168,7 +243,7 @@ func (lw Watch) Stop() {
 		return
 	}
 	w := theWatcher
-	w.watched.Delete(lw.id)
+	w.watched.delete(lw.id)
 	_ = lw.raw.Control(func(fd uintptr) {
 		_ = syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil)
 	})
@@ -185,8 +260,8 @@ func (w *hangUpWatcher) run() {
 			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
 			// A watch stopped after epoll reported it is gone from the
 			// map: its socket may already belong to someone else.
-			if hungUp, ok := w.watched.LoadAndDelete(id); ok {
-				hungUp.(func())()
+			if hungUp, ok := w.watched.take(id); ok {
+				hungUp()
 			}
 		}
 	}
