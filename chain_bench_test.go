@@ -96,24 +96,8 @@ func (w *discardWriter) Write(p []byte) (int, error) {
 func BenchmarkInPlaceRequest(b *testing.B) {
 	s := startCaddy(b, "", `respond /floor "x"
 	comet /lp`)
-	hub := s.hub(DefaultHubName)
 	addr := strings.TrimPrefix(s.base, "http://")
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
-	br := bufio.NewReader(conn)
-	fmt.Fprintf(conn, "GET /lp HTTP/1.1\r\nHost: %s\r\nLast-Event-ID: %s\r\n\r\n", addr, s.position("/lp"))
-	for hub.SubscriberCount() != 1 {
-		time.Sleep(time.Millisecond)
-	}
-	s.publish("/lp", "e1")
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
+	conn, br, _ := pollOnce(b, s)
 	served := testutil.ToFloat64(inPlaceServed)
 	req := []byte(fmt.Sprintf("GET /floor HTTP/1.1\r\nHost: %s\r\n\r\n", addr))
 	b.ReportAllocs()
@@ -146,13 +130,7 @@ func BenchmarkInPlaceLongPoll(b *testing.B) {
 	}`)
 	hub := s.hub(DefaultHubName)
 	addr := strings.TrimPrefix(s.base, "http://")
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
-	br := bufio.NewReader(conn)
-	cursor := s.position("/lp")
+	conn, br, cursor := pollOnce(b, s)
 	data := []byte("event")
 	deliver := func() {
 		fmt.Fprintf(conn, "GET /lp HTTP/1.1\r\nHost: %s\r\nLast-Event-ID: %s\r\n\r\n", addr, cursor)
@@ -170,7 +148,6 @@ func BenchmarkInPlaceLongPoll(b *testing.B) {
 		resp.Body.Close()
 		cursor = resp.Header.Get(HeaderCursor)
 	}
-	deliver() // the first is net/http's
 	served := testutil.ToFloat64(inPlaceServed)
 	b.ReportAllocs()
 	for b.Loop() {
@@ -180,4 +157,28 @@ func BenchmarkInPlaceLongPoll(b *testing.B) {
 	if n := testutil.ToFloat64(inPlaceServed) - served; n < float64(b.N) {
 		b.Fatalf("%v of %d polls served in place", n, b.N)
 	}
+}
+
+// pollOnce opens a connection to s and sends a long poll on /lp, which a
+// publish answers: the connection's next requests are served in place.
+// It returns the connection, its reader and the answer's cursor.
+func pollOnce(b *testing.B, s *testServer) (net.Conn, *bufio.Reader, string) {
+	addr := strings.TrimPrefix(s.base, "http://")
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { conn.Close() })
+	br := bufio.NewReader(conn)
+	fmt.Fprintf(conn, "GET /lp HTTP/1.1\r\nHost: %s\r\nLast-Event-ID: %s\r\n\r\n", addr, s.position("/lp"))
+	for s.hub(DefaultHubName).SubscriberCount() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	s.publish("/lp", "e1")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return conn, br, resp.Header.Get(HeaderCursor)
 }
