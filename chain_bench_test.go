@@ -134,7 +134,12 @@ func BenchmarkInPlaceLongPoll(b *testing.B) {
 	data := []byte("event")
 	deliver := func() {
 		fmt.Fprintf(conn, "GET /lp HTTP/1.1\r\nHost: %s\r\nLast-Event-ID: %s\r\n\r\n", addr, cursor)
-		for watcherCount(hub, "/lp") != 1 {
+		for start := time.Now(); watcherCount(hub, "/lp") != 1; {
+			if time.Since(start) > 5*time.Second {
+				conn.SetReadDeadline(time.Now().Add(time.Second))
+				resp, err := http.ReadResponse(br, nil)
+				b.Fatalf("the poll did not park: %d subscribers; the connection gave %v %v", hub.SubscriberCount(), resp, err)
+			}
 			runtime.Gosched()
 		}
 		if _, err := hub.Publish("/lp", Event{Data: data}); err != nil {

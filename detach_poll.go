@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-comet/comet/internal/hub"
 	"github.com/caddy-comet/comet/internal/takeover"
 	"go.uber.org/zap"
 )
@@ -99,6 +100,7 @@ type detachedPoll struct {
 	detachedSocket
 	inj    *takeover.Injector // hands the connection back to its server
 	sub    *Subscriber
+	share  hub.Share // what the subscriber holds of its client's share, given back with it
 	h      *Handler
 	m      *transportMetrics
 	header http.Header // what the chain set before the handler parked
@@ -136,7 +138,7 @@ func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, how holding
 	sub, life := sn.subs[0], sn.life
 	p := &detachedPoll{
 		detachedSocket: detachedSocket{sock: how.sock, raw: raw, overTLS: overTLS}, inj: how.inj, sub: sub, h: h,
-		m: sn.m, after: sn.states[0].after,
+		share: sn.share, m: sn.m, after: sn.states[0].after,
 	}
 	leaving, ok := watchHangUp(r, raw, p.left, true)
 	if !ok {
@@ -170,6 +172,7 @@ func (h *Handler) detachPoll(w http.ResponseWriter, r *http.Request, how holding
 	// Until the request is over, Caddy's cleanup may still set the
 	// socket's deadlines: the connection is handed back only after.
 	context.AfterFunc(r.Context(), p.requestOver)
+	sn.share = hub.Share{} // the poll's now
 	return true
 }
 
@@ -213,11 +216,12 @@ func (p *detachedPoll) releaseSubscriber() {
 }
 
 // releaseSubscriberLocked is releaseSubscriber, for a caller that holds
-// p.mu.
+// p.mu. The client's share goes back with the subscriber.
 func (p *detachedPoll) releaseSubscriberLocked() {
 	if !p.released {
 		p.released = true
 		p.sub.Close()
+		p.share.Release()
 		p.m.subscribers.Dec()
 	}
 }

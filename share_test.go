@@ -114,3 +114,32 @@ func TestOneClientCannotFillTheHub(t *testing.T) {
 		t.Error("the other client's context, which has an event, was freed")
 	}
 }
+
+// TestAnsweredPollsGiveTheirShareBack makes one client poll again and
+// again, one poll at a time, on one connection (answered polls, served in
+// place after the first) and on a new connection each (taken over from
+// net/http), many more times than its share: every poll is held and
+// answered, none refused, since an answered poll gives back what it held
+// of the share. (Detached polls kept it, and a client was refused for
+// good after max_client_subscribers polls.)
+func TestAnsweredPollsGiveTheirShareBack(t *testing.T) {
+	const share, polls = 3, 12
+	s := startCaddy(t, "comet {\n\t\tmax_client_subscribers "+fmt.Sprint(share)+"\n\t}", `comet /lp`)
+	hub := s.hub(DefaultHubName)
+	addr := s.base[len("http://"):]
+	for _, oneConnection := range []bool{true, false} {
+		var c *rawPoll
+		for i := range polls {
+			if c == nil || !oneConnection {
+				c = dialPoll(t, addr)
+			}
+			c.send("/lp", s.position("/lp"))
+			waitFor(t, "the poll to be taken over", func() bool { return watcherCount(hub, "/lp") == 1 })
+			s.publish("/lp", fmt.Sprint("event ", i))
+			if resp, body := c.answer(); resp.StatusCode != http.StatusOK || body != fmt.Sprint("event ", i) {
+				t.Fatalf("one connection %v, poll %d: %s %q", oneConnection, i, resp.Status, body)
+			}
+			waitFor(t, "the poll to let go of its subscriber", func() bool { return hub.SubscriberCount() == 0 })
+		}
+	}
+}
