@@ -80,6 +80,9 @@ type inPlaceConn struct {
 	next       func() // serveNext, for a worker
 
 	mu sync.Mutex
+	// sent is what the watch counted of the client's sending when the
+	// connection was last read (see takeover.Watch.Sent).
+	sent uint64
 	// rest is what was read of the client's next requests.
 	rest []byte
 	// cancel cancels the request being served, if its client leaves.
@@ -158,12 +161,19 @@ func (c *inPlaceConn) await() {
 		return
 	}
 	c.startIdleTimer()
-	// The watch is usually still armed for the client's next request by
-	// serve; a system call is needed only if it was used up meanwhile.
+	// Edge-triggered, the watch reports only what the client sends from
+	// now on: what it sent since the connection was last read, reported
+	// to the guard of the request served meanwhile, is read now.
 	armed := c.watch.Await(c.onReadable)
+	unread := armed && c.watch.Sent() != c.sent
 	c.mu.Unlock()
-	if !armed && c.claim() {
-		c.close()
+	switch {
+	case !armed:
+		if c.claim() {
+			c.close()
+		}
+	case unread:
+		c.readable()
 	}
 }
 
@@ -322,6 +332,9 @@ var errRecordArriving = errors.New("a TLS record is still arriving")
 // readNow reads what the client sent, without waiting (see tlsRecordWait
 // over TLS): nothing if it sent nothing.
 func (c *inPlaceConn) readNow() ([]byte, error) {
+	c.mu.Lock()
+	c.sent = c.watch.Sent()
+	c.mu.Unlock()
 	buf := readBufs.Get().(*[4 << 10]byte)
 	defer readBufs.Put(buf)
 	if c.tls == nil {

@@ -20,58 +20,124 @@ type hangUpWatcher struct {
 	watched watchMap // id → what to call when the client hangs up
 }
 
-// watchMap is the watches' functions by id, in shards each under its own
-// lock. A sync.Map would allocate an entry for every store, and a watch is
-// stored anew for every request served in place; a Go map reuses its
-// slots.
+// watchMap is the watches' state by id, in shards each under its own
+// lock. A sync.Map would allocate an entry for every store, and a watch's
+// function changes for every request served in place.
 type watchMap struct {
 	shards [64]struct {
 		mu sync.Mutex
-		m  map[uint64]func()
+		m  map[uint64]*watchEntry
 	}
 }
 
-func (wm *watchMap) shard(id uint64) (*sync.Mutex, map[uint64]func()) {
+// watchEntry is a watch's state. A watch is armed for one report (its
+// registration has EPOLLONESHOT) until Await makes it edge-triggered for
+// good: then the kernel reports each time the client sends something or
+// closes its end, the entry counts the first, and fn is called for what
+// want says.
+type watchEntry struct {
+	fn    func()
+	armed bool // one report: not fired since it was armed; edge: always
+	edge  bool
+	want  uint32 // edge: the events fn is called for
+	sent  uint64 // edge: how many times the client sent something
+	ended bool   // edge: the client closed its end (or the connection broke)
+}
+
+func (wm *watchMap) lock(id uint64) (*sync.Mutex, map[uint64]*watchEntry) {
 	s := &wm.shards[id%uint64(len(wm.shards))]
+	s.mu.Lock()
 	return &s.mu, s.m
 }
 
-func (wm *watchMap) store(id uint64, fn func()) {
-	mu, m := wm.shard(id)
-	mu.Lock()
-	m[id] = fn
+// arm arms the watch for one report of fn.
+func (wm *watchMap) arm(id uint64, fn func()) {
+	mu, m := wm.lock(id)
+	e := m[id]
+	if e == nil {
+		e = new(watchEntry)
+		m[id] = e
+	}
+	e.fn, e.armed, e.edge = fn, true, false
 	mu.Unlock()
 }
 
-// replace makes fn the watch's function if it has one, and reports
-// whether it had.
-func (wm *watchMap) replace(id uint64, fn func()) bool {
-	mu, m := wm.shard(id)
-	mu.Lock()
-	defer mu.Unlock()
-	if _, ok := m[id]; !ok {
-		return false
+// armEdges makes the watch edge-triggered, calling fn for want.
+func (wm *watchMap) armEdges(id uint64, fn func(), want uint32) {
+	mu, m := wm.lock(id)
+	e := m[id]
+	if e == nil {
+		e = new(watchEntry)
+		m[id] = e
 	}
-	m[id] = fn
-	return true
+	e.fn, e.want, e.armed, e.edge = fn, want, true, true
+	mu.Unlock()
+}
+
+// replace makes fn the function of an armed watch, and reports whether it
+// was armed; ended says that an edge-triggered watch's client closed its
+// end already, which the kernel does not report twice.
+func (wm *watchMap) replace(id uint64, fn func()) (armed, ended bool) {
+	mu, m := wm.lock(id)
+	defer mu.Unlock()
+	e := m[id]
+	if e == nil || !e.armed {
+		return false, false
+	}
+	e.fn = fn
+	return true, e.edge && e.ended
+}
+
+// setWant makes an edge-triggered watch call fn for want, and reports
+// whether the watch is edge-triggered, and whether its client closed its
+// end already.
+func (wm *watchMap) setWant(id uint64, fn func(), want uint32) (edge, ended bool) {
+	mu, m := wm.lock(id)
+	defer mu.Unlock()
+	e := m[id]
+	if e == nil || !e.edge {
+		return false, false
+	}
+	e.fn, e.want = fn, want
+	return true, e.ended
+}
+
+func (wm *watchMap) sent(id uint64) uint64 {
+	mu, m := wm.lock(id)
+	defer mu.Unlock()
+	if e := m[id]; e != nil {
+		return e.sent
+	}
+	return 0
 }
 
 func (wm *watchMap) delete(id uint64) {
-	mu, m := wm.shard(id)
-	mu.Lock()
+	mu, m := wm.lock(id)
 	delete(m, id)
 	mu.Unlock()
 }
 
-func (wm *watchMap) take(id uint64) (func(), bool) {
-	mu, m := wm.shard(id)
-	mu.Lock()
+// fired returns what to call for events the kernel reported on the watch,
+// if anything: a one-report watch's function once, an edge-triggered
+// watch's for what it wants.
+func (wm *watchMap) fired(id uint64, events uint32) (func(), bool) {
+	mu, m := wm.lock(id)
 	defer mu.Unlock()
-	fn, ok := m[id]
-	if ok {
-		delete(m, id)
+	e := m[id]
+	switch {
+	case e == nil || !e.armed:
+		return nil, false
+	case !e.edge:
+		e.armed = false
+		return e.fn, true
 	}
-	return fn, ok
+	if events&syscall.EPOLLIN != 0 {
+		e.sent++
+	}
+	if events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
+		e.ended = true
+	}
+	return e.fn, events&(e.want|syscall.EPOLLHUP|syscall.EPOLLERR) != 0
 }
 
 var (
@@ -84,7 +150,7 @@ var (
 type Watch struct {
 	raw    syscall.RawConn
 	id     uint64
-	events uint32 // what is watched for, besides EPOLLONESHOT
+	events uint32 // what is watched for, besides EPOLLONESHOT (with EPOLLET: for good)
 	fn     func()
 }
 
@@ -101,7 +167,7 @@ func HangUpsWatched() error {
 		}
 		theWatcher = &hangUpWatcher{epfd: epfd}
 		for i := range theWatcher.watched.shards {
-			theWatcher.watched.shards[i].m = make(map[uint64]func())
+			theWatcher.watched.shards[i].m = make(map[uint64]*watchEntry)
 		}
 		go theWatcher.run()
 	})
@@ -131,9 +197,9 @@ func watch(raw syscall.RawConn, events uint32, fn func()) (Watch, bool) {
 	}
 	w := theWatcher
 	id := w.nextID.Add(1)
-	w.watched.store(id, fn)
+	w.watched.arm(id, fn)
 	lw := Watch{raw: raw, id: id, events: events, fn: fn}
-	if !lw.ctl(syscall.EPOLL_CTL_ADD) {
+	if !lw.ctl(syscall.EPOLL_CTL_ADD, events|syscall.EPOLLONESHOT) {
 		w.watched.delete(id)
 		return Watch{}, false
 	}
@@ -149,33 +215,72 @@ func (lw Watch) Rearm() bool {
 	if lw.raw == nil {
 		return false
 	}
-	theWatcher.watched.store(lw.id, lw.fn)
-	if !lw.ctl(syscall.EPOLL_CTL_MOD) {
+	theWatcher.watched.arm(lw.id, lw.fn)
+	if !lw.ctl(syscall.EPOLL_CTL_MOD, lw.events|syscall.EPOLLONESHOT) {
 		theWatcher.watched.delete(lw.id)
 		return false
 	}
 	return true
 }
 
-// Await re-arms the watch to call fn, once, when the client sends
-// something (its next request) or closes its end of the socket: at once
-// if it did already. A watch still armed for that only has its function
-// replaced, without a system call. It reports false if the socket cannot
-// be watched any more; the watch is then stopped.
+// Await makes the watch call fn when the client sends something (its
+// next request) or closes its end of the socket. The first Await makes
+// the registration edge-triggered, for good (one epoll_ctl): from then on
+// the kernel reports every time the client sends something, and Await
+// and Guard only say what fn is and what it is called for, with no
+// system call. What the client sent while fn was not called for it (a
+// request pipelined while a guarded one was served) is counted: Sent
+// tells the connection's reader that there is something it has not read.
+// Await reports false if the socket cannot be watched any more; the watch
+// is then stopped.
 func (lw *Watch) Await(fn func()) bool {
-	const events = syscall.EPOLLIN | syscall.EPOLLRDHUP
-	if lw.events == events && lw.Replace(fn) {
+	const want = syscall.EPOLLIN | syscall.EPOLLRDHUP
+	if lw.raw == nil {
+		return false
+	}
+	lw.fn = fn
+	if edge, ended := theWatcher.watched.setWant(lw.id, fn, want); edge {
+		if ended {
+			go fn() // as a level-triggered watch would report it again
+		}
 		return true
 	}
-	return lw.rearmFor(events, fn)
+	theWatcher.watched.armEdges(lw.id, fn, want)
+	lw.events = want | unix.EPOLLET
+	if !lw.ctl(syscall.EPOLL_CTL_MOD, lw.events) {
+		lw.Stop()
+		return false
+	}
+	return true
 }
 
-// Guard re-arms the watch to call fn, once, when the client closes its
-// end of the socket (a half-close too), but not when it sends something.
-// It reports false if the socket cannot be watched any more; the watch is
-// then stopped.
+// Guard makes the watch call fn when the client closes its end of the
+// socket (a half-close too), but not when it sends something: without a
+// system call on an edge-triggered watch (see Await), else armed for one
+// report. It reports false if the socket cannot be watched any more; the
+// watch is then stopped.
 func (lw *Watch) Guard(fn func()) bool {
+	if lw.raw == nil {
+		return false
+	}
+	if edge, ended := theWatcher.watched.setWant(lw.id, fn, syscall.EPOLLRDHUP); edge {
+		lw.fn = fn
+		if ended {
+			go fn()
+		}
+		return true
+	}
 	return lw.rearmFor(syscall.EPOLLRDHUP, fn)
+}
+
+// Sent returns how many times the client sent something since an
+// edge-triggered watch began (see Await): a reader that notes it before
+// it reads knows, when it changed, that the client sent something since.
+func (lw Watch) Sent() uint64 {
+	if lw.raw == nil {
+		return 0
+	}
+	return theWatcher.watched.sent(lw.id)
 }
 
 func (lw *Watch) rearmFor(events uint32, fn func()) bool {
@@ -200,15 +305,19 @@ func (lw *Watch) Replace(fn func()) bool {
 	// fn is set first: once swapped in, the watch may fire, and whoever
 	// it wakes may use the watch.
 	lw.fn = fn
-	return theWatcher.watched.replace(lw.id, fn)
+	armed, ended := theWatcher.watched.replace(lw.id, fn)
+	if ended {
+		go fn()
+	}
+	return armed
 }
 
 // ctl adds the watch's socket to the watcher's epoll instance, or modifies
-// its registration, armed for one report.
-func (lw Watch) ctl(op int) bool {
+// its registration, for events.
+func (lw Watch) ctl(op int, events uint32) bool {
 	c := ctlOps.Get().(*ctlOp)
 	c.op = op
-	c.ev = syscall.EpollEvent{Events: lw.events | syscall.EPOLLONESHOT, Fd: int32(lw.id), Pad: int32(lw.id >> 32)}
+	c.ev = syscall.EpollEvent{Events: events, Fd: int32(lw.id), Pad: int32(lw.id >> 32)}
 	err := lw.raw.Control(c.fn)
 	ok := err == nil && c.err == nil
 	c.err = nil
@@ -260,8 +369,8 @@ func (w *hangUpWatcher) run() {
 			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
 			// A watch stopped after epoll reported it is gone from the
 			// map: its socket may already belong to someone else.
-			if hungUp, ok := w.watched.take(id); ok {
-				hungUp()
+			if fn, ok := w.watched.fired(id, ev.Events); ok {
+				fn()
 			}
 		}
 	}
