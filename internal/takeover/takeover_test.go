@@ -266,3 +266,79 @@ func TestPendingTellsUnreadFromClosed(t *testing.T) {
 	server.Read(make([]byte, 1))
 	waitUntil(t, func() bool { _, closed := Pending(rawOf(t, server)); return closed })
 }
+
+// TestEdgeTriggeredWatchesKeepWhatTheySaw turns a watch edge-triggered
+// (Await) and changes what it calls and for what, as a connection served
+// in place does, without a system call: what the client sends while only
+// its end is guarded is counted (Sent), so the reader knows to read; a
+// function set after the client ended its side is called at once, as a
+// level-triggered watch would report it again.
+func TestEdgeTriggeredWatchesKeepWhatTheySaw(t *testing.T) {
+	if HangUpsWatched() != nil {
+		t.Skip("hang-ups are watched with epoll, on Linux")
+	}
+	server, client := tcpPair(t)
+	raw := rawOf(t, server)
+	calls := make(chan string, 8)
+	w, ok := WatchHangUp(raw, func() { calls <- "hang-up" })
+	if !ok {
+		t.Fatal("cannot watch a TCP socket")
+	}
+	expect := func(want string) {
+		t.Helper()
+		select {
+		case got := <-calls:
+			if got != want {
+				t.Fatalf("called %q, want %q", got, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%q was not called", want)
+		}
+	}
+	expectNothing := func() {
+		t.Helper()
+		select {
+		case got := <-calls:
+			t.Fatalf("called %q, want nothing", got)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+
+	if !w.Await(func() { calls <- "readable" }) {
+		t.Fatal("Await failed")
+	}
+	io.WriteString(client, "one")
+	expect("readable")
+	buf := make([]byte, 16)
+	sent := w.Sent()
+	if n, _ := ReadNow(raw, buf); string(buf[:n]) != "one" {
+		t.Fatalf("read %q", buf[:n])
+	}
+
+	// Guarded, something sent calls nothing, but is counted.
+	if !w.Guard(func() { calls <- "guard" }) {
+		t.Fatal("Guard failed")
+	}
+	io.WriteString(client, "two")
+	expectNothing()
+	if w.Sent() == sent {
+		t.Error("what the client sent while guarded was not counted")
+	}
+	if n, _ := ReadNow(raw, buf); string(buf[:n]) != "two" {
+		t.Fatalf("read %q", buf[:n])
+	}
+
+	// The client ends its side while guarded: the guard is called, and
+	// so is what is set after it, at once.
+	client.CloseWrite()
+	expect("guard")
+	if !w.Await(func() { calls <- "readable" }) {
+		t.Fatal("Await failed")
+	}
+	expect("readable")
+	if !w.Replace(func() { calls <- "replaced" }) {
+		t.Fatal("an edge-triggered watch is always armed")
+	}
+	expect("replaced")
+	w.Stop()
+}
