@@ -105,12 +105,7 @@ func BenchmarkInPlaceRequest(b *testing.B) {
 		if _, err := conn.Write(req); err != nil {
 			b.Fatal(err)
 		}
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+		readAnswer(b, br)
 	}
 	b.StopTimer()
 	if n := testutil.ToFloat64(inPlaceServed) - served; n < float64(b.N) {
@@ -145,13 +140,7 @@ func BenchmarkInPlaceLongPoll(b *testing.B) {
 		if _, err := hub.Publish("/lp", Event{Data: data}); err != nil {
 			b.Fatal(err)
 		}
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		cursor = resp.Header.Get(HeaderCursor)
+		cursor = readAnswer(b, br).Header.Get(HeaderCursor)
 	}
 	served := testutil.ToFloat64(inPlaceServed)
 	b.ReportAllocs()
@@ -180,10 +169,16 @@ func pollOnce(b *testing.B, s *testServer) (net.Conn, *bufio.Reader, string) {
 		time.Sleep(time.Millisecond)
 	}
 	s.publish("/lp", "e1")
+	return conn, br, readAnswer(b, br).Header.Get(HeaderCursor)
+}
+
+// readAnswer reads an answer, and its body to the end.
+func readAnswer(b *testing.B, br *bufio.Reader) *http.Response {
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
-	return conn, br, resp.Header.Get(HeaderCursor)
+	resp.Body.Close()
+	return resp
 }

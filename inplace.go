@@ -148,7 +148,7 @@ func (c *inPlaceConn) keep(watch takeover.Watch, rest []byte) {
 func (c *inPlaceConn) await() {
 	c.mu.Lock()
 	if len(c.rest) == 0 && c.tls != nil {
-		c.rest = c.bufferedTLS()
+		c.rest = c.bufferedTLS() // never waits: its deadline has passed
 	}
 	if len(c.rest) > 0 {
 		c.mu.Unlock()

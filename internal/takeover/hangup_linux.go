@@ -13,7 +13,8 @@ import (
 // nothing reads it, so that what waits on the connection is freed at once.
 // One goroutine waits in epoll for every watched socket, in place of one
 // goroutine reading each: a watched connection then costs no goroutine,
-// and data the client sends wakes nothing (only a hang-up is watched).
+// and data the client sends wakes nothing unless the watch asks for it
+// (Await: a connection served in place waiting for its next request).
 type hangUpWatcher struct {
 	epfd    int
 	nextID  atomic.Uint64
@@ -37,8 +38,8 @@ type watchMap struct {
 // want says.
 type watchEntry struct {
 	fn    func()
-	armed bool // one report: not fired since it was armed; edge: always
-	edge  bool
+	armed bool   // one report: not fired since it was armed; edge: always
+	edge  bool   // registered edge-triggered (see Watch.Await)
 	want  uint32 // edge: the events fn is called for
 	sent  uint64 // edge: how many times the client sent something
 	ended bool   // edge: the client closed its end (or the connection broke)
@@ -50,26 +51,27 @@ func (wm *watchMap) lock(id uint64) (*sync.Mutex, map[uint64]*watchEntry) {
 	return &s.mu, s.m
 }
 
-// arm arms the watch for one report of fn.
-func (wm *watchMap) arm(id uint64, fn func()) {
+// entry returns the watch's entry, made if it has none, with its shard
+// locked; the caller unlocks mu.
+func (wm *watchMap) entry(id uint64) (mu *sync.Mutex, e *watchEntry) {
 	mu, m := wm.lock(id)
-	e := m[id]
-	if e == nil {
+	if e = m[id]; e == nil {
 		e = new(watchEntry)
 		m[id] = e
 	}
+	return mu, e
+}
+
+// arm arms the watch for one report of fn.
+func (wm *watchMap) arm(id uint64, fn func()) {
+	mu, e := wm.entry(id)
 	e.fn, e.armed, e.edge = fn, true, false
 	mu.Unlock()
 }
 
 // armEdges makes the watch edge-triggered, calling fn for want.
 func (wm *watchMap) armEdges(id uint64, fn func(), want uint32) {
-	mu, m := wm.lock(id)
-	e := m[id]
-	if e == nil {
-		e = new(watchEntry)
-		m[id] = e
-	}
+	mu, e := wm.entry(id)
 	e.fn, e.want, e.armed, e.edge = fn, want, true, true
 	mu.Unlock()
 }
